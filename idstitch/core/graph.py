@@ -1,0 +1,107 @@
+"""The identity graph in memory: who owns each identifier, and what each profile holds.
+
+This is the snapshot the resolver reads. The SQLite store keeps one for the life of the
+process (rebuilt at startup); the PostgreSQL store loads one per micro-batch. Merged profiles
+are found through a union-find parent map, so a merge never rewrites identifier ownership.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ProfileState:
+    """What the resolver needs to know of one canonical profile."""
+
+    __slots__ = ("created_at", "merges", "n_ids", "pid", "segment_id", "stamps")
+
+    def __init__(self, pid: int, segment_id: str, created_at: float, merges: int = 0):
+        self.pid = pid
+        self.segment_id = segment_id
+        self.created_at = created_at
+        self.merges = merges
+        self.n_ids = 0
+        # type -> event times at which each of its values was first attached
+        self.stamps: dict[str, list[float]] = {}
+
+    def count(self, type_: str, at: float, window: float | None) -> int:
+        stamps = self.stamps.get(type_)
+        if not stamps:
+            return 0
+        if window is None:
+            return len(stamps)
+        return sum(1 for s in stamps if abs(s - at) < window)
+
+    def add(self, type_: str, stamp: float) -> None:
+        stamps = self.stamps.get(type_)
+        if stamps is None:
+            self.stamps[type_] = [stamp]
+        else:
+            stamps.append(stamp)
+        self.n_ids += 1
+
+    def __repr__(self) -> str:
+        return f"ProfileState({self.segment_id}, ids={self.n_ids}, merges={self.merges})"
+
+
+class Graph:
+    """Identifier keys -> profile ids, and canonical profile states."""
+
+    __slots__ = ("next_pid", "owners", "parent", "profiles")
+
+    def __init__(self) -> None:
+        self.owners: dict[str, int] = {}
+        self.parent: dict[int, int] = {}
+        self.profiles: dict[int, ProfileState] = {}
+        self.next_pid = 1
+
+    def find(self, pid: int) -> int:
+        parent = self.parent
+        root = pid
+        while root in parent:
+            root = parent[root]
+        while pid != root:  # path compression
+            nxt = parent[pid]
+            parent[pid] = root
+            pid = nxt
+        return root
+
+    def owner(self, key: str) -> ProfileState | None:
+        pid = self.owners.get(key)
+        if pid is None:
+            return None
+        if pid in self.parent:
+            pid = self.find(pid)
+        return self.profiles[pid]
+
+    def state(self, pid: int) -> ProfileState:
+        return self.profiles[self.find(pid)]
+
+    # Mutations, applied after the resolver decided (see resolver.apply_plan).
+    def create(self, segment_id: str, created_at: float, pid: int | None = None) -> ProfileState:
+        if pid is None:
+            pid = self.next_pid
+        self.next_pid = max(self.next_pid, pid + 1)
+        state = ProfileState(pid, segment_id, created_at)
+        self.profiles[pid] = state
+        return state
+
+    def attach(self, state: ProfileState, key: str, type_: str, stamp: float) -> None:
+        self.owners[key] = state.pid
+        state.add(type_, stamp)
+
+    def merge(self, into: ProfileState, others: Iterable[ProfileState]) -> None:
+        for other in others:
+            for type_, stamps in other.stamps.items():
+                mine = into.stamps.get(type_)
+                if mine is None:
+                    into.stamps[type_] = list(stamps)
+                else:
+                    mine.extend(stamps)
+            into.n_ids += other.n_ids
+            into.merges += other.merges + 1
+            self.parent[other.pid] = into.pid
+            del self.profiles[other.pid]
+
+    def __len__(self) -> int:
+        return len(self.profiles)

@@ -1,0 +1,220 @@
+"""Identifiers: what SPEC section 1 reads from a message, normalised and checked against blocks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+from idstitch.core.messages import Message
+from idstitch.core.rules import MAX_VALUE_LENGTH, IdentityRules
+
+USERS = "users"
+ACCOUNTS = "accounts"
+
+
+class Identifier(NamedTuple):
+    collection: str
+    type: str
+    value: str
+
+    @property
+    def key(self) -> str:
+        return key_of(self.collection, self.type, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.value}"
+
+
+def key_of(collection: str, type_: str, value: str) -> str:
+    """The graph's dictionary key: compact, and unique per (collection, type, value)."""
+    return ("a" if collection == ACCOUNTS else "u") + type_ + "\x1f" + value
+
+
+class Dropped(NamedTuple):
+    identifier: Identifier
+    rule: str
+    detail: str
+
+
+class Extracted(NamedTuple):
+    """The identifiers of one message, per side, in extraction order, plus what was dropped."""
+
+    users: list[Identifier]
+    accounts: list[Identifier]
+    alias_previous: list[Identifier]
+    dropped: list[Dropped]
+
+
+def normalize(type_: str, value: Any) -> str | None:
+    """A value as stored: strings and numbers only, trimmed; e-mails lower-cased."""
+    if isinstance(value, str):
+        text = value.strip()
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    else:
+        text = str(value)
+    if type_ == "email":
+        text = text.lower()
+    return text
+
+
+def _camel(snake: str) -> str:
+    head, *rest = re.split(r"[_.]", snake)
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def custom_keys(custom_types: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """For each configured custom type, the payload keys it is read from."""
+    out = []
+    for type_ in custom_types:
+        keys = dict.fromkeys((type_, _camel(type_)))
+        out.append((type_, tuple(keys)))
+    return out
+
+
+class Extractor:
+    """Reads identifiers out of messages under one set of rules."""
+
+    def __init__(self, rules: IdentityRules):
+        self.rules = rules
+        self.custom = custom_keys(rules.custom_types)
+
+    def _custom_from(self, source: Mapping[str, Any] | None) -> Iterator[tuple[str, Any]]:
+        if not source:
+            return
+        for type_, keys in self.custom:
+            for key in keys:
+                value = source.get(key)
+                if value is not None:
+                    yield type_, value
+
+    def extract(self, message: Message, kind: str) -> Extracted:
+        users: list[tuple[str, Any]] = []
+        accounts: list[tuple[str, Any]] = []
+        previous: list[tuple[str, Any]] = []
+        context = message.context
+        ctx_traits = context.traits if context else None
+        if message.userId is not None:
+            users.append(("user_id", message.userId))
+        if kind == "alias" and message.previousId is not None:
+            previous.append(("user_id", message.previousId))
+            previous.append(("anonymous_id", message.previousId))
+        if message.anonymousId is not None:
+            users.append(("anonymous_id", message.anonymousId))
+        if kind != "group" and message.traits:
+            email = message.traits.get("email")
+            if email is not None:
+                users.append(("email", email))
+        if ctx_traits:
+            email = ctx_traits.get("email")
+            if email is not None:
+                users.append(("email", email))
+        if context is not None and context.device is not None:
+            users.extend(_device_ids(context.device))
+        ga = _ga_client_id(message)
+        if ga is not None:
+            users.append(("ga_client_id", ga))
+        if context is not None and context.externalIds:
+            for item in context.externalIds:
+                pair = (item.type.strip().lower(), item.id)
+                (accounts if item.collection == "accounts" else users).append(pair)
+        if self.custom:
+            if kind == "identify":
+                users.extend(self._custom_from(message.traits))
+            elif kind == "group":
+                accounts.extend(self._custom_from(message.traits))
+            else:
+                users.extend(self._custom_from(message.properties))
+            users.extend(self._custom_from(ctx_traits))
+        if kind == "group" and message.groupId is not None:
+            accounts.insert(0, ("group_id", message.groupId))
+        dropped: list[Dropped] = []
+        return Extracted(
+            self._clean("users", users, dropped),
+            self._clean("accounts", accounts, dropped),
+            self._clean("users", previous, dropped),
+            dropped,
+        )
+
+    def _clean(
+        self, collection: str, pairs: list[tuple[str, Any]], dropped: list[Dropped]
+    ) -> list[Identifier]:
+        out: list[Identifier] = []
+        seen: set[tuple[str, str]] = set()
+        rules = self.rules
+        for type_, raw in pairs:
+            value = normalize(type_, raw)
+            if value is None:
+                dropped.append(
+                    Dropped(Identifier(collection, type_, repr(raw)[:100]), "invalid_value",
+                            f"{type_} must be a string or a number")
+                )
+                continue
+            if (type_, value) in seen:
+                continue
+            seen.add((type_, value))
+            ident = Identifier(collection, type_, value)
+            if len(value) > MAX_VALUE_LENGTH:
+                dropped.append(
+                    Dropped(
+                        Identifier(collection, type_, value[:100] + "..."),
+                        "value_too_long",
+                        f"{len(value)} characters; the limit is {MAX_VALUE_LENGTH}",
+                    )
+                )
+                continue
+            hit = rules.blocked_by(type_, value)
+            if hit is not None:
+                dropped.append(Dropped(ident, "blocked_value", f"matches blocked value {hit!r}"))
+                continue
+            out.append(ident)
+        rank = rules.rank
+        out.sort(key=lambda i: rank(i.type))  # stable: ties keep extraction order
+        return out
+
+
+def _device_ids(device: Any) -> Iterator[tuple[str, Any]]:
+    kind = device.type
+    if not isinstance(kind, str):
+        return
+    kind = kind.strip().lower()
+    if kind not in ("ios", "android"):
+        return
+    if device.id is not None:
+        yield f"{kind}.id", device.id
+    if device.advertisingId is not None and device.adTrackingEnabled is True:
+        yield f"{kind}.idfa", device.advertisingId
+    if device.token is not None:
+        yield f"{kind}.push_token", device.token
+
+
+def _ga_client_id(message: Message) -> Any:
+    for integrations in (
+        message.context.integrations if message.context else None,
+        message.integrations,
+    ):
+        if integrations:
+            ga = integrations.get("Google Analytics")
+            if isinstance(ga, dict) and ga.get("clientId") is not None:
+                return ga["clientId"]
+    return None
+
+
+def parse_ref(ref: str, collection: str | None = None) -> tuple[str, str, str] | str:
+    """A profile reference: a segment_id, or `(collection, type, value)` from `type:value`."""
+    text = ref.strip()
+    if (text.startswith(("use_", "acc_"))) and ":" not in text:
+        return text
+    type_, sep, value = text.partition(":")
+    if not sep or not type_ or not value:
+        from idstitch.errors import InvalidReference
+
+        raise InvalidReference(
+            f"profile reference {ref!r} is neither `type:value` (e.g. user_id:u123) "
+            "nor a segment_id (use_... or acc_...)."
+        )
+    type_ = type_.strip().lower()
+    coll = collection or (ACCOUNTS if type_ == "group_id" else USERS)
+    norm = normalize(type_, value)
+    return coll, type_, norm if norm is not None else value

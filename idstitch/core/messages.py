@@ -1,0 +1,278 @@
+"""Segment messages: typed decoding, validation and the timestamp rule.
+
+Only the fields idstitch reads are declared; everything else in a message is kept as raw
+bytes for storage. JSON `null` counts as absent everywhere.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import msgspec
+
+from idstitch.errors import InvalidMessage, PayloadTooLarge
+
+MessageType = Literal["identify", "track", "page", "screen", "group", "alias"]
+MESSAGE_TYPES: Final = ("identify", "track", "page", "screen", "group", "alias")
+
+MAX_MESSAGE_BYTES: Final = 32 * 1024
+MAX_REQUEST_BYTES: Final = 500 * 1024
+MAX_BATCH_ITEMS: Final = 2500
+MAX_MESSAGE_ID_LENGTH: Final = 100
+
+Id = str | int | float
+
+
+class Device(msgspec.Struct):
+    id: Any = None
+    type: Any = None
+    advertisingId: Any = None
+    adTrackingEnabled: Any = None
+    token: Any = None
+
+
+class ExternalId(msgspec.Struct):
+    id: Id
+    type: str
+    collection: str = "users"
+    encoding: str = "none"
+
+
+class Context(msgspec.Struct):
+    traits: dict[str, Any] | None = None
+    device: Device | None = None
+    externalIds: list[ExternalId] | None = None
+    integrations: dict[str, Any] | None = None
+
+
+class Message(msgspec.Struct):
+    """One Segment call, as far as identity resolution needs it."""
+
+    type: str | None = None
+    userId: Id | None = None
+    anonymousId: Id | None = None
+    previousId: Id | None = None
+    groupId: Id | None = None
+    event: Any = None
+    name: Any = None
+    category: Any = None
+    messageId: Id | None = None
+    timestamp: str | None = None
+    originalTimestamp: str | None = None
+    sentAt: str | None = None
+    receivedAt: str | None = None
+    traits: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    context: Context | None = None
+    integrations: dict[str, Any] | None = None
+    writeKey: str | None = None
+
+
+class Batch(msgspec.Struct):
+    batch: list[msgspec.Raw] | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    sentAt: str | None = None
+    writeKey: str | None = None
+
+
+class Prepared(msgspec.Struct):
+    """A validated message ready for the resolver: typed view, times, and raw bytes to store."""
+
+    message: Message
+    type: str
+    message_id: str
+    timestamp: float
+    received_at: float
+    raw: bytes
+
+
+_message_decoder = msgspec.json.Decoder(Message)
+_batch_decoder = msgspec.json.Decoder(Batch)
+_dict_decoder = msgspec.json.Decoder(dict[str, Any])
+_encoder = msgspec.json.Encoder()
+
+# msgspec reports a path such as `$.context.traits`; map the common ones to Segment-style codes.
+_FIELD_CODES = {
+    "$.traits": "traits_not_object",
+    "$.properties": "properties_not_object",
+    "$.context": "context_not_object",
+}
+
+
+def _decode_error(err: msgspec.DecodeError) -> InvalidMessage:
+    text = str(err)
+    path = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else ""
+    code = _FIELD_CODES.get(path, "invalid_message" if path else "invalid_json")
+    field = path[2:] if path.startswith("$.") else path
+    if field:
+        problem = text.split(" - at ")[0]
+        return InvalidMessage(f"field `{field}`: {problem}; fix the value and resend.", code)
+    return InvalidMessage(f"the body is not valid JSON ({text}); send a JSON object.", code)
+
+
+def decode_message(raw: bytes) -> Message:
+    try:
+        return _message_decoder.decode(raw)
+    except msgspec.DecodeError as err:
+        raise _decode_error(err) from None
+
+
+def decode_batch(raw: bytes) -> Batch:
+    try:
+        return _batch_decoder.decode(raw)
+    except msgspec.DecodeError as err:
+        raise _decode_error(err) from None
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def parse_time(value: str, field: str) -> float:
+    """ISO-8601 to Unix seconds; a value without an offset is taken as UTC."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidMessage(
+            f"field `{field}`: {value!r} is not an ISO-8601 date-time; "
+            "send e.g. 2025-01-15T02:02:15.908Z.",
+            "invalid_timestamp",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def format_time(seconds: float) -> str:
+    """Unix seconds to ISO-8601 UTC with milliseconds and a `Z`."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _id_text(value: Id | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return str(value)
+
+
+def validate(message: Message, type_: str) -> None:
+    """Segment's required fields per call; raises InvalidMessage naming the first problem."""
+    has_user = _id_text(message.userId) not in (None, "")
+    has_anon = _id_text(message.anonymousId) not in (None, "")
+    if type_ == "alias":
+        if not has_user:
+            raise InvalidMessage("alias needs `userId`; add the new user id.", "id_required")
+        if _id_text(message.previousId) in (None, ""):
+            raise InvalidMessage("alias needs `previousId`; add the old id.", "id_required")
+        return
+    if not (has_user or has_anon):
+        raise InvalidMessage(
+            f"{type_} needs `userId` or `anonymousId`; add one of them.", "no_user_anon_id"
+        )
+    if type_ == "track":
+        if message.event is None:
+            raise InvalidMessage("track needs `event`; add the event name.", "event_not_defined")
+        if not isinstance(message.event, str) or not message.event.strip():
+            raise InvalidMessage(
+                "field `event` must be a non-empty string; send the event name as text.",
+                "event_not_string",
+            )
+    elif type_ == "group":
+        if _id_text(message.groupId) in (None, ""):
+            raise InvalidMessage("group needs `groupId`; add the account id.", "group_id_required")
+    elif type_ in ("page", "screen"):
+        for field in ("name", "category"):
+            value = getattr(message, field)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidMessage(
+                    f"field `{field}` must be a non-empty string when present.",
+                    f"{field}_not_string",
+                )
+    if message.context and message.context.externalIds:
+        for item in message.context.externalIds:
+            if item.collection not in ("users", "accounts"):
+                raise InvalidMessage(
+                    f"context.externalIds: collection {item.collection!r} is neither "
+                    "'users' nor 'accounts'.",
+                    "invalid_external_id",
+                )
+
+
+def compute_timestamp(message: Message, received_at: float, sent_at: str | None = None) -> float:
+    """`receivedAt - (sentAt - originalTimestamp)` when sentAt is known, else the given
+    timestamp, else receivedAt."""
+    original = message.originalTimestamp or message.timestamp
+    sent = message.sentAt or sent_at
+    if sent and original:
+        return received_at - (parse_time(sent, "sentAt") - parse_time(original, "timestamp"))
+    if message.timestamp:
+        return parse_time(message.timestamp, "timestamp")
+    return received_at
+
+
+def prepare(
+    raw: bytes,
+    *,
+    type_: str | None = None,
+    received_at: float,
+    sent_at: str | None = None,
+    keep_received_at: bool = False,
+) -> Prepared:
+    """Decode and validate one message. `type_` comes from the route for single calls.
+
+    With `keep_received_at` (imports of exported data), a message's own `receivedAt` wins.
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise PayloadTooLarge(
+            f"a message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES} bytes per message."
+        )
+    message = decode_message(raw)
+    kind = type_ or message.type
+    if kind is None:
+        raise InvalidMessage(
+            "the message has no `type`; set it to one of " + ", ".join(MESSAGE_TYPES) + ".",
+            "type_required",
+        )
+    kind = kind.strip().lower() if isinstance(kind, str) else kind
+    if kind not in MESSAGE_TYPES:
+        raise InvalidMessage(
+            f"`type` {message.type!r} is not a Segment call; use one of "
+            + ", ".join(MESSAGE_TYPES)
+            + ".",
+            "invalid_type",
+        )
+    validate(message, kind)
+    if keep_received_at and message.receivedAt:
+        received_at = parse_time(message.receivedAt, "receivedAt")
+    timestamp = compute_timestamp(message, received_at, sent_at)
+    message_id = _id_text(message.messageId)
+    if message_id is not None:
+        message_id = message_id.strip()
+        if len(message_id) > MAX_MESSAGE_ID_LENGTH:
+            raise InvalidMessage(
+                f"`messageId` is {len(message_id)} characters; the limit is "
+                f"{MAX_MESSAGE_ID_LENGTH}.",
+                "message_id_too_long",
+            )
+    if not message_id:
+        message_id = "api-" + uuid.uuid4().hex
+    return Prepared(message, kind, message_id, timestamp, received_at, raw)
+
+
+def merge_batch_defaults(item: msgspec.Raw, batch: Batch) -> bytes:
+    """Apply a batch's top-level `context` and `integrations` to one item (item keys win)."""
+    body = _dict_decoder.decode(item)
+    for key in ("context", "integrations"):
+        shared = getattr(batch, key)
+        if shared:
+            own = body.get(key)
+            body[key] = {**shared, **own} if isinstance(own, dict) else dict(shared)
+    return _encoder.encode(body)

@@ -1,0 +1,69 @@
+"""From a prepared message to a Plan: extract, resolve each side, pick the traits."""
+
+from __future__ import annotations
+
+from idstitch.core.graph import Graph
+from idstitch.core.identifiers import ACCOUNTS, USERS, Extracted, Extractor
+from idstitch.core.messages import Prepared
+from idstitch.core.plan import Plan, Violation
+from idstitch.core.resolver import NewId, apply_side, resolve_side
+from idstitch.core.rules import IdentityRules
+
+
+def keys_of(extracted: Extracted) -> list[str]:
+    """Every graph key a message may touch: what a store must put in the snapshot."""
+    keys = [i.key for i in extracted.users]
+    keys.extend(i.key for i in extracted.accounts)
+    keys.extend(i.key for i in extracted.alias_previous)
+    return keys
+
+
+def plan_message(
+    prepared: Prepared,
+    extracted: Extracted,
+    graph: Graph,
+    rules: IdentityRules,
+    source_id: str,
+    new_segment_id: NewId,
+) -> Plan:
+    message = prepared.message
+    kind = prepared.type
+    source = rules.source(source_id)
+    at = prepared.timestamp
+    users = resolve_side(
+        extracted.users, graph, rules, source, source_id, at, USERS, new_segment_id,
+        extracted.alias_previous,
+    )
+    accounts = None
+    if extracted.accounts:
+        accounts = resolve_side(
+            extracted.accounts, graph, rules, source, source_id, at, ACCOUNTS, new_segment_id
+        )
+    traits = None
+    if kind in ("identify", "group") and message.traits:
+        traits = message.traits
+    return Plan(
+        source_id=source_id,
+        message_id=prepared.message_id,
+        type=kind,
+        event=message.event if kind == "track" else (
+            message.name if kind in ("page", "screen") and isinstance(message.name, str) else None
+        ),
+        timestamp=at,
+        received_at=prepared.received_at,
+        raw=prepared.raw,
+        users=users,
+        accounts=accounts,
+        traits=traits,
+        violations=[
+            Violation(d.identifier.collection, d.identifier.type, d.identifier.value, d.rule,
+                      d.detail)
+            for d in extracted.dropped
+        ],
+    )
+
+
+def apply_plan(graph: Graph, plan: Plan) -> None:
+    for side in (plan.users, plan.accounts):
+        if side is not None:
+            apply_side(graph, side, plan.timestamp, plan.received_at)

@@ -1,0 +1,172 @@
+"""The resolver: Segment's flat matching with merge protection, as a pure function.
+
+`resolve_side` reads a graph snapshot and returns a SidePlan; it never mutates anything.
+`apply_side` then records the decision in the in-memory graph, so that the next message of
+the same micro-batch sees it. Stores persist the same plans in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from idstitch.core.graph import Graph, ProfileState
+from idstitch.core.identifiers import Identifier, key_of
+from idstitch.core.plan import SidePlan, Violation
+from idstitch.core.rules import IdentityRules, SourceRules
+
+NewId = Callable[[str], str]
+
+
+def _violation(ident: Identifier, rule: str, detail: str) -> Violation:
+    return Violation(ident.collection, ident.type, ident.value, rule, detail)
+
+
+def _over_limit(
+    matched: list[ProfileState], new: list[Identifier], rules: IdentityRules, at: float
+) -> tuple[str, str] | None:
+    """The first type that this message makes grow past its limit, with the rule name."""
+    if len(matched) > 1:
+        types: set[str] = {i.type for i in new}
+        for state in matched:
+            types.update(state.stamps)
+    elif new:
+        types = {i.type for i in new}
+    else:
+        return None
+    for type_ in rules.ordered_types(types):
+        limit = rules.limit(type_)
+        window = limit.seconds
+        held = [state.count(type_, at, window) for state in matched]
+        would = sum(held) + sum(1 for i in new if i.type == type_)
+        if would > limit.max and would > max(held, default=0):
+            rule = "limit_exceeded" if window is None else "time_limit_exceeded"
+            return type_, f"{rule}: {type_} would hold {would} values, over its limit of " + (
+                limit.describe()
+            )
+    return None
+
+
+def choose_alias_previous(candidates: list[Identifier], graph: Graph) -> Identifier | None:
+    """`previousId` is a user_id or an anonymous_id, whichever exists (anonymous_id if neither)."""
+    for ident in candidates:
+        if graph.owner(ident.key) is not None:
+            return ident
+    anonymous = [i for i in candidates if i.type == "anonymous_id"]
+    if anonymous:
+        return anonymous[0]
+    return candidates[0] if candidates else None
+
+
+def resolve_side(
+    ids: list[Identifier],
+    graph: Graph,
+    rules: IdentityRules,
+    source: SourceRules,
+    source_id: str,
+    at: float,
+    collection: str,
+    new_segment_id: NewId,
+    alias_previous: list[Identifier] | None = None,
+) -> SidePlan:
+    live = list(ids)
+    if alias_previous:
+        chosen = choose_alias_previous(alias_previous, graph)
+        if chosen is not None and chosen not in live:
+            live.append(chosen)
+            live.sort(key=lambda i: rules.rank(i.type))  # stable: ties keep extraction order
+    violations: list[Violation] = []
+    while True:
+        if not live:
+            return SidePlan(collection, "unresolved", violations=violations,
+                            reason="no usable identifiers")
+        matched: list[ProfileState] = []
+        new: list[Identifier] = []
+        for ident in live:
+            state = graph.owner(ident.key)
+            if state is None:
+                new.append(ident)
+            elif state not in matched:
+                matched.append(state)
+        if not matched:
+            if not source.create:
+                reason = f"source {source_id!r} may not create profiles"
+                for ident in live:
+                    violations.append(_violation(ident, "source_create_denied", reason))
+                return SidePlan(collection, "unresolved", violations=violations, reason=reason)
+        else:
+            if new and not source.add:
+                for ident in new:
+                    violations.append(_violation(
+                        ident, "source_add_denied",
+                        f"source {source_id!r} may not add identifiers to existing profiles"))
+                    live.remove(ident)
+                new = []
+            if len(matched) > 1 and not source.merge:
+                victim = live.pop()
+                violations.append(_violation(
+                    victim, "source_merge_denied", f"source {source_id!r} may not merge profiles"))
+                continue
+        over = _over_limit(matched, new, rules, at)
+        if over is not None:
+            victim = live.pop()
+            rule, _, detail = over[1].partition(": ")
+            violations.append(_violation(victim, rule, detail))
+            continue
+        break
+    used = [(i.type, i.value) for i in live]
+    cap = rules.max_identifiers
+    if not matched:
+        added, refused = new[:cap], new[cap:]
+        for ident in refused:
+            violations.append(_violation(ident, "identifier_cap", f"a profile holds at most {cap}"))
+        return SidePlan(
+            collection, "created", new_segment_id(collection), created=True,
+            added=[(i.type, i.value) for i in added], identifiers=used, violations=violations,
+        )
+    target = min(matched, key=lambda s: (s.created_at, s.pid))
+    others = [s for s in matched if s is not target]
+    if others:
+        merges = target.merges + sum(o.merges + 1 for o in others)
+        held = target.n_ids + sum(o.n_ids for o in others)
+        refusal = None
+        if merges > rules.max_merges:
+            refusal = ("merge_cap", f"the merge would make {merges} merges; the cap is "
+                       f"{rules.max_merges}")
+        elif held > cap:
+            refusal = ("identifier_cap", f"the merge would make {held} identifiers; the cap is "
+                       f"{cap}")
+        if refusal is not None:
+            for other in others:
+                violations.append(Violation(collection, "segment_id", other.segment_id, *refusal))
+            others = []
+    room = cap - target.n_ids - sum(o.n_ids for o in others)
+    added_ids = new[: max(room, 0)]
+    for ident in new[len(added_ids):]:
+        violations.append(_violation(ident, "identifier_cap", f"a profile holds at most {cap}"))
+    return SidePlan(
+        collection,
+        "merged" if others else "attached",
+        target.segment_id,
+        pid=target.pid,
+        merged=[(o.pid, o.segment_id) for o in others],
+        added=[(i.type, i.value) for i in added_ids],
+        identifiers=used,
+        violations=violations,
+    )
+
+
+def apply_side(graph: Graph, side: SidePlan, at: float, created_at: float) -> None:
+    """Record a decided SidePlan in the in-memory graph (sets `side.pid` for a new profile)."""
+    if side.outcome == "unresolved" or side.segment_id is None:
+        return
+    if side.created:
+        state = graph.create(side.segment_id, created_at)
+        side.pid = state.pid
+    else:
+        assert side.pid is not None
+        state = graph.profiles[side.pid]
+    if side.merged:
+        graph.merge(state, [graph.profiles[pid] for pid, _ in side.merged])
+    collection = side.collection
+    for type_, value in side.added:
+        graph.attach(state, key_of(collection, type_, value), type_, at)

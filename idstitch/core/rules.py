@@ -1,0 +1,168 @@
+"""Identity rules: priority, limits with windows, blocked values, per-source permissions, caps."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+WindowName = Literal["ever", "annually", "monthly", "weekly", "daily"]
+DAY = 86_400.0
+WINDOWS: dict[str, float | None] = {
+    "ever": None,
+    "annually": 365 * DAY,
+    "monthly": 30 * DAY,
+    "weekly": 7 * DAY,
+    "daily": DAY,
+}
+
+DEFAULT_PRIORITY: tuple[str, ...] = (
+    "user_id",
+    "email",
+    "android.id",
+    "ios.id",
+    "android.idfa",
+    "ios.idfa",
+    "android.push_token",
+    "ios.push_token",
+    "ga_client_id",
+    "anonymous_id",
+)
+BUILTIN_TYPES = frozenset((*DEFAULT_PRIORITY, "group_id"))
+
+DEFAULT_BLOCKED_EXACT: tuple[str, ...] = (
+    "-1",
+    "null",
+    "none",
+    "nil",
+    "nan",
+    "undefined",
+    "anonymous",
+    "guest",
+    "unknown",
+    "[object object]",
+    "true",
+    "false",
+)
+DEFAULT_BLOCKED_REGEX: tuple[str, ...] = (r"^[0-]*$",)
+MAX_VALUE_LENGTH = 1000
+
+
+@dataclass(frozen=True)
+class Limit:
+    max: int
+    window: WindowName = "ever"
+
+    @property
+    def seconds(self) -> float | None:
+        return WINDOWS[self.window]
+
+    def describe(self) -> str:
+        return f"{self.max} {self.window}"
+
+
+def default_limit(type_: str) -> Limit:
+    if type_ == "user_id":
+        return Limit(1, "ever")
+    if type_ in ("email", "ios.id", "android.id", "ios.push_token", "android.push_token"):
+        return Limit(5, "annually")
+    if type_ in ("anonymous_id", "ga_client_id", "ios.idfa", "android.idfa"):
+        return Limit(5, "weekly")
+    return Limit(5, "ever")
+
+
+@dataclass(frozen=True)
+class BlockList:
+    """Exact values (case-insensitive, also in quotes) and regular expressions."""
+
+    exact: frozenset[str] = frozenset()
+    patterns: tuple[re.Pattern[str], ...] = ()
+
+    def blocks(self, value: str) -> str | None:
+        """The matching entry, or None. `value` is already trimmed."""
+        folded = value.casefold()
+        if folded in self.exact:
+            return folded
+        if len(folded) >= 2 and folded[0] == folded[-1] and folded[0] in "\"'":
+            inner = folded[1:-1].strip()
+            if inner in self.exact:
+                return inner
+            for pattern in self.patterns:
+                if pattern.search(inner):
+                    return pattern.pattern
+        for pattern in self.patterns:
+            if pattern.search(value):
+                return pattern.pattern
+        return None
+
+    def __or__(self, other: BlockList) -> BlockList:
+        return BlockList(self.exact | other.exact, self.patterns + other.patterns)
+
+    @classmethod
+    def build(cls, exact: Iterable[str] = (), regex: Iterable[str] = ()) -> BlockList:
+        return cls(
+            frozenset(v.strip().casefold() for v in exact),
+            tuple(re.compile(r) for r in regex),
+        )
+
+
+DEFAULT_BLOCKLIST = BlockList.build(DEFAULT_BLOCKED_EXACT, DEFAULT_BLOCKED_REGEX)
+
+
+@dataclass(frozen=True)
+class SourceRules:
+    create: bool = True
+    add: bool = True
+    merge: bool = True
+
+
+ALLOW_ALL = SourceRules()
+
+
+@dataclass(frozen=True)
+class IdentityRules:
+    """Everything the resolver needs to decide; built once from the config."""
+
+    priority: tuple[str, ...] = ()
+    limits: Mapping[str, Limit] = field(default_factory=dict)
+    blocked: BlockList = DEFAULT_BLOCKLIST
+    blocked_by_type: Mapping[str, BlockList] = field(default_factory=dict)
+    sources: Mapping[str, SourceRules] = field(default_factory=dict)
+    custom_types: tuple[str, ...] = ()
+    max_merges: int = 100
+    max_identifiers: int = 1000
+    _ranks: dict[str, tuple[int, int, str]] = field(default_factory=dict, compare=False, repr=False)
+
+    def rank(self, type_: str) -> tuple[int, int, str]:
+        """Sort key: configured order, then the default order, then unranked types A to Z."""
+        cached = self._ranks.get(type_)
+        if cached is not None:
+            return cached
+        if type_ in self.priority:
+            key = (0, self.priority.index(type_), "")
+        elif type_ in DEFAULT_PRIORITY:
+            key = (1, DEFAULT_PRIORITY.index(type_), "")
+        else:
+            key = (2, 0, type_)
+        self._ranks[type_] = key
+        return key
+
+    def ordered_types(self, types: Iterable[str]) -> list[str]:
+        return sorted(set(types), key=self.rank)
+
+    def limit(self, type_: str) -> Limit:
+        found = self.limits.get(type_)
+        return found if found is not None else default_limit(type_)
+
+    def source(self, source_id: str) -> SourceRules:
+        return self.sources.get(source_id, ALLOW_ALL)
+
+    def blocked_by(self, type_: str, value: str) -> str | None:
+        """The blocked entry that matches `value` for `type_`, or None."""
+        hit = self.blocked.blocks(value)
+        if hit is None:
+            per_type = self.blocked_by_type.get(type_)
+            if per_type is not None:
+                hit = per_type.blocks(value)
+        return hit

@@ -1,0 +1,64 @@
+"""The one exception tree of idstitch.
+
+    IdstitchError
+      +-- ConfigError          bad configuration: startup refuses it
+      +-- InvalidMessage       a message that is not a valid Segment message (HTTP 400)
+      |     +-- PayloadTooLarge   a size limit was exceeded (HTTP 413)
+      +-- AuthenticationError  missing or unknown write key / access token (HTTP 401)
+      +-- ProfileNotFound      no profile for a reference (HTTP 404)
+      +-- InvalidReference     a profile reference that cannot be parsed (HTTP 400)
+      +-- StorageError         the store failed or is unreachable (HTTP 503)
+      +-- Overloaded           the ingest queue is full (HTTP 429)
+
+Refusals by identity rules are not exceptions: they are values (violations) in a resolution.
+"""
+
+from __future__ import annotations
+
+
+class IdstitchError(Exception):
+    """Base class of every error idstitch raises on purpose."""
+
+    code = "error"
+
+
+class ConfigError(IdstitchError):
+    code = "config_error"
+
+
+class InvalidMessage(IdstitchError):
+    """A message failed validation. `code` is a short machine name, `index` the batch position."""
+
+    def __init__(self, message: str, code: str = "invalid_message", index: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.index = index
+
+    def at_index(self, index: int) -> InvalidMessage:
+        err = type(self)(f"batch item {index}: {self}", self.code, index)
+        return err
+
+
+class PayloadTooLarge(InvalidMessage):
+    def __init__(self, message: str, code: str = "payload_too_large", index: int | None = None):
+        super().__init__(message, code, index)
+
+
+class AuthenticationError(IdstitchError):
+    code = "authentication_error"
+
+
+class ProfileNotFound(IdstitchError):
+    code = "not_found"
+
+
+class InvalidReference(IdstitchError):
+    code = "validation_error"
+
+
+class StorageError(IdstitchError):
+    code = "storage_error"
+
+
+class Overloaded(IdstitchError):
+    code = "overloaded"

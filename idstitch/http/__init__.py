@@ -1,0 +1,1 @@
+"""HTTP: the Tracking API, the Profile API and operations routes."""

@@ -1,0 +1,142 @@
+"""Reading profiles back: lookup by any reference, and Segment's Profile API shapes.
+
+The CLI, the Python API and the HTTP Profile API all render from these functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from idstitch.core.identifiers import ACCOUNTS, USERS, parse_ref
+from idstitch.core.messages import format_time
+from idstitch.errors import ProfileNotFound
+from idstitch.storage.base import EventRow, ExternalIdRow, ProfileRow, SortOrder, Store
+
+_body_decoder = msgspec.json.Decoder(dict[str, Any])
+_HIDDEN_BODY_KEYS = {"writeKey", "messageId", "timestamp", "type", "event"}
+
+
+def find(store: Store, ref: str, collection: str | None = None) -> ProfileRow:
+    """The canonical profile for `type:value` or a segment_id; raises ProfileNotFound."""
+    parsed = parse_ref(ref, collection)
+    if isinstance(parsed, str):
+        row = store.find_by_segment_id(parsed)
+    else:
+        row = store.find_by_identifier(*parsed)
+    if row is None or (collection is not None and row.collection != collection):
+        raise ProfileNotFound(f"no {collection or 'profile'} matches {ref!r}.")
+    return row
+
+
+def traits(store: Store, row: ProfileRow, verbose: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for t in store.traits(row.pid):
+        if verbose:
+            out[t.key] = {"value": t.value, "source_id": t.source_id,
+                          "updated_at": format_time(t.timestamp)}
+        else:
+            out[t.key] = t.value
+    return out
+
+
+def external_id(r: ExternalIdRow) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "type": r.type,
+        "collection": r.collection,
+        "source_id": r.source_id,
+        "created_at": format_time(r.created_at),
+        "encoding": "none",
+        "first_message_id": r.first_message_id,
+    }
+
+
+def external_ids(store: Store, row: ProfileRow) -> list[dict[str, Any]]:
+    return [external_id(r) for r in store.external_ids(row.pid)]
+
+
+def event(e: EventRow) -> dict[str, Any]:
+    body = _body_decoder.decode(e.body) if e.body else {}
+    out: dict[str, Any] = {"type": e.type}
+    if e.event is not None and e.type == "track":
+        out["event"] = e.event
+    out.update({
+        "source_id": e.source_id,
+        "message_id": e.message_id,
+        "timestamp": format_time(e.timestamp),
+        "received_at": format_time(e.received_at),
+        "external_ids": [
+            {"collection": c, "type": t, "id": v, "encoding": "none"} for c, t, v in e.external_ids
+        ],
+    })
+    for key, value in body.items():
+        if key not in _HIDDEN_BODY_KEYS and key not in out:
+            out[key] = value
+    if e.segment_id is not None:
+        out["related"] = {ACCOUNTS if e.segment_id.startswith("acc_") else USERS: e.segment_id}
+    return out
+
+
+def events(
+    store: Store,
+    row: ProfileRow,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    sort: SortOrder = "desc",
+    after: tuple[float, int] | None = None,
+    limit: int = 10,
+) -> list[EventRow]:
+    return store.events(row.pid, start=start, end=end, sort=sort, after=after, limit=limit)
+
+
+def links(store: Store, row: ProfileRow) -> list[dict[str, Any]]:
+    other = USERS if row.collection == ACCOUNTS else ACCOUNTS
+    return [
+        {
+            "to_collection": other,
+            "segment_id": linked.segment_id,
+            "external_ids": [
+                {k: v for k, v in external_id(r).items() if k != "first_message_id"}
+                for r in store.external_ids(linked.pid)
+            ],
+        }
+        for linked in store.links(row.pid)
+    ]
+
+
+def metadata(store: Store, row: ProfileRow) -> dict[str, Any]:
+    first = store.events(row.pid, sort="asc", limit=1)
+    last = store.events(row.pid, sort="desc", limit=1)
+    return {
+        "segment_id": row.segment_id,
+        "collection": row.collection,
+        "created_at": format_time(row.created_at),
+        "updated_at": format_time(last[0].received_at) if last else format_time(row.created_at),
+        "expires_at": None,
+        "first_message_id": first[0].message_id if first else row.first_message_id,
+        "first_source_id": first[0].source_id if first else row.first_source_id,
+        "last_message_id": last[0].message_id if last else row.first_message_id,
+        "last_source_id": last[0].source_id if last else row.first_source_id,
+        "merged_from": [m.from_segment_id for m in store.merges(row.pid)],
+    }
+
+
+def document(store: Store, ref: str) -> dict[str, Any]:
+    """The whole profile as `idstitch profile --json` prints it."""
+    row = find(store, ref)
+    return {
+        "ref": ref,
+        "segment_id": row.segment_id,
+        "collection": row.collection,
+        "traits": traits(store, row),
+        "external_ids": [
+            {k: v for k, v in e.items() if k in ("type", "id", "collection", "source_id",
+                                                  "created_at")}
+            for e in external_ids(store, row)
+        ],
+        "links": links(store, row),
+        "metadata": metadata(store, row),
+    }

@@ -1,0 +1,42 @@
+"""Stores behind one interface; `open_store` picks one by URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from idstitch.errors import ConfigError
+from idstitch.storage.base import Store
+
+
+def sqlite_path(url: str) -> Path:
+    """`sqlite:////abs/path.db` (four slashes) or `sqlite:///relative/path.db` (three)."""
+    rest = url[len("sqlite:///") :]
+    if not url.startswith("sqlite:///") or not rest:
+        raise ConfigError(
+            f"storage url {url!r} is not a SQLite URL; write sqlite:////absolute/path.db "
+            "or sqlite:///relative/path.db."
+        )
+    return Path(rest)
+
+
+def open_store(url: str) -> Store:
+    if url.startswith("sqlite:"):
+        from idstitch.storage.sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path(url))
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from idstitch.storage.postgres import PostgresStore
+        except ImportError as err:
+            raise ConfigError(
+                f"storage url {url.split('@')[-1]!r} needs the PostgreSQL extra ({err.name} is "
+                "missing); install it with: pip install 'idstitch[postgres]'"
+            ) from None
+        return PostgresStore(url)
+    raise ConfigError(
+        f"storage url {url!r} names no known store; use sqlite:///path/to/file.db "
+        "or postgresql://user@host/dbname."
+    )
+
+
+__all__ = ["Store", "open_store", "sqlite_path"]

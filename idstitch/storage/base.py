@@ -1,0 +1,162 @@
+"""The storage seam, in domain words.
+
+Writes happen in micro-batches: `batch(keys)` opens one transaction and yields a snapshot of
+the graph that covers every identifier key of the batch; the engine resolves each message
+against it and hands the plans to `apply`; leaving the block commits durably (fsync) or rolls
+everything back. Reads take a profile's canonical id as `find` returned it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from typing import Any, Literal
+
+import msgspec
+
+from idstitch.core.graph import Graph
+from idstitch.core.plan import Plan
+
+SortOrder = Literal["asc", "desc"]
+
+
+class ProfileRow(msgspec.Struct, frozen=True):
+    pid: int
+    segment_id: str
+    collection: str
+    created_at: float
+    merges: int
+    first_message_id: str | None
+    first_source_id: str | None
+
+
+class TraitRow(msgspec.Struct, frozen=True):
+    key: str
+    value: Any
+    timestamp: float
+    source_id: str
+
+
+class ExternalIdRow(msgspec.Struct, frozen=True):
+    collection: str
+    type: str
+    id: str
+    source_id: str
+    first_message_id: str
+    created_at: float
+
+
+class EventRow(msgspec.Struct, frozen=True):
+    seq: int
+    source_id: str
+    message_id: str
+    type: str
+    event: str | None
+    timestamp: float
+    received_at: float
+    segment_id: str | None  # the profile it was stamped with at ingestion
+    external_ids: list[tuple[str, str, str]]
+    body: bytes
+
+
+class MergeRow(msgspec.Struct, frozen=True):
+    from_segment_id: str
+    into_segment_id: str
+    message_id: str
+    source_id: str
+    timestamp: float
+
+
+class ViolationRow(msgspec.Struct, frozen=True):
+    source_id: str
+    message_id: str
+    collection: str
+    type: str
+    value: str
+    rule: str
+    detail: str
+    timestamp: float
+
+
+class Stats(msgspec.Struct, frozen=True):
+    profiles: int
+    identifiers: int
+    events: int
+    merges: int
+    violations: int
+
+
+class Transaction(ABC):
+    """One micro-batch: a graph snapshot plus the means to persist plans against it."""
+
+    graph: Graph
+
+    @abstractmethod
+    def seen(self, source_id: str, message_ids: list[str]) -> set[str]:
+        """The message ids of `source_id` already stored (for deduplication)."""
+
+    @abstractmethod
+    def apply(self, plans: list[Plan]) -> None:
+        """Persist the plans, in order; the enclosing `batch` commits them."""
+
+
+class Store(ABC):
+    url: str
+
+    @abstractmethod
+    def batch(self, keys: Iterable[str]) -> AbstractContextManager[Transaction]:
+        """A transaction whose graph covers `keys`; commits durably on a clean exit."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # Reads: profiles are addressed by the canonical pid that `find_*` returns.
+    @abstractmethod
+    def find_by_identifier(self, collection: str, type_: str, value: str) -> ProfileRow | None: ...
+
+    @abstractmethod
+    def find_by_segment_id(self, segment_id: str) -> ProfileRow | None: ...
+
+    @abstractmethod
+    def traits(self, pid: int) -> list[TraitRow]: ...
+
+    @abstractmethod
+    def external_ids(self, pid: int) -> list[ExternalIdRow]: ...
+
+    @abstractmethod
+    def events(
+        self,
+        pid: int,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        sort: SortOrder = "desc",
+        after: tuple[float, int] | None = None,
+        limit: int = 10,
+    ) -> list[EventRow]:
+        """Events of the profile (and of every profile merged into it), ordered by
+        (timestamp, seq); `after` is the last (timestamp, seq) of the previous page."""
+
+    @abstractmethod
+    def links(self, pid: int) -> list[ProfileRow]:
+        """Canonical profiles of the other collection linked to this one."""
+
+    @abstractmethod
+    def merges(self, pid: int) -> list[MergeRow]: ...
+
+    @abstractmethod
+    def violations(self, limit: int = 100) -> list[ViolationRow]: ...
+
+    @abstractmethod
+    def stats(self) -> Stats: ...
+
+    @abstractmethod
+    def healthy(self) -> bool: ...
+
+    # Resumable imports.
+    @abstractmethod
+    def import_offset(self, name: str) -> int: ...
+
+    @abstractmethod
+    def set_import_offset(self, name: str, offset: int) -> None: ...

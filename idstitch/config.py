@@ -32,8 +32,14 @@ ENV_STORAGE_URL = "IDSTITCH_STORAGE_URL"
 
 _TOP_KEYS = {"space_id", "storage", "sources", "access_tokens", "identity"}
 _IDENTITY_KEYS = {
-    "priority", "blocked_values", "blocked_values_by_type", "limits", "sources",
-    "custom_types", "max_merges", "max_identifiers",
+    "priority",
+    "blocked_values",
+    "blocked_values_by_type",
+    "limits",
+    "sources",
+    "custom_types",
+    "max_merges",
+    "max_identifiers",
 }
 _TYPE_RE = re.compile(r"^[a-z0-9_.\-]{1,64}$")
 
@@ -68,13 +74,18 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None
     for key in table:
         if key not in allowed:
             name = f"{where}.{key}" if where else key
-            raise _fail(name, "is not a known setting", "allowed here: " + ", ".join(sorted(allowed)))
+            raise _fail(
+                name, "is not a known setting", "allowed here: " + ", ".join(sorted(allowed))
+            )
 
 
 def _type_name(value: Any, key: str) -> str:
     if not isinstance(value, str) or not _TYPE_RE.match(value.strip().lower()):
-        raise _fail(key, f"has {value!r}, which is not an identifier type",
-                    "use lower-case letters, digits, '_', '.' or '-', e.g. \"phone\"")
+        raise _fail(
+            key,
+            f"has {value!r}, which is not an identifier type",
+            "use lower-case letters, digits, '_', '.' or '-', e.g. \"phone\"",
+        )
     return value.strip().lower()
 
 
@@ -86,16 +97,22 @@ def _blocklist(entries: Any, key: str) -> BlockList:
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
             exact.append(entry)
-        elif isinstance(entry, dict) and set(entry) == {"regex"} and isinstance(entry["regex"], str):
+        elif (
+            isinstance(entry, dict) and set(entry) == {"regex"} and isinstance(entry["regex"], str)
+        ):
             try:
                 re.compile(entry["regex"])
             except re.error as err:
-                raise _fail(f"{key}[{i}].regex", f"is not a valid regular expression ({err})",
-                            "fix the pattern") from None
+                raise _fail(
+                    f"{key}[{i}].regex",
+                    f"is not a valid regular expression ({err})",
+                    "fix the pattern",
+                ) from None
             regex.append(entry["regex"])
         else:
-            raise _fail(f"{key}[{i}]", f"is {entry!r}",
-                        'write a string or a table { regex = "..." }')
+            raise _fail(
+                f"{key}[{i}]", f"is {entry!r}", 'write a string or a table { regex = "..." }'
+            )
     return BlockList.build(exact, regex)
 
 
@@ -133,16 +150,18 @@ def rules_from(identity: Mapping[str, Any]) -> IdentityRules:
             raise _fail(key, f"is {spec!r}", 'write { max = 5, window = "weekly" }')
         window = spec.get("window", "ever")
         if window not in WINDOWS:
-            raise _fail(f"{key}.window", f"is {window!r}",
-                        "use one of " + ", ".join(WINDOWS))
+            raise _fail(f"{key}.window", f"is {window!r}", "use one of " + ", ".join(WINDOWS))
         limits[name] = Limit(_positive_int(spec["max"], f"{key}.max"), window)
     blocked = DEFAULT_BLOCKLIST | _blocklist(
         identity.get("blocked_values", []), "identity.blocked_values"
     )
     by_type_raw = identity.get("blocked_values_by_type", {})
     if not isinstance(by_type_raw, dict):
-        raise _fail("identity.blocked_values_by_type", "must be a table",
-                    "write [identity.blocked_values_by_type]")
+        raise _fail(
+            "identity.blocked_values_by_type",
+            "must be a table",
+            "write [identity.blocked_values_by_type]",
+        )
     by_type = {
         _type_name(t, f"identity.blocked_values_by_type.{t}"): _blocklist(
             v, f"identity.blocked_values_by_type.{t}"
@@ -193,10 +212,11 @@ def settings_from(data: Mapping[str, Any], path: Path | None = None) -> Settings
     _check_keys(storage, {"url"}, "storage")
     url = os.environ.get(ENV_STORAGE_URL) or storage.get("url", DEFAULT_DB_URL)
     if not isinstance(url, str) or "://" not in url:
-        raise _fail("storage.url", f"is {url!r}",
-                    'write "sqlite:///path/to/file.db" or "postgresql://user@host/dbname"')
-    if url.startswith("sqlite:///") and path is not None and not url.startswith("sqlite:////"):
-        pass  # relative SQLite paths are relative to the working directory, as SQLAlchemy's
+        raise _fail(
+            "storage.url",
+            f"is {url!r}",
+            'write "sqlite:///path/to/file.db" or "postgresql://user@host/dbname"',
+        )
     sources_raw = data.get("sources", [])
     if not isinstance(sources_raw, list):
         raise _fail("sources", "must be an array of tables", 'write [[sources]] id = "web"')
@@ -210,8 +230,11 @@ def settings_from(data: Mapping[str, Any], path: Path | None = None) -> Settings
         if not isinstance(sid, str) or not sid:
             raise _fail(f"{key}.id", f"is {sid!r}", "give each source a non-empty id")
         if not isinstance(wkey, str) or len(wkey) < 8:
-            raise _fail(f"{key}.write_key", "is missing or shorter than 8 characters",
-                        "set a long random write key")
+            raise _fail(
+                f"{key}.write_key",
+                "is missing or shorter than 8 characters",
+                "set a long random write key",
+            )
         sources.append(Source(sid, wkey))
     if len({s.id for s in sources}) != len(sources):
         raise _fail("sources", "repeats a source id", "give each source its own id")
@@ -219,7 +242,7 @@ def settings_from(data: Mapping[str, Any], path: Path | None = None) -> Settings
         raise _fail("sources", "repeats a write key", "give each source its own write key")
     tokens_raw = data.get("access_tokens", [])
     if not isinstance(tokens_raw, list):
-        raise _fail("access_tokens", "must be an array of tables", 'write [[access_tokens]]')
+        raise _fail("access_tokens", "must be an array of tables", "write [[access_tokens]]")
     tokens = []
     for i, spec in enumerate(tokens_raw):
         key = f"access_tokens[{i}]"
@@ -228,8 +251,9 @@ def settings_from(data: Mapping[str, Any], path: Path | None = None) -> Settings
         _check_keys(spec, {"token"}, key)
         token = spec.get("token")
         if not isinstance(token, str) or len(token) < 8:
-            raise _fail(f"{key}.token", "is missing or shorter than 8 characters",
-                        "set a long random token")
+            raise _fail(
+                f"{key}.token", "is missing or shorter than 8 characters", "set a long random token"
+            )
         tokens.append(token)
     return Settings(
         space_id=space_id,
@@ -252,7 +276,9 @@ def load(path: str | Path) -> Settings:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {file} is not valid TOML ({err}); fix the syntax.") from None
+        raise ConfigError(
+            f"config file {file} is not valid TOML ({err}); fix the syntax."
+        ) from None
     return settings_from(data, file)
 
 
@@ -272,7 +298,7 @@ def write_default(path: Path = DEFAULT_CONFIG) -> tuple[Settings, str, str]:
         "[[access_tokens]]\n"
         f'token = "{token}"\n\n'
         "[identity]\n"
-        "# priority = [\"user_id\", \"email\", \"phone\", \"anonymous_id\"]\n"
+        '# priority = ["user_id", "email", "phone", "anonymous_id"]\n'
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -12,7 +12,7 @@ import gc
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -82,8 +82,9 @@ class Ticket:
 
 
 def _duplicate(p: Prepared, source_id: str) -> Plan:
-    return Plan(source_id, p.message_id, p.type, None, p.timestamp, p.received_at, b"",
-                duplicate=True)
+    return Plan(
+        source_id, p.message_id, p.type, None, p.timestamp, p.received_at, b"", duplicate=True
+    )
 
 
 class Engine:
@@ -126,6 +127,7 @@ class Engine:
         received_at: float | None = None,
         sent_at: str | None = None,
         keep_received_at: bool = False,
+        fallback_id: Callable[[], str] | None = None,
     ) -> Item:
         """Validate one message (raises InvalidMessage) and extract its identifiers."""
         if isinstance(message, dict):
@@ -144,6 +146,7 @@ class Engine:
             received_at=time.time() if received_at is None else received_at,
             sent_at=sent_at,
             keep_received_at=keep_received_at,
+            fallback_id=fallback_id,
         )
         return prepared, self.extractor.extract(prepared.message, prepared.type)
 
@@ -186,8 +189,9 @@ class Engine:
         for index, message in enumerate(messages):
             try:
                 items.append(
-                    self.prepare(message, received_at=received_at,
-                                 keep_received_at=keep_received_at)
+                    self.prepare(
+                        message, received_at=received_at, keep_received_at=keep_received_at
+                    )
                 )
             except InvalidMessage as err:
                 raise err.at_index(index) from None
@@ -206,8 +210,9 @@ class Engine:
                     return
                 tickets: list[Ticket] = []
                 count = 0
-                while self._queue and (not tickets or count + len(self._queue[0].items)
-                                       <= self.max_batch):
+                while self._queue and (
+                    not tickets or count + len(self._queue[0].items) <= self.max_batch
+                ):
                     ticket = self._queue.popleft()
                     tickets.append(ticket)
                     count += len(ticket.items)
@@ -241,8 +246,7 @@ class Engine:
                             plans.append(_duplicate(prepared, sid))
                             continue
                         already.add(prepared.message_id)
-                        plan = plan_message(prepared, extracted, graph, rules, sid,
-                                            new_segment_id)
+                        plan = plan_message(prepared, extracted, graph, rules, sid, new_segment_id)
                         apply_plan(graph, plan)
                         plans.append(plan)
                         fresh.append(plan)
@@ -250,8 +254,10 @@ class Engine:
                     results.append(plans)
                 tx.apply(fresh)
         except Exception as err:
-            failure = err if isinstance(err, IdstitchError) else StorageError(
-                f"the batch could not be stored: {err}"
+            failure = (
+                err
+                if isinstance(err, IdstitchError)
+                else StorageError(f"the batch could not be stored: {err}")
             )
             for ticket in tickets:
                 ticket.future.set_exception(failure)
@@ -297,8 +303,7 @@ class Engine:
         self, ref: str, *, limit: int = 100, sort: SortOrder = "desc"
     ) -> list[dict[str, Any]]:
         row = profiles.find(self.store, ref)
-        return [profiles.event(e) for e in profiles.events(self.store, row, sort=sort,
-                                                           limit=limit)]
+        return [profiles.event(e) for e in profiles.events(self.store, row, sort=sort, limit=limit)]
 
     def links(self, ref: str) -> list[dict[str, Any]]:
         return profiles.links(self.store, profiles.find(self.store, ref))
@@ -325,6 +330,6 @@ class Engine:
         self.close()
 
 
-def open(config: str | Settings | None = None, **options: Any) -> Engine:  # noqa: A001
+def open(config: str | Settings | None = None, **options: Any) -> Engine:
     """Open an engine from a Settings, a TOML path, a storage URL, or ./idstitch-data/."""
     return Engine(config_module.resolve(config), **options)

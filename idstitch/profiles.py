@@ -34,8 +34,11 @@ def traits(store: Store, row: ProfileRow, verbose: bool = False) -> dict[str, An
     out: dict[str, Any] = {}
     for t in store.traits(row.pid):
         if verbose:
-            out[t.key] = {"value": t.value, "source_id": t.source_id,
-                          "updated_at": format_time(t.timestamp)}
+            out[t.key] = {
+                "value": t.value,
+                "source_id": t.source_id,
+                "updated_at": format_time(t.timestamp),
+            }
         else:
             out[t.key] = t.value
     return out
@@ -62,15 +65,18 @@ def event(e: EventRow) -> dict[str, Any]:
     out: dict[str, Any] = {"type": e.type}
     if e.event is not None and e.type == "track":
         out["event"] = e.event
-    out.update({
-        "source_id": e.source_id,
-        "message_id": e.message_id,
-        "timestamp": format_time(e.timestamp),
-        "received_at": format_time(e.received_at),
-        "external_ids": [
-            {"collection": c, "type": t, "id": v, "encoding": "none"} for c, t, v in e.external_ids
-        ],
-    })
+    out.update(
+        {
+            "source_id": e.source_id,
+            "message_id": e.message_id,
+            "timestamp": format_time(e.timestamp),
+            "received_at": format_time(e.received_at),
+            "external_ids": [
+                {"collection": c, "type": t, "id": v, "encoding": "none"}
+                for c, t, v in e.external_ids
+            ],
+        }
+    )
     for key, value in body.items():
         if key not in _HIDDEN_BODY_KEYS and key not in out:
             out[key] = value
@@ -133,8 +139,11 @@ def document(store: Store, ref: str) -> dict[str, Any]:
         "collection": row.collection,
         "traits": traits(store, row),
         "external_ids": [
-            {k: v for k, v in e.items() if k in ("type", "id", "collection", "source_id",
-                                                  "created_at")}
+            {
+                k: v
+                for k, v in e.items()
+                if k in ("type", "id", "collection", "source_id", "created_at")
+            }
             for e in external_ids(store, row)
         ],
         "links": links(store, row),

@@ -147,8 +147,11 @@ class Extractor:
             value = normalize(type_, raw)
             if value is None:
                 dropped.append(
-                    Dropped(Identifier(collection, type_, repr(raw)[:100]), "invalid_value",
-                            f"{type_} must be a string or a number")
+                    Dropped(
+                        Identifier(collection, type_, repr(raw)[:100]),
+                        "invalid_value",
+                        f"{type_} must be a string or a number",
+                    )
                 )
                 continue
             if (type_, value) in seen:

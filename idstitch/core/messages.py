@@ -7,6 +7,7 @@ bytes for storage. JSON `null` counts as absent everywhere.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -225,10 +226,12 @@ def prepare(
     received_at: float,
     sent_at: str | None = None,
     keep_received_at: bool = False,
+    fallback_id: Callable[[], str] | None = None,
 ) -> Prepared:
     """Decode and validate one message. `type_` comes from the route for single calls.
 
     With `keep_received_at` (imports of exported data), a message's own `receivedAt` wins.
+    `fallback_id` names a message that has no `messageId` (default: a random id).
     """
     if len(raw) > MAX_MESSAGE_BYTES:
         raise PayloadTooLarge(
@@ -263,7 +266,7 @@ def prepare(
                 "message_id_too_long",
             )
     if not message_id:
-        message_id = "api-" + uuid.uuid4().hex
+        message_id = fallback_id() if fallback_id is not None else "api-" + uuid.uuid4().hex
     return Prepared(message, kind, message_id, timestamp, received_at, raw)
 
 

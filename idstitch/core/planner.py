@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from idstitch.core.graph import Graph
-from idstitch.core.identifiers import ACCOUNTS, USERS, Extracted, Extractor
+from idstitch.core.identifiers import ACCOUNTS, USERS, Extracted
 from idstitch.core.messages import Prepared
 from idstitch.core.plan import Plan, Violation
 from idstitch.core.resolver import NewId, apply_side, resolve_side
@@ -31,7 +31,14 @@ def plan_message(
     source = rules.source(source_id)
     at = prepared.timestamp
     users = resolve_side(
-        extracted.users, graph, rules, source, source_id, at, USERS, new_segment_id,
+        extracted.users,
+        graph,
+        rules,
+        source,
+        source_id,
+        at,
+        USERS,
+        new_segment_id,
         extracted.alias_previous,
     )
     accounts = None
@@ -46,7 +53,9 @@ def plan_message(
         source_id=source_id,
         message_id=prepared.message_id,
         type=kind,
-        event=message.event if kind == "track" else (
+        event=message.event
+        if kind == "track"
+        else (
             message.name if kind in ("page", "screen") and isinstance(message.name, str) else None
         ),
         timestamp=at,
@@ -56,8 +65,9 @@ def plan_message(
         accounts=accounts,
         traits=traits,
         violations=[
-            Violation(d.identifier.collection, d.identifier.type, d.identifier.value, d.rule,
-                      d.detail)
+            Violation(
+                d.identifier.collection, d.identifier.type, d.identifier.value, d.rule, d.detail
+            )
             for d in extracted.dropped
         ],
     )

@@ -77,8 +77,9 @@ def resolve_side(
     violations: list[Violation] = []
     while True:
         if not live:
-            return SidePlan(collection, "unresolved", violations=violations,
-                            reason="no usable identifiers")
+            return SidePlan(
+                collection, "unresolved", violations=violations, reason="no usable identifiers"
+            )
         matched: list[ProfileState] = []
         new: list[Identifier] = []
         for ident in live:
@@ -96,15 +97,24 @@ def resolve_side(
         else:
             if new and not source.add:
                 for ident in new:
-                    violations.append(_violation(
-                        ident, "source_add_denied",
-                        f"source {source_id!r} may not add identifiers to existing profiles"))
+                    violations.append(
+                        _violation(
+                            ident,
+                            "source_add_denied",
+                            f"source {source_id!r} may not add identifiers to existing profiles",
+                        )
+                    )
                     live.remove(ident)
                 new = []
             if len(matched) > 1 and not source.merge:
                 victim = live.pop()
-                violations.append(_violation(
-                    victim, "source_merge_denied", f"source {source_id!r} may not merge profiles"))
+                violations.append(
+                    _violation(
+                        victim,
+                        "source_merge_denied",
+                        f"source {source_id!r} may not merge profiles",
+                    )
+                )
                 continue
         over = _over_limit(matched, new, rules, at)
         if over is not None:
@@ -120,8 +130,13 @@ def resolve_side(
         for ident in refused:
             violations.append(_violation(ident, "identifier_cap", f"a profile holds at most {cap}"))
         return SidePlan(
-            collection, "created", new_segment_id(collection), created=True,
-            added=[(i.type, i.value) for i in added], identifiers=used, violations=violations,
+            collection,
+            "created",
+            new_segment_id(collection),
+            created=True,
+            added=[(i.type, i.value) for i in added],
+            identifiers=used,
+            violations=violations,
         )
     target = min(matched, key=lambda s: (s.created_at, s.pid))
     others = [s for s in matched if s is not target]
@@ -130,18 +145,22 @@ def resolve_side(
         held = target.n_ids + sum(o.n_ids for o in others)
         refusal = None
         if merges > rules.max_merges:
-            refusal = ("merge_cap", f"the merge would make {merges} merges; the cap is "
-                       f"{rules.max_merges}")
+            refusal = (
+                "merge_cap",
+                f"the merge would make {merges} merges; the cap is {rules.max_merges}",
+            )
         elif held > cap:
-            refusal = ("identifier_cap", f"the merge would make {held} identifiers; the cap is "
-                       f"{cap}")
+            refusal = (
+                "identifier_cap",
+                f"the merge would make {held} identifiers; the cap is {cap}",
+            )
         if refusal is not None:
             for other in others:
                 violations.append(Violation(collection, "segment_id", other.segment_id, *refusal))
             others = []
     room = cap - target.n_ids - sum(o.n_ids for o in others)
     added_ids = new[: max(room, 0)]
-    for ident in new[len(added_ids):]:
+    for ident in new[len(added_ids) :]:
         violations.append(_violation(ident, "identifier_cap", f"a profile holds at most {cap}"))
     return SidePlan(
         collection,

@@ -94,7 +94,8 @@ class SQLiteTransaction(Transaction):
             found.update(
                 row[0]
                 for row in self.conn.execute(
-                    f"SELECT message_id FROM events WHERE source_id = ? AND message_id IN ({marks})",
+                    "SELECT message_id FROM events "
+                    f"WHERE source_id = ? AND message_id IN ({marks})",
                     (source_id, *chunk),
                 )
             )
@@ -139,8 +140,20 @@ class SQLiteTransaction(Transaction):
             if user_pid is None and account_pid is None:
                 reason = (users.reason if users is not None else None) or "no usable identifiers"
             events.append(
-                (seq, source, mid, plan.type, plan.event, ts, plan.received_at, user_pid,
-                 account_pid, reason, _json.encode(promoted), plan.raw)
+                (
+                    seq,
+                    source,
+                    mid,
+                    plan.type,
+                    plan.event,
+                    ts,
+                    plan.received_at,
+                    user_pid,
+                    account_pid,
+                    reason,
+                    _json.encode(promoted),
+                    plan.raw,
+                )
             )
             owner = user_pid if plan.type == "identify" else account_pid
             if plan.traits and owner is not None:
@@ -238,7 +251,9 @@ class SQLiteStore(Store):
         self._load()
         self._closing = threading.Event()
         self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, args=(checkpoint_interval,), daemon=True,
+            target=self._checkpoint_loop,
+            args=(checkpoint_interval,),
+            daemon=True,
             name="idstitch-checkpoint",
         )
         self._checkpointer.start()
@@ -322,23 +337,33 @@ class SQLiteStore(Store):
         return conn
 
     def _members(self, conn: sqlite3.Connection, pid: int) -> list[int]:
-        return [r[0] for r in conn.execute("SELECT id FROM profiles WHERE canonical_id = ?", (pid,))]
+        return [
+            r[0] for r in conn.execute("SELECT id FROM profiles WHERE canonical_id = ?", (pid,))
+        ]
 
     def find_by_identifier(self, collection: str, type_: str, value: str) -> ProfileRow | None:
-        row = self._read().execute(
-            f"SELECT {_PROFILE_COLUMNS} FROM identifiers i "
-            "JOIN profiles q ON q.id = i.profile_id JOIN profiles p ON p.id = q.canonical_id "
-            "WHERE i.collection = ? AND i.type = ? AND i.value = ?",
-            (collection, type_, value),
-        ).fetchone()
+        row = (
+            self._read()
+            .execute(
+                f"SELECT {_PROFILE_COLUMNS} FROM identifiers i "
+                "JOIN profiles q ON q.id = i.profile_id JOIN profiles p ON p.id = q.canonical_id "
+                "WHERE i.collection = ? AND i.type = ? AND i.value = ?",
+                (collection, type_, value),
+            )
+            .fetchone()
+        )
         return ProfileRow(*row) if row else None
 
     def find_by_segment_id(self, segment_id: str) -> ProfileRow | None:
-        row = self._read().execute(
-            f"SELECT {_PROFILE_COLUMNS} FROM profiles q JOIN profiles p ON p.id = q.canonical_id "
-            "WHERE q.segment_id = ?",
-            (segment_id,),
-        ).fetchone()
+        row = (
+            self._read()
+            .execute(
+                f"SELECT {_PROFILE_COLUMNS} FROM profiles q "
+                "JOIN profiles p ON p.id = q.canonical_id WHERE q.segment_id = ?",
+                (segment_id,),
+            )
+            .fetchone()
+        )
         return ProfileRow(*row) if row else None
 
     def traits(self, pid: int) -> list[TraitRow]:
@@ -410,8 +435,18 @@ class SQLiteStore(Store):
             f"ORDER BY e.timestamp {order}, e.seq {order} LIMIT ?"
         )
         return [
-            EventRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], _ext_decoder.decode(r[8]),
-                     bytes(r[9]))
+            EventRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                _ext_decoder.decode(r[8]),
+                bytes(r[9]),
+            )
             for r in conn.execute(sql, args)
         ]
 
@@ -420,7 +455,9 @@ class SQLiteStore(Store):
         row = conn.execute("SELECT collection FROM profiles WHERE id = ?", (pid,)).fetchone()
         if row is None:
             return []
-        mine, theirs = ("account_id", "user_id") if row[0] == "accounts" else ("user_id", "account_id")
+        mine, theirs = (
+            ("account_id", "user_id") if row[0] == "accounts" else ("user_id", "account_id")
+        )
         members = self._members(conn, pid)
         marks = ",".join("?" * len(members))
         return [
@@ -479,9 +516,11 @@ class SQLiteStore(Store):
         return True
 
     def import_offset(self, name: str) -> int:
-        row = self._read().execute(
-            "SELECT byte_offset FROM import_progress WHERE name = ?", (name,)
-        ).fetchone()
+        row = (
+            self._read()
+            .execute("SELECT byte_offset FROM import_progress WHERE name = ?", (name,))
+            .fetchone()
+        )
         return int(row[0]) if row else 0
 
     def set_import_offset(self, name: str, offset: int) -> None:

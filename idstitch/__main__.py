@@ -1,0 +1,3 @@
+from idstitch.cli import main
+
+main()

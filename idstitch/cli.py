@@ -1,0 +1,268 @@
+"""The command line: a thin layer over the library.
+
+idstitch serve    the HTTP service (Tracking API in, Profile API out)
+idstitch import   backfill Segment messages from JSON-lines files
+idstitch profile  print profiles by any identifier or segment_id
+idstitch migrate  apply the store's schema migrations
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+import msgspec
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from idstitch import __version__, config
+from idstitch.config import Settings
+from idstitch.errors import IdstitchError, ProfileNotFound
+
+F = TypeVar("F", bound=Callable[..., Any])
+err_console = Console(stderr=True)
+
+CONFIG_HELP = (
+    "TOML config file. Default: ./idstitch-data/idstitch.toml if it exists, else the SQLite "
+    "store ./idstitch-data/idstitch.db with the default identity rules."
+)
+
+
+def _fail(err: Exception, code: int = 2) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+    sys.exit(code)
+
+
+def config_option(func: F) -> F:
+    return click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False), default=None, help=CONFIG_HELP
+    )(func)
+
+
+def _settings(config_path: str | None) -> Settings:
+    try:
+        return config.load(config_path) if config_path else config.resolve(None)
+    except IdstitchError as err:
+        _fail(err)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="idstitch")
+def main() -> None:
+    """idstitch stitches the identifiers in Segment messages (anonymous ids, user ids, e-mails,
+    device ids, custom external ids) into one persistent profile per person.
+
+    \b
+    Quick start:
+      idstitch serve                         # HTTP service on 127.0.0.1:8088
+      idstitch import events.jsonl.gz        # backfill JSON-lines files or directories
+      idstitch profile email:jane@example.com --json
+
+    Without --config, data lives in ./idstitch-data/.
+    """
+
+
+@main.command()
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=8088,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Port to listen on.",
+)
+def serve(config_path: str | None, host: str, port: int) -> None:
+    """Run the HTTP service: Segment's Tracking API (/v1/track, /v1/batch, ...) in and
+    Segment's Profile API (/v1/spaces/...) out.
+
+    Without --config and without ./idstitch-data/idstitch.toml, the first start writes that
+    file with a random write key and access token and prints both once.
+    """
+    try:
+        from idstitch.http.server import serve as run_server
+    except ImportError as err:  # pragma: no cover - the HTTP layer ships with the package
+        _fail(IdstitchError(f"the HTTP service cannot start: {err}"))
+    try:
+        run_server(config_path, host, port)
+    except IdstitchError as err:
+        _fail(err)
+
+
+@main.command("import")
+@config_option
+@click.option(
+    "--source",
+    default="import",
+    show_default=True,
+    help="Source id the messages are attributed to; its identity rules apply.",
+)
+@click.option(
+    "--batch-size",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 10000),
+    help="Messages per durable commit.",
+)
+@click.option("--no-progress", is_flag=True, help="Do not draw a progress bar.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def import_(
+    config_path: str | None, source: str, batch_size: int, no_progress: bool, paths: tuple[str, ...]
+) -> None:
+    """Backfill Segment messages from JSON-lines files (.gz too) or directories of them.
+
+    Messages resolve exactly as live traffic does, in file order. An interrupted import
+    resumes where it stopped when run again with the same paths and --source; messages
+    already stored (same messageId and source) are skipped.
+    """
+    from idstitch.engine import Engine
+    from idstitch.importer import find_files, import_paths
+
+    settings = _settings(config_path)
+    try:
+        files = find_files(list(paths))
+        total = sum(f.stat().st_size for f in files)
+        with Engine(settings) as engine:
+            if no_progress or not sys.stderr.isatty():
+                summary = import_paths(engine, list(paths), source=source, batch_size=batch_size)
+            else:
+                bar = Progress(
+                    TextColumn("importing"),
+                    BarColumn(),
+                    DownloadColumn(),
+                    TransferSpeedColumn(),
+                    TimeRemainingColumn(),
+                    console=err_console,
+                )
+                with bar:
+                    task = bar.add_task("import", total=total)
+                    done: dict[str, int] = {"base": 0, "last": 0}
+
+                    def advance(position: int) -> None:
+                        if position < done["last"]:  # a new file started
+                            done["base"] += done["last"]
+                        done["last"] = position
+                        bar.update(task, completed=done["base"] + position)
+
+                    summary = import_paths(
+                        engine, list(paths), source=source, batch_size=batch_size, progress=advance
+                    )
+    except IdstitchError as err:
+        _fail(err)
+    table = Table(title="import summary", show_header=False)
+    for label, value in (
+        ("files", f"{summary.files:,}"),
+        ("events", f"{summary.events:,}"),
+        ("profiles created", f"{summary.created:,}"),
+        ("merges", f"{summary.merges:,}"),
+        ("violations", f"{summary.violations:,}"),
+        ("duplicates skipped", f"{summary.duplicates:,}"),
+        ("invalid lines", f"{summary.invalid:,}"),
+        ("resumed past", f"{summary.skipped_bytes:,} bytes"),
+        ("seconds", f"{summary.seconds:.2f}"),
+        ("events/s", f"{summary.events_per_second:,.0f}"),
+    ):
+        table.add_row(label, value)
+    Console().print(table)
+    for line in summary.errors:
+        err_console.print(f"[yellow]skipped[/] {line}", highlight=False)
+
+
+@main.command()
+@config_option
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per line and per REF (stable shape for scripts).",
+)
+@click.argument("refs", nargs=-1, required=True)
+def profile(config_path: str | None, as_json: bool, refs: tuple[str, ...]) -> None:
+    """Print profiles. REF is type:value (user_id:u1, email:jane@example.com,
+    group_id:acme for an account) or a segment_id (use_... / acc_...).
+
+    Exit status 0 when every REF was found, 1 when some were not.
+    """
+    from idstitch import profiles
+    from idstitch.storage import open_store
+
+    settings = _settings(config_path)
+    missing = 0
+    try:
+        store = open_store(settings.storage_url)
+    except IdstitchError as err:
+        _fail(err)
+    out = Console()
+    try:
+        for ref in refs:
+            try:
+                doc = profiles.document(store, ref)
+            except ProfileNotFound:
+                missing += 1
+                if as_json:
+                    click.echo(msgspec.json.encode({"ref": ref, "error": "not_found"}))
+                else:
+                    err_console.print(f"not found: {ref}", highlight=False)
+                continue
+            if as_json:
+                click.echo(msgspec.json.encode(doc))
+            else:
+                _print_profile(out, doc)
+    except IdstitchError as err:
+        _fail(err)
+    finally:
+        store.close()
+    sys.exit(1 if missing else 0)
+
+
+def _print_profile(out: Console, doc: dict[str, Any]) -> None:
+    meta = doc["metadata"]
+    out.print(
+        f"[bold]{doc['segment_id']}[/]  ({doc['collection']}, created {meta['created_at']},"
+        f" {len(meta['merged_from'])} merged in)",
+        highlight=False,
+    )
+    ids = Table("type", "id", "source", "created_at", title="external ids", title_justify="left")
+    for e in doc["external_ids"]:
+        ids.add_row(e["type"], e["id"], e["source_id"], e["created_at"])
+    out.print(ids)
+    if doc["traits"]:
+        traits = Table("trait", "value", title="traits", title_justify="left")
+        for key, value in doc["traits"].items():
+            traits.add_row(key, msgspec.json.encode(value).decode())
+        out.print(traits)
+    for link in doc["links"]:
+        names = ", ".join(f"{e['type']}:{e['id']}" for e in link["external_ids"])
+        out.print(
+            f"linked {link['to_collection']}: {link['segment_id']} ({names})", highlight=False
+        )
+    out.print()
+
+
+@main.command()
+@config_option
+def migrate(config_path: str | None) -> None:
+    """Apply the store's schema migrations (also done automatically on start)."""
+    from idstitch.storage import open_store
+
+    settings = _settings(config_path)
+    try:
+        store = open_store(settings.storage_url)
+    except IdstitchError as err:
+        _fail(err)
+    applied: list[str] = list(getattr(store, "migrations_applied", []))
+    store.close()
+    if applied:
+        click.echo("applied: " + ", ".join(applied))
+    else:
+        click.echo("the schema is up to date")

@@ -19,12 +19,16 @@ _HIDDEN_BODY_KEYS = {"writeKey", "messageId", "timestamp", "type", "event"}
 
 
 def find(store: Store, ref: str, collection: str | None = None) -> ProfileRow:
-    """The canonical profile for `type:value` or a segment_id; raises ProfileNotFound."""
+    """The canonical profile for `type:value` or a segment_id; raises ProfileNotFound.
+
+    Without a collection, `type:value` is looked up among users, then accounts."""
     parsed = parse_ref(ref, collection)
     if isinstance(parsed, str):
         row = store.find_by_segment_id(parsed)
     else:
         row = store.find_by_identifier(*parsed)
+        if row is None and collection is None and parsed[0] == USERS:
+            row = store.find_by_identifier(ACCOUNTS, parsed[1], parsed[2])
     if row is None or (collection is not None and row.collection != collection):
         raise ProfileNotFound(f"no {collection or 'profile'} matches {ref!r}.")
     return row

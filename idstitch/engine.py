@@ -254,14 +254,35 @@ class Engine:
                     results.append(plans)
                 tx.apply(fresh)
         except Exception as err:
-            failure = (
-                err
-                if isinstance(err, IdstitchError)
-                else StorageError(f"the batch could not be stored: {err}")
-            )
-            for ticket in tickets:
-                ticket.future.set_exception(failure)
+            self._fail(tickets, err)
             return
+        # A store may commit on its own thread: acknowledge when that commit is durable.
+        durable: Future[None] | None = getattr(tx, "done", None)
+        if durable is None:
+            self._acknowledge(tickets, results, fresh, started)
+        else:
+
+            def settle(future: Future[None]) -> None:
+                error = future.exception()
+                if error is not None:
+                    self._fail(tickets, error)
+                else:
+                    self._acknowledge(tickets, results, fresh, started)
+
+            durable.add_done_callback(settle)
+
+    def _fail(self, tickets: list[Ticket], err: BaseException) -> None:
+        failure = (
+            err
+            if isinstance(err, IdstitchError)
+            else StorageError(f"the batch could not be stored: {err}")
+        )
+        for ticket in tickets:
+            ticket.future.set_exception(failure)
+
+    def _acknowledge(
+        self, tickets: list[Ticket], results: list[list[Plan]], fresh: list[Plan], started: float
+    ) -> None:
         done = time.perf_counter()
         self._count(fresh, sum(len(r) for r in results), done - started)
         for ticket, plans in zip(tickets, results, strict=True):

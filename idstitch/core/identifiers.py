@@ -13,22 +13,23 @@ USERS = "users"
 ACCOUNTS = "accounts"
 
 
+def key_of(collection: str, type_: str, value: str) -> str:
+    """The graph's dictionary key: compact, and unique per (collection, type, value)."""
+    return ("a" if collection == ACCOUNTS else "u") + type_ + "\x1f" + value
+
+
 class Identifier(NamedTuple):
     collection: str
     type: str
     value: str
+    key: str  # key_of(collection, type, value), computed once
 
-    @property
-    def key(self) -> str:
-        return key_of(self.collection, self.type, self.value)
+    @classmethod
+    def of(cls, collection: str, type_: str, value: str) -> Identifier:
+        return cls(collection, type_, value, key_of(collection, type_, value))
 
     def __str__(self) -> str:
         return f"{self.type}:{self.value}"
-
-
-def key_of(collection: str, type_: str, value: str) -> str:
-    """The graph's dictionary key: compact, and unique per (collection, type, value)."""
-    return ("a" if collection == ACCOUNTS else "u") + type_ + "\x1f" + value
 
 
 class Dropped(NamedTuple):
@@ -141,39 +142,50 @@ class Extractor:
         self, collection: str, pairs: list[tuple[str, Any]], dropped: list[Dropped]
     ) -> list[Identifier]:
         out: list[Identifier] = []
-        seen: set[tuple[str, str]] = set()
-        rules = self.rules
+        if not pairs:
+            return out
+        seen: set[str] = set()
+        blocked_by = self.rules.blocked_by
+        prefix = "a" if collection == ACCOUNTS else "u"
         for type_, raw in pairs:
-            value = normalize(type_, raw)
-            if value is None:
-                dropped.append(
-                    Dropped(
-                        Identifier(collection, type_, repr(raw)[:100]),
-                        "invalid_value",
-                        f"{type_} must be a string or a number",
+            if raw.__class__ is str:
+                value = raw.strip()
+                if type_ == "email":
+                    value = value.lower()
+            else:
+                norm = normalize(type_, raw)
+                if norm is None:
+                    dropped.append(
+                        Dropped(
+                            Identifier.of(collection, type_, repr(raw)[:100]),
+                            "invalid_value",
+                            f"{type_} must be a string or a number",
+                        )
                     )
-                )
+                    continue
+                value = norm
+            key = prefix + type_ + "\x1f" + value
+            if key in seen:
                 continue
-            if (type_, value) in seen:
-                continue
-            seen.add((type_, value))
-            ident = Identifier(collection, type_, value)
+            seen.add(key)
             if len(value) > MAX_VALUE_LENGTH:
                 dropped.append(
                     Dropped(
-                        Identifier(collection, type_, value[:100] + "..."),
+                        Identifier.of(collection, type_, value[:100] + "..."),
                         "value_too_long",
                         f"{len(value)} characters; the limit is {MAX_VALUE_LENGTH}",
                     )
                 )
                 continue
-            hit = rules.blocked_by(type_, value)
+            ident = Identifier(collection, type_, value, key)
+            hit = blocked_by(type_, value)
             if hit is not None:
                 dropped.append(Dropped(ident, "blocked_value", f"matches blocked value {hit!r}"))
                 continue
             out.append(ident)
-        rank = rules.rank
-        out.sort(key=lambda i: rank(i.type))  # stable: ties keep extraction order
+        if len(out) > 1:
+            rank = self.rules.rank
+            out.sort(key=lambda i: rank(i.type))  # stable: ties keep extraction order
         return out
 
 

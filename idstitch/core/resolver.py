@@ -33,7 +33,7 @@ def _over_limit(
         types = {i.type for i in new}
     else:
         return None
-    for type_ in rules.ordered_types(types):
+    for type_ in rules.ordered_types(types) if len(types) > 1 else types:
         limit = rules.limit(type_)
         window = limit.seconds
         held = [state.count(type_, at, window) for state in matched]
@@ -75,6 +75,7 @@ def resolve_side(
             live.append(chosen)
             live.sort(key=lambda i: rules.rank(i.type))  # stable: ties keep extraction order
     violations: list[Violation] = []
+    owners, parent, profiles = graph.owners, graph.parent, graph.profiles
     while True:
         if not live:
             return SidePlan(
@@ -83,10 +84,14 @@ def resolve_side(
         matched: list[ProfileState] = []
         new: list[Identifier] = []
         for ident in live:
-            state = graph.owner(ident.key)
-            if state is None:
+            pid = owners.get(ident.key)
+            if pid is None:
                 new.append(ident)
-            elif state not in matched:
+                continue
+            if pid in parent:
+                pid = graph.find(pid)
+            state = profiles[pid]
+            if state not in matched:
                 matched.append(state)
         if not matched:
             if not source.create:

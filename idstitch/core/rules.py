@@ -161,7 +161,7 @@ class IdentityRules:
     def blocked_by(self, type_: str, value: str) -> str | None:
         """The blocked entry that matches `value` for `type_`, or None."""
         hit = self.blocked.blocks(value)
-        if hit is None:
+        if hit is None and self.blocked_by_type:
             per_type = self.blocked_by_type.get(type_)
             if per_type is not None:
                 hit = per_type.blocks(value)

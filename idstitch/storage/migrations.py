@@ -1,5 +1,9 @@
 """Named schema migrations. Each store keeps its dialect's SQL under the same names and records
-applied names in `schema_migrations`."""
+applied names in `schema_migrations`.
+
+Lookups by identifier and by message id go through 64-bit hashes (`storage.rows`): an integer
+index costs far less to maintain than one on text, and every hit is checked on the full value.
+"""
 
 from __future__ import annotations
 
@@ -19,18 +23,21 @@ SQLITE: list[tuple[str, str]] = [
         );
         CREATE INDEX profiles_canonical ON profiles (canonical_id);
         CREATE TABLE identifiers (
+            id INTEGER PRIMARY KEY,
+            key_hash INTEGER NOT NULL,
             collection TEXT NOT NULL,
             type TEXT NOT NULL,
             value TEXT NOT NULL,
             profile_id INTEGER NOT NULL,
             source_id TEXT NOT NULL,
             first_message_id TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            PRIMARY KEY (collection, type, value)
-        ) WITHOUT ROWID;
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX identifiers_key ON identifiers (key_hash);
         CREATE INDEX identifiers_profile ON identifiers (profile_id);
         CREATE TABLE events (
             seq INTEGER PRIMARY KEY,
+            msg_hash INTEGER NOT NULL,
             source_id TEXT NOT NULL,
             message_id TEXT NOT NULL,
             type TEXT NOT NULL,
@@ -43,7 +50,7 @@ SQLITE: list[tuple[str, str]] = [
             external_ids TEXT NOT NULL,
             body BLOB NOT NULL
         );
-        CREATE UNIQUE INDEX events_message ON events (source_id, message_id);
+        CREATE INDEX events_message ON events (msg_hash);
         CREATE INDEX events_profile ON events (profile_id, timestamp, seq)
             WHERE profile_id IS NOT NULL;
         CREATE INDEX events_account ON events (account_id, timestamp, seq)
@@ -89,6 +96,104 @@ SQLITE: list[tuple[str, str]] = [
             name TEXT PRIMARY KEY,
             byte_offset INTEGER NOT NULL,
             updated_at REAL NOT NULL
+        );
+        """,
+    ),
+]
+
+# PostgreSQL keeps text keys under a unique index: the database itself then guarantees that no
+# identifier has two owners and no message is stored twice, whatever several writers do.
+# Ids and event numbers come from sequences, so workers on several hosts interleave correctly.
+POSTGRES: list[tuple[str, str]] = [
+    (
+        "0001_initial",
+        """
+        CREATE SEQUENCE profile_id_seq;
+        CREATE TABLE profiles (
+            id BIGINT PRIMARY KEY DEFAULT nextval('profile_id_seq'),
+            segment_id TEXT COLLATE "C" NOT NULL UNIQUE,
+            collection TEXT NOT NULL,
+            canonical_id BIGINT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            merges INTEGER NOT NULL DEFAULT 0,
+            first_message_id TEXT,
+            first_source_id TEXT
+        );
+        ALTER SEQUENCE profile_id_seq OWNED BY profiles.id;
+        CREATE INDEX profiles_canonical ON profiles (canonical_id);
+        CREATE TABLE identifiers (
+            collection TEXT COLLATE "C" NOT NULL,
+            type TEXT COLLATE "C" NOT NULL,
+            value TEXT COLLATE "C" NOT NULL,
+            profile_id BIGINT NOT NULL,
+            source_id TEXT NOT NULL,
+            first_message_id TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (collection, type, value)
+        );
+        CREATE INDEX identifiers_profile ON identifiers (profile_id);
+        CREATE SEQUENCE event_seq;
+        CREATE TABLE events (
+            seq BIGINT PRIMARY KEY DEFAULT nextval('event_seq'),
+            source_id TEXT COLLATE "C" NOT NULL,
+            message_id TEXT COLLATE "C" NOT NULL,
+            type TEXT NOT NULL,
+            event TEXT,
+            timestamp DOUBLE PRECISION NOT NULL,
+            received_at DOUBLE PRECISION NOT NULL,
+            profile_id BIGINT,
+            account_id BIGINT,
+            reason TEXT,
+            external_ids TEXT NOT NULL,
+            body BYTEA NOT NULL
+        );
+        ALTER SEQUENCE event_seq OWNED BY events.seq;
+        CREATE UNIQUE INDEX events_message ON events (source_id, message_id);
+        CREATE INDEX events_profile ON events (profile_id, timestamp, seq)
+            WHERE profile_id IS NOT NULL;
+        CREATE INDEX events_account ON events (account_id, timestamp, seq)
+            WHERE account_id IS NOT NULL;
+        CREATE TABLE traits (
+            profile_id BIGINT NOT NULL,
+            key TEXT COLLATE "C" NOT NULL,
+            value TEXT,
+            timestamp DOUBLE PRECISION NOT NULL,
+            seq BIGINT NOT NULL,
+            source_id TEXT NOT NULL,
+            PRIMARY KEY (profile_id, key)
+        );
+        CREATE TABLE merges (
+            id BIGSERIAL PRIMARY KEY,
+            from_id BIGINT NOT NULL,
+            into_id BIGINT NOT NULL,
+            message_id TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            timestamp DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX merges_into ON merges (into_id);
+        CREATE TABLE violations (
+            id BIGSERIAL PRIMARY KEY,
+            source_id TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            type TEXT NOT NULL,
+            value TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            timestamp DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE links (
+            user_id BIGINT NOT NULL,
+            account_id BIGINT NOT NULL,
+            source_id TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (user_id, account_id)
+        );
+        CREATE INDEX links_account ON links (account_id);
+        CREATE TABLE import_progress (
+            name TEXT PRIMARY KEY,
+            byte_offset BIGINT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
         );
         """,
     ),

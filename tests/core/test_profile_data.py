@@ -17,8 +17,7 @@ def test_alias_merges_previous_anonymous_id_with_user(make_engine: MakeEngine) -
     assert r.outcome == "merged"
     assert r.segment_id == anon.segment_id  # the older profile survives
     assert r.merged == (user.segment_id,)
-    assert ids(engine, "user_id:u1") == {"anonymous_id:visitor-1", "user_id:u1",
-                                        "email:a@x.com"}
+    assert ids(engine, "user_id:u1") == {"anonymous_id:visitor-1", "user_id:u1", "email:a@x.com"}
 
 
 def test_alias_previous_id_that_is_a_user_id(make_engine: MakeEngine) -> None:
@@ -35,8 +34,7 @@ def test_alias_with_unknown_previous_id_records_it_as_anonymous(make_engine: Mak
     engine = make_engine()
     r = engine.ingest(msg("alias", previousId="never-seen", userId="u9", anonymousId="a9"))
     assert r.outcome == "created"
-    assert ids(engine, "user_id:u9") == {"user_id:u9", "anonymous_id:a9",
-                                        "anonymous_id:never-seen"}
+    assert ids(engine, "user_id:u9") == {"user_id:u9", "anonymous_id:a9", "anonymous_id:never-seen"}
 
 
 def test_alias_requires_both_ids(make_engine: MakeEngine) -> None:
@@ -48,15 +46,24 @@ def test_alias_requires_both_ids(make_engine: MakeEngine) -> None:
 
 def test_group_creates_account_links_and_writes_account_traits(make_engine: MakeEngine) -> None:
     engine = make_engine()
-    r = engine.ingest(msg("group", userId="u1", groupId="acme",
-                          traits={"name": "Acme", "email": "billing@acme.com", "plan": "pro"}))
+    r = engine.ingest(
+        msg(
+            "group",
+            userId="u1",
+            groupId="acme",
+            traits={"name": "Acme", "email": "billing@acme.com", "plan": "pro"},
+        )
+    )
     assert r.account_segment_id is not None and r.account_segment_id.startswith("acc_")
     assert r.segment_id is not None and r.segment_id.startswith("use_")
     # Group traits describe the account: the e-mail identifies nobody.
     assert ids(engine, "user_id:u1") == {"user_id:u1"}
     assert ids(engine, "group_id:acme") == {"group_id:acme"}
     assert engine.traits("group_id:acme") == {
-        "name": "Acme", "email": "billing@acme.com", "plan": "pro"}
+        "name": "Acme",
+        "email": "billing@acme.com",
+        "plan": "pro",
+    }
     assert engine.traits("user_id:u1") == {}
     [link] = engine.links("user_id:u1")
     assert link["to_collection"] == "accounts"
@@ -82,23 +89,33 @@ def test_links_are_many_to_many_and_follow_merges(make_engine: MakeEngine) -> No
 
 def test_account_external_ids_and_custom_keys_in_group_traits(make_engine: MakeEngine) -> None:
     engine = make_engine({"identity": {"custom_types": ["salesforce_id"]}})
-    engine.ingest(msg("group", userId="u1", groupId="acme", traits={"salesforceId": "SF1"},
-                      context={"externalIds": [
-                          {"id": "D-1", "type": "domain_id", "collection": "accounts",
-                           "encoding": "none"}]}))
+    engine.ingest(
+        msg(
+            "group",
+            userId="u1",
+            groupId="acme",
+            traits={"salesforceId": "SF1"},
+            context={
+                "externalIds": [
+                    {"id": "D-1", "type": "domain_id", "collection": "accounts", "encoding": "none"}
+                ]
+            },
+        )
+    )
     account = sid(engine, "group_id:acme")
     assert sid(engine, "salesforce_id:SF1") == account  # users first, then accounts
     assert sid(engine, "user_id:u1") != account
-    assert ids(engine, "group_id:acme") == {"group_id:acme", "salesforce_id:SF1",
-                                            "domain_id:D-1"}
+    assert ids(engine, "group_id:acme") == {"group_id:acme", "salesforce_id:SF1", "domain_id:D-1"}
 
 
 def test_traits_latest_event_time_wins_and_null_removes(make_engine: MakeEngine) -> None:
     engine = make_engine()
-    engine.ingest(msg("identify", userId="u", traits={"plan": "pro", "city": "Oslo"},
-                      timestamp=at(2)))
-    engine.ingest(msg("identify", userId="u", traits={"plan": "free", "age": 30},
-                      timestamp=at(1)))  # older: loses on plan, adds age
+    engine.ingest(
+        msg("identify", userId="u", traits={"plan": "pro", "city": "Oslo"}, timestamp=at(2))
+    )
+    engine.ingest(
+        msg("identify", userId="u", traits={"plan": "free", "age": 30}, timestamp=at(1))
+    )  # older: loses on plan, adds age
     assert engine.traits("user_id:u") == {"plan": "pro", "city": "Oslo", "age": 30}
     engine.ingest(msg("identify", userId="u", traits={"city": None}, timestamp=at(3)))
     assert engine.traits("user_id:u") == {"plan": "pro", "age": 30}
@@ -110,10 +127,17 @@ def test_traits_latest_event_time_wins_and_null_removes(make_engine: MakeEngine)
 
 def test_traits_survive_merges_newest_per_key(make_engine: MakeEngine) -> None:
     engine = make_engine()
-    engine.ingest(msg("identify", anonymousId="a1", traits={"color": "red", "size": "s"},
-                      timestamp=at(5)))
-    engine.ingest(msg("identify", userId="u1", traits={"color": "blue", "size": None,
-                                                        "name": "N"}, timestamp=at(1)))
+    engine.ingest(
+        msg("identify", anonymousId="a1", traits={"color": "red", "size": "s"}, timestamp=at(5))
+    )
+    engine.ingest(
+        msg(
+            "identify",
+            userId="u1",
+            traits={"color": "blue", "size": None, "name": "N"},
+            timestamp=at(1),
+        )
+    )
     engine.ingest(msg("identify", userId="u1", traits={"size": None}, timestamp=at(9)))
     engine.ingest(msg("track", userId="u1", anonymousId="a1", timestamp=at(10)))
     assert engine.traits("anonymous_id:a1") == {"color": "red", "name": "N"}
@@ -127,13 +151,15 @@ def test_duplicate_message_ids_are_acknowledged_not_processed(make_engine: MakeE
     first = engine.ingest(msg("identify", userId="u", messageId="m-1", traits={"a": 1}))
     dup = engine.ingest(msg("identify", userId="u", messageId="m-1", traits={"a": 2}))
     assert first.outcome == "created" and dup.outcome == "duplicate"
-    other_source = engine.ingest(msg("identify", userId="u", messageId="m-1", traits={"b": 3}),
-                                 source="mobile")
+    other_source = engine.ingest(
+        msg("identify", userId="u", messageId="m-1", traits={"b": 3}), source="mobile"
+    )
     assert other_source.outcome == "attached"
     assert engine.traits("user_id:u") == {"a": 1, "b": 3}
     # Within one batch too, and after a restart.
-    batch = engine.ingest_batch([msg("page", userId="u", messageId="m-2"),
-                                 msg("page", userId="u", messageId="m-2")])
+    batch = engine.ingest_batch(
+        [msg("page", userId="u", messageId="m-2"), msg("page", userId="u", messageId="m-2")]
+    )
     assert [r.outcome for r in batch] == ["attached", "duplicate"]
     engine.close()
     again = make_engine()
@@ -144,8 +170,13 @@ def test_duplicate_message_ids_are_acknowledged_not_processed(make_engine: MakeE
 def test_invalid_message_in_a_batch_applies_nothing(make_engine: MakeEngine) -> None:
     engine = make_engine()
     with pytest.raises(InvalidMessage) as caught:
-        engine.ingest_batch([msg("identify", userId="u1"), {"type": "track", "userId": "u1"},
-                             msg("track", userId="u2", event="")])
+        engine.ingest_batch(
+            [
+                msg("identify", userId="u1"),
+                {"type": "track", "userId": "u1"},
+                msg("track", userId="u2", event=""),
+            ]
+        )
     assert caught.value.index == 1
     assert "batch item 1" in str(caught.value)
     assert caught.value.code == "event_not_defined"
@@ -163,7 +194,8 @@ def test_events_keep_full_history_with_order_and_filters(make_engine: MakeEngine
     first = engine.events("anonymous_id:a", sort="asc")[0]
     assert first["event"] == "other"
     assert first["external_ids"] == [
-        {"collection": "users", "type": "user_id", "id": "u", "encoding": "none"}]
+        {"collection": "users", "type": "user_id", "id": "u", "encoding": "none"}
+    ]
     # Events keep the profile they were stamped with; that id now resolves to the survivor.
     assert first["related"]["users"] == other.segment_id
     assert sid(engine, first["related"]["users"]) == sid(engine, "anonymous_id:a")

@@ -9,16 +9,35 @@ from idstitch.errors import ConfigError, ProfileNotFound
 from tests.conftest import MakeEngine
 from tests.helpers import at, ids, msg, sid
 
-JUNK = ["null", " undefined ", '"none"', "'NULL'", "0000-0000", "", "   ", "[object Object]",
-        "-1", "NaN", "nil", "guest", "Anonymous", "unknown", "true", "false", '"undefined"',
-        "null\n", "'guest'", '""', "0"]
+JUNK = [
+    "null",
+    " undefined ",
+    '"none"',
+    "'NULL'",
+    "0000-0000",
+    "",
+    "   ",
+    "[object Object]",
+    "-1",
+    "NaN",
+    "nil",
+    "guest",
+    "Anonymous",
+    "unknown",
+    "true",
+    "false",
+    '"undefined"',
+    "null\n",
+    "'guest'",
+    '""',
+    "0",
+]
 
 
 @pytest.mark.parametrize("junk", JUNK)
 def test_junk_ids_never_join_two_people(make_engine: MakeEngine, junk: str) -> None:
     engine = make_engine()
-    a = engine.ingest(msg("identify", userId="alice", anonymousId=junk,
-                          traits={"email": junk}))
+    a = engine.ingest(msg("identify", userId="alice", anonymousId=junk, traits={"email": junk}))
     b = engine.ingest(msg("identify", userId="bob", anonymousId=junk, traits={"email": junk}))
     assert a.segment_id != b.segment_id
     assert ids(engine, "user_id:alice") == {"user_id:alice"}
@@ -36,13 +55,22 @@ def test_junk_user_id_alone_leaves_the_event_unresolved(make_engine: MakeEngine)
 
 
 def test_configured_blocked_values_exact_regex_and_per_type(make_engine: MakeEngine) -> None:
-    engine = make_engine({"identity": {
-        "blocked_values": ["noreply@example.com", {"regex": "^test.*@example\\.com$"}],
-        "blocked_values_by_type": {"phone": ["555-000-0000"]},
-        "priority": ["user_id", "email", "phone"],
-    }})
-    r = engine.ingest(msg("identify", userId="u1", traits={
-        "email": " NoReply@Example.com ", "phone": "555-000-0000"}))
+    engine = make_engine(
+        {
+            "identity": {
+                "blocked_values": ["noreply@example.com", {"regex": "^test.*@example\\.com$"}],
+                "blocked_values_by_type": {"phone": ["555-000-0000"]},
+                "priority": ["user_id", "email", "phone"],
+            }
+        }
+    )
+    r = engine.ingest(
+        msg(
+            "identify",
+            userId="u1",
+            traits={"email": " NoReply@Example.com ", "phone": "555-000-0000"},
+        )
+    )
     assert ids(engine, "user_id:u1") == {"user_id:u1"}
     assert sorted(v.type for v in r.violations) == ["email", "phone"]
     engine.ingest(msg("identify", userId="u2", traits={"email": "testing1@example.com"}))
@@ -77,26 +105,33 @@ def test_limit_windows_count_on_event_time(make_engine: MakeEngine, window: str)
     engine = make_engine({"identity": {"limits": {"email": {"max": 2, "window": window}}}})
     engine.ingest(msg("identify", userId="u", traits={"email": "a@x.com"}, timestamp=at(0)))
     engine.ingest(msg("identify", userId="u", traits={"email": "b@x.com"}, timestamp=at(0, 1)))
-    inside = engine.ingest(msg("identify", userId="u", traits={"email": "c@x.com"},
-                               timestamp=at(days * 0.9)))
-    assert [(v.value, v.rule) for v in inside.violations] == [
-        ("c@x.com", "time_limit_exceeded")]
-    after = engine.ingest(msg("identify", userId="u", traits={"email": "d@x.com"},
-                              timestamp=at(days + 1)))
+    inside = engine.ingest(
+        msg("identify", userId="u", traits={"email": "c@x.com"}, timestamp=at(days * 0.9))
+    )
+    assert [(v.value, v.rule) for v in inside.violations] == [("c@x.com", "time_limit_exceeded")]
+    after = engine.ingest(
+        msg("identify", userId="u", traits={"email": "d@x.com"}, timestamp=at(days + 1))
+    )
     assert after.violations == ()
-    assert ids(engine, "user_id:u") == {"user_id:u", "email:a@x.com", "email:b@x.com",
-                                        "email:d@x.com"}
+    assert ids(engine, "user_id:u") == {
+        "user_id:u",
+        "email:a@x.com",
+        "email:b@x.com",
+        "email:d@x.com",
+    }
     # A backfill before the window counts the same way: the first two are within reach.
-    early = engine.ingest(msg("identify", userId="u", traits={"email": "e@x.com"},
-                              timestamp=at(-days * 0.5)))
+    early = engine.ingest(
+        msg("identify", userId="u", traits={"email": "e@x.com"}, timestamp=at(-days * 0.5))
+    )
     assert [v.value for v in early.violations] == ["e@x.com"]
 
 
 def test_limit_ever_never_expires(make_engine: MakeEngine) -> None:
     engine = make_engine({"identity": {"limits": {"email": {"max": 1, "window": "ever"}}}})
     engine.ingest(msg("identify", userId="u", traits={"email": "a@x.com"}, timestamp=at(0)))
-    late = engine.ingest(msg("identify", userId="u", traits={"email": "b@x.com"},
-                             timestamp=at(3000)))
+    late = engine.ingest(
+        msg("identify", userId="u", traits={"email": "b@x.com"}, timestamp=at(3000))
+    )
     assert [v.rule for v in late.violations] == ["limit_exceeded"]
 
 
@@ -118,8 +153,9 @@ def test_merge_refused_when_the_merged_profile_would_exceed_a_limit(
     engine.ingest(msg("identify", anonymousId="a1", traits={"email": "x2@x.com"}))
     engine.ingest(msg("identify", anonymousId="a2", traits={"email": "y1@x.com"}))
     # user_id:u is new; a1 and a2 profiles would merge into 3 emails: anonymous_id a2 goes.
-    r = engine.ingest(msg("track", userId="u", anonymousId="a2",
-                          context={"traits": {"email": "x1@x.com"}}))
+    r = engine.ingest(
+        msg("track", userId="u", anonymousId="a2", context={"traits": {"email": "x1@x.com"}})
+    )
     assert r.outcome == "attached"
     assert sid(engine, "anonymous_id:a1") != sid(engine, "anonymous_id:a2")
     assert "user_id:u" in ids(engine, "anonymous_id:a1")
@@ -156,8 +192,9 @@ def test_priority_decides_which_identifier_goes(
 
 def test_default_priority_order() -> None:
     default = settings_from({}).rules
-    assert default.ordered_types(["anonymous_id", "ios.id", "email", "user_id", "ga_client_id"]) == [
-        "user_id", "email", "ios.id", "ga_client_id", "anonymous_id"]
+    assert default.ordered_types(
+        ["anonymous_id", "ios.id", "email", "user_id", "ga_client_id"]
+    ) == ["user_id", "email", "ios.id", "ga_client_id", "anonymous_id"]
 
 
 def test_unranked_custom_types_sort_alphabetically_after_builtins() -> None:
@@ -224,16 +261,24 @@ def test_identifier_cap(make_engine: MakeEngine) -> None:
 def test_configured_custom_types_are_read_from_traits_and_properties(
     make_engine: MakeEngine,
 ) -> None:
-    engine = make_engine({"identity": {
-        "priority": ["user_id", "email", "phone_number"],
-        "limits": {"phone_number": {"max": 1, "window": "ever"}},
-        "custom_types": ["shopify_id"],
-    }})
+    engine = make_engine(
+        {
+            "identity": {
+                "priority": ["user_id", "email", "phone_number"],
+                "limits": {"phone_number": {"max": 1, "window": "ever"}},
+                "custom_types": ["shopify_id"],
+            }
+        }
+    )
     engine.ingest(msg("identify", userId="u1", traits={"phoneNumber": "+1 555"}))
     engine.ingest(msg("track", userId="u1", properties={"shopify_id": 99}))
     engine.ingest(msg("page", anonymousId="a9", context={"traits": {"phone_number": "+1 555"}}))
     assert ids(engine, "phone_number:+1 555") == {
-        "user_id:u1", "phone_number:+1 555", "shopify_id:99", "anonymous_id:a9"}
+        "user_id:u1",
+        "phone_number:+1 555",
+        "shopify_id:99",
+        "anonymous_id:a9",
+    }
     # An undeclared key is payload, not an identifier.
     engine.ingest(msg("identify", userId="u2", traits={"loyalty_id": "L1"}))
     assert ids(engine, "user_id:u2") == {"user_id:u2"}
@@ -241,16 +286,45 @@ def test_configured_custom_types_are_read_from_traits_and_properties(
 
 def test_device_ids_by_type_and_ad_tracking(make_engine: MakeEngine) -> None:
     engine = make_engine()
-    engine.ingest(msg("track", userId="u1", context={"device": {
-        "id": "d1", "type": "IOS", "advertisingId": "ad1", "adTrackingEnabled": False,
-        "token": "t1"}}))
-    engine.ingest(msg("track", userId="u1", context={"device": {
-        "id": "d2", "type": "android", "advertisingId": "ad2", "adTrackingEnabled": True},
-        "integrations": {"Google Analytics": {"clientId": "ga.1"}}}))
+    engine.ingest(
+        msg(
+            "track",
+            userId="u1",
+            context={
+                "device": {
+                    "id": "d1",
+                    "type": "IOS",
+                    "advertisingId": "ad1",
+                    "adTrackingEnabled": False,
+                    "token": "t1",
+                }
+            },
+        )
+    )
+    engine.ingest(
+        msg(
+            "track",
+            userId="u1",
+            context={
+                "device": {
+                    "id": "d2",
+                    "type": "android",
+                    "advertisingId": "ad2",
+                    "adTrackingEnabled": True,
+                },
+                "integrations": {"Google Analytics": {"clientId": "ga.1"}},
+            },
+        )
+    )
     engine.ingest(msg("track", userId="u1", context={"device": {"id": "d3", "type": "web"}}))
     assert ids(engine, "user_id:u1") == {
-        "user_id:u1", "ios.id:d1", "ios.push_token:t1", "android.id:d2", "android.idfa:ad2",
-        "ga_client_id:ga.1"}
+        "user_id:u1",
+        "ios.id:d1",
+        "ios.push_token:t1",
+        "android.id:d2",
+        "android.idfa:ad2",
+        "ga_client_id:ga.1",
+    }
 
 
 @pytest.mark.parametrize(

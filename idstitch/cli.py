@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 import msgspec
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -39,7 +40,7 @@ CONFIG_HELP = (
 
 
 def _fail(err: Exception, code: int = 2) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -175,7 +176,7 @@ def import_(
         table.add_row(label, value)
     Console().print(table)
     for line in summary.errors:
-        err_console.print(f"[yellow]skipped[/] {line}", highlight=False)
+        err_console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 @main.command()

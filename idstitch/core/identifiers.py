@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from idstitch.core.messages import Message
+from idstitch.core.messages import Message, properties_of
 from idstitch.core.rules import MAX_VALUE_LENGTH, IdentityRules
 
 USERS = "users"
@@ -126,7 +126,7 @@ class Extractor:
             elif kind == "group":
                 accounts.extend(self._custom_from(message.traits))
             else:
-                users.extend(self._custom_from(message.properties))
+                users.extend(self._custom_from(properties_of(message)))
             users.extend(self._custom_from(ctx_traits))
         if kind == "group" and message.groupId is not None:
             accounts.insert(0, ("group_id", message.groupId))

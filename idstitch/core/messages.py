@@ -65,7 +65,7 @@ class Message(msgspec.Struct):
     sentAt: str | None = None
     receivedAt: str | None = None
     traits: dict[str, Any] | None = None
-    properties: dict[str, Any] | None = None
+    properties: msgspec.Raw = msgspec.Raw(b"")  # decoded only when a custom type needs it
     context: Context | None = None
     integrations: dict[str, Any] | None = None
     writeKey: str | None = None
@@ -93,6 +93,7 @@ class Prepared(msgspec.Struct):
 _message_decoder = msgspec.json.Decoder(Message)
 _batch_decoder = msgspec.json.Decoder(Batch)
 _dict_decoder = msgspec.json.Decoder(dict[str, Any])
+_dict_or_none_decoder = msgspec.json.Decoder(dict[str, Any] | None)
 _encoder = msgspec.json.Encoder()
 
 # msgspec reports a path such as `$.context.traits`; map the common ones to Segment-style codes.
@@ -126,6 +127,14 @@ def decode_batch(raw: bytes) -> Batch:
         return _batch_decoder.decode(raw)
     except msgspec.DecodeError as err:
         raise _decode_error(err) from None
+
+
+def properties_of(message: Message) -> dict[str, Any] | None:
+    """The message's `properties` as a dict (decoded on demand)."""
+    if not message.properties:
+        return None
+    value: dict[str, Any] | None = _dict_or_none_decoder.decode(message.properties)
+    return value
 
 
 def encode(obj: Any) -> bytes:
@@ -166,6 +175,12 @@ def _id_text(value: Id | None) -> str | None:
 
 def validate(message: Message, type_: str) -> None:
     """Segment's required fields per call; raises InvalidMessage naming the first problem."""
+    props = bytes(message.properties)
+    if props and props[:1] not in (b"{", b"n"):
+        raise InvalidMessage(
+            "field `properties`: Expected `object`; send properties as a JSON object.",
+            "properties_not_object",
+        )
     has_user = _id_text(message.userId) not in (None, "")
     has_anon = _id_text(message.anonymousId) not in (None, "")
     if type_ == "alias":

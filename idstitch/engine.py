@@ -332,6 +332,15 @@ class Engine:
     def metadata(self, ref: str) -> dict[str, Any]:
         return profiles.metadata(self.store, profiles.find(self.store, ref))
 
+    def merges(self, ref: str) -> list[dict[str, Any]]:
+        """The merge log of a profile: which profiles merged in, on which message, when."""
+        row = profiles.find(self.store, ref)
+        return [profiles.merge(m) for m in self.store.merges(row.pid)]
+
+    def violations(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest refusals: which identifier was dropped, by which rule, on which message."""
+        return [profiles.violation(v) for v in self.store.violations(limit)]
+
     # ---- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
         """Finish every queued message, then close the store."""

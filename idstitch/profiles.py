@@ -12,7 +12,15 @@ import msgspec
 from idstitch.core.identifiers import ACCOUNTS, USERS, parse_ref
 from idstitch.core.messages import format_time
 from idstitch.errors import ProfileNotFound
-from idstitch.storage.base import EventRow, ExternalIdRow, ProfileRow, SortOrder, Store
+from idstitch.storage.base import (
+    EventRow,
+    ExternalIdRow,
+    MergeRow,
+    ProfileRow,
+    SortOrder,
+    Store,
+    ViolationRow,
+)
 
 _body_decoder = msgspec.json.Decoder(dict[str, Any])
 _HIDDEN_BODY_KEYS = {"writeKey", "messageId", "timestamp", "type", "event"}
@@ -131,6 +139,29 @@ def metadata(store: Store, row: ProfileRow) -> dict[str, Any]:
         "last_message_id": last[0].message_id if last else row.first_message_id,
         "last_source_id": last[0].source_id if last else row.first_source_id,
         "merged_from": [m.from_segment_id for m in store.merges(row.pid)],
+    }
+
+
+def merge(m: MergeRow) -> dict[str, Any]:
+    return {
+        "from_segment_id": m.from_segment_id,
+        "into_segment_id": m.into_segment_id,
+        "message_id": m.message_id,
+        "source_id": m.source_id,
+        "timestamp": format_time(m.timestamp),
+    }
+
+
+def violation(v: ViolationRow) -> dict[str, Any]:
+    return {
+        "collection": v.collection,
+        "type": v.type,
+        "id": v.value,
+        "rule": v.rule,
+        "detail": v.detail,
+        "message_id": v.message_id,
+        "source_id": v.source_id,
+        "timestamp": format_time(v.timestamp),
     }
 
 

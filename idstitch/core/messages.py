@@ -143,20 +143,27 @@ def encode(obj: Any) -> bytes:
 
 def parse_time(value: str, field: str) -> float:
     """ISO-8601 to Unix seconds; a value without an offset is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(value)  # accepts a trailing Z since Python 3.11
+    except ValueError:
+        moment = _lenient_time(value, field)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _lenient_time(value: str, field: str) -> datetime:
     text = value.strip()
-    if text.endswith(("Z", "z")):
+    if text.endswith("z"):
         text = text[:-1] + "+00:00"
     try:
-        moment = datetime.fromisoformat(text)
+        return datetime.fromisoformat(text)
     except ValueError:
         raise InvalidMessage(
             f"field `{field}`: {value!r} is not an ISO-8601 date-time; "
             "send e.g. 2025-01-15T02:02:15.908Z.",
             "invalid_timestamp",
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def format_time(seconds: float) -> str:

@@ -1,0 +1,198 @@
+"""The ASGI application: one small dispatcher over the Tracking API, the Profile API and the
+operations routes, plus the lifespan that starts and stops them.
+
+Routing is a dictionary lookup for the ingest routes and a prefix test for the Profile API;
+errors of every route are mapped onto statuses in `errors` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+
+from idstitch.engine import Engine
+from idstitch.errors import IdstitchError
+from idstitch.http import docs, logs, openapi, profiles, tracking
+from idstitch.http.asgi import JSON, Receive, Scope, Send, query, send_bytes, send_json
+from idstitch.http.errors import (
+    MethodNotAllowed,
+    NotFound,
+    profile_body,
+    retry_headers,
+    status_of,
+    tracking_body,
+)
+from idstitch.http.metrics import HttpMetrics, render
+
+_OPS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/")
+_INTERNAL = {
+    "success": False,
+    "code": "internal_error",
+    "message": "the server failed on this request; it is logged. Retry later.",
+}
+
+
+class App:
+    """`App(engine)` is an ASGI callable. With `owns_engine`, shutting the app down (SIGTERM
+    under a server) closes the engine once in-flight requests have drained."""
+
+    def __init__(self, engine: Engine, *, owns_engine: bool = False, read_threads: int = 4):
+        self.engine = engine
+        self.owns_engine = owns_engine
+        self.http = HttpMetrics()
+        self.rejections = logs.Sampled()
+        self._reads = ThreadPoolExecutor(read_threads, thread_name_prefix="idstitch-read")
+        document = openapi.document()
+        self._openapi = msgspec.json.encode(document)
+        self._docs = docs.page(document).encode()
+        self._sampler: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websockets: not served
+            await send({"type": "websocket.close", "code": 1000})
+
+    # ---- requests ------------------------------------------------------------------------
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        route = "unknown"
+        status = 500
+        profile_api = False
+        try:
+            if path in tracking.ROUTES:
+                route = path[4:]
+                if method != "POST":
+                    raise MethodNotAllowed(f"{path} takes POST, not {method}.")
+                status = await tracking.handle(
+                    self.engine, scope, receive, send, tracking.ROUTES[path]
+                )
+            elif path.startswith(profiles.PREFIX):
+                profile_api = True
+                route = "profiles"
+                if method != "GET":
+                    raise MethodNotAllowed(f"the Profile API takes GET, not {method}.")
+                route, status = await self._profile(scope, send)
+            elif path in _OPS:
+                route = path.strip("/").removesuffix(".json") or "root"
+                if method != "GET":
+                    raise MethodNotAllowed(f"{path} takes GET, not {method}.")
+                status = await self._ops(path, send)
+            else:
+                raise NotFound(f"no route {path}; see /docs for the routes.")
+        except IdstitchError as err:
+            status = status_of(err)
+            await self._fail(send, err, status, route, profile_api)
+        except Exception:
+            status = 500
+            logs.logger.exception("request failed", extra={"fields": {"route": route}})
+            with contextlib.suppress(Exception):
+                await send_json(send, 500, _INTERNAL)
+        finally:
+            self.http.observe(route, status, time.perf_counter() - started)
+
+    async def _fail(
+        self, send: Send, err: IdstitchError, status: int, route: str, profile_api: bool
+    ) -> None:
+        headers = retry_headers(status)
+        if status == 401:
+            headers.append((b"www-authenticate", b'Basic realm="idstitch"'))
+        if profile_api:
+            headers.append((b"request-id", uuid.uuid4().hex.encode()))
+            body = profile_body(err, status)
+        else:
+            body = tracking_body(err, status)
+        index = getattr(err, "index", None)
+        # The code and index only: a message can quote the payload it rejects.
+        self.rejections.event(
+            "request rejected",
+            (route, status, err.code),
+            route=route,
+            status=status,
+            code=err.code,
+            index=index,
+        )
+        with contextlib.suppress(Exception):
+            await send_json(send, status, body, headers)
+
+    async def _profile(self, scope: Scope, send: Send) -> tuple[str, int]:
+        target = profiles.parse_path(scope)
+        route = f"profiles.{target.resource}"
+        settings = self.engine.settings
+        profiles.authenticate(settings, scope)
+        if target.space != settings.space_id:
+            raise NotFound(
+                f"space {target.space!r} does not exist; this server's space is "
+                f"{settings.space_id!r} (space_id in the config)."
+            )
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(
+            self._reads, profiles.read, self.engine.store, settings.space_id, target, query(scope)
+        )
+        await send_json(send, 200, body, [(b"request-id", uuid.uuid4().hex.encode())])
+        return route, 200
+
+    async def _ops(self, path: str, send: Send) -> int:
+        if path == "/healthz":
+            loop = asyncio.get_running_loop()
+            healthy = await loop.run_in_executor(self._reads, self.engine.store.healthy)
+            status = 200 if healthy else 503
+            await send_json(send, status, {"status": "ok" if healthy else "unavailable"})
+            return status
+        if path == "/metrics":
+            text = render(self.engine.metrics, self.http)
+            await send_bytes(send, 200, text.encode(), b"text/plain; version=0.0.4")
+        elif path == "/openapi.json":
+            await send_bytes(send, 200, self._openapi, JSON)
+        elif path == "/docs":
+            await send_bytes(send, 200, self._docs, b"text/html; charset=utf-8")
+        else:
+            await send_bytes(send, 307, b"", b"text/plain", [(b"location", b"/docs")])
+            return 307
+        return 200
+
+    # ---- lifespan ------------------------------------------------------------------------
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._sampler = asyncio.create_task(self._sample())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _sample(self) -> None:
+        while True:
+            self.http.events.sample(self.engine.metrics.events)
+            await asyncio.sleep(1.0)
+
+    async def shutdown(self) -> None:
+        """Stop the sampler and the read threads; close the engine if this app owns it (its
+        writer finishes every queued message first)."""
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+        self._reads.shutdown(wait=True)
+        if self.owns_engine:
+            await asyncio.to_thread(self.engine.close)
+            logs.event("store closed", storage=logs.redact_url(self.engine.store.url))
+
+
+def create_app(engine: Engine, *, owns_engine: bool = False, **options: Any) -> App:
+    return App(engine, owns_engine=owns_engine, **options)
+
+
+__all__ = ["App", "create_app"]

@@ -1,0 +1,80 @@
+"""Reading a request body under a size cap, and gzip with a cap on decompression.
+
+Limits apply to the decompressed bytes, so a small gzip body cannot expand into an
+unbounded amount of memory: decompression stops one byte past the cap.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from idstitch.errors import InvalidMessage, PayloadTooLarge
+from idstitch.http.asgi import Receive, Scope, header
+from idstitch.http.errors import UnsupportedEncoding
+
+# gzip adds a few bytes per block to data that does not compress; allow for it.
+_GZIP_SLACK = 64 * 1024
+
+
+def _too_large(size: str, cap: int, single: bool) -> PayloadTooLarge:
+    if single:
+        return PayloadTooLarge(
+            f"the message is {size} bytes; the limit is {cap} bytes per message. "
+            "Trim its properties or traits."
+        )
+    return PayloadTooLarge(
+        f"the request body is {size} bytes; the limit is {cap} bytes per request. "
+        "Send fewer messages per request."
+    )
+
+
+async def read_body(scope: Scope, receive: Receive, cap: int, *, single: bool = False) -> bytes:
+    """The decoded body, at most `cap` bytes after decompression (raises PayloadTooLarge).
+
+    `single` words the 413 for a one-message route, where the body is the message."""
+    encoding = (header(scope, b"content-encoding") or b"identity").strip().lower()
+    if encoding not in (b"identity", b"gzip", b"x-gzip"):
+        raise UnsupportedEncoding(
+            f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; send the body "
+            "uncompressed or with gzip."
+        )
+    gzipped = encoding != b"identity"
+    wire_cap = cap + _GZIP_SLACK if gzipped else cap
+    length = header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > wire_cap:
+        raise _too_large(f"more than {cap}" if gzipped else length.decode(), cap, single)
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidMessage("the client closed the connection before sending the body.")
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > wire_cap:
+            raise _too_large(f"more than {cap}", cap, single)
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return gunzip(body, cap, single) if gzipped else body
+
+
+def gunzip(data: bytes, cap: int, single: bool = False) -> bytes:
+    """Decompress a gzip body, refusing to produce more than `cap` bytes."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(data, cap + 1)
+    except zlib.error as err:
+        raise InvalidMessage(
+            f"the body is not valid gzip ({err}); compress it with gzip or drop "
+            "the Content-Encoding header.",
+            "invalid_gzip",
+        ) from None
+    if len(out) > cap or inflater.unconsumed_tail:
+        raise _too_large(f"more than {cap} after decompression", cap, single)
+    if not inflater.eof:
+        raise InvalidMessage(
+            "the gzip body is truncated; send the complete compressed body.", "invalid_gzip"
+        )
+    return out

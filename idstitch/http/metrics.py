@@ -1,0 +1,124 @@
+"""`/metrics` in Prometheus text format: the engine's counters plus HTTP latency.
+
+Counters only grow; Prometheus derives rates from them. `idstitch_events_per_second` is
+also given directly, over the last ten seconds, for dashboards without a query language.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+
+from idstitch.metrics import Histogram, Metrics
+
+
+class RateMeter:
+    """Events per second over a sliding window, from periodic samples of a counter."""
+
+    def __init__(self, window: float = 10.0):
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def sample(self, count: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, count))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+
+    def rate(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, c0), (t1, c1) = self._samples[0], self._samples[-1]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+class HttpMetrics:
+    """Latency and status counts per route. Only the event loop thread writes here."""
+
+    def __init__(self) -> None:
+        self.latency: dict[str, Histogram] = {}
+        self.responses: Counter[tuple[str, int]] = Counter()
+        self.events = RateMeter()
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        histogram = self.latency.get(route)
+        if histogram is None:
+            histogram = self.latency[route] = Histogram()
+        histogram.observe(seconds)
+        self.responses[route, status] += 1
+
+
+def _metric(out: list[str], name: str, kind: str, help_: str) -> None:
+    out.append(f"# HELP {name} {help_}")
+    out.append(f"# TYPE {name} {kind}")
+
+
+def render(engine: Metrics, http: HttpMetrics) -> str:
+    out: list[str] = []
+    with engine.lock:
+        events, duplicates = engine.events, engine.duplicates
+        counters = [
+            (
+                "idstitch_events_total",
+                "Messages acknowledged (stored, or recognised as duplicates).",
+                events,
+            ),
+            (
+                "idstitch_duplicates_total",
+                "Messages acknowledged as already processed.",
+                duplicates,
+            ),
+            (
+                "idstitch_resolutions_total",
+                "Messages resolved (not duplicates).",
+                events - duplicates,
+            ),
+            ("idstitch_unresolved_total", "Messages stored without a profile.", engine.unresolved),
+            ("idstitch_profiles_created_total", "Profiles created.", engine.created),
+            ("idstitch_merges_total", "Profiles merged into another.", engine.merges),
+            (
+                "idstitch_commits_total",
+                "Store transactions committed (group commits).",
+                engine.commits,
+            ),
+        ]
+        violations = sorted(engine.violations.items())
+        commit = engine.commit_seconds.lines("idstitch_commit_duration_seconds")
+        batch = engine.batch_sizes.lines("idstitch_commit_batch_messages")
+    for name, help_, value in counters:
+        _metric(out, name, "counter", help_)
+        out.append(f"{name} {value}")
+    _metric(
+        out,
+        "idstitch_events_per_second",
+        "gauge",
+        "Messages acknowledged per second over the last ten seconds.",
+    )
+    out.append(f"idstitch_events_per_second {http.events.rate():.3f}")
+    _metric(out, "idstitch_violations_total", "counter", "Identifiers or merges refused, by rule.")
+    out.extend(f'idstitch_violations_total{{rule="{rule}"}} {n}' for rule, n in violations)
+    _metric(
+        out,
+        "idstitch_commit_duration_seconds",
+        "histogram",
+        "Time to resolve and durably commit one group of messages.",
+    )
+    out.extend(commit)
+    _metric(out, "idstitch_commit_batch_messages", "histogram", "Messages per group commit.")
+    out.extend(batch)
+    _metric(out, "idstitch_http_requests_total", "counter", "HTTP responses by route and status.")
+    out.extend(
+        f'idstitch_http_requests_total{{route="{route}",status="{status}"}} {n}'
+        for (route, status), n in sorted(http.responses.items())
+    )
+    _metric(
+        out,
+        "idstitch_http_request_duration_seconds",
+        "histogram",
+        "Time from request start to response, by route.",
+    )
+    for route in sorted(http.latency):
+        out.extend(
+            http.latency[route].lines("idstitch_http_request_duration_seconds", f'route="{route}"')
+        )
+    return "\n".join(out) + "\n"

@@ -1,0 +1,413 @@
+"""The OpenAPI 3.1 description of both APIs, served at `/openapi.json` and rendered at `/docs`.
+
+Schemas say what the server accepts, so generated requests exercise real validation:
+ids are strings or numbers, JSON null counts as absent, and the limits are the real ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from idstitch import __version__
+from idstitch.core.messages import (
+    MAX_BATCH_ITEMS,
+    MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_ID_LENGTH,
+    MAX_REQUEST_BYTES,
+)
+from idstitch.http.paging import LIMITS, RESOURCES
+from idstitch.http.tracking import ROUTES
+
+Schema = dict[str, Any]
+
+_ID: Schema = {"type": ["string", "number", "null"], "description": "A string or a number."}
+_PRESENT_ID: Schema = {"type": ["string", "number"], "minLength": 1}
+_OBJECT: Schema = {"type": ["object", "null"]}
+_TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
+_NAME: Schema = {"type": ["string", "null"], "minLength": 1}
+
+_COMMON: Schema = {
+    "userId": _ID,
+    "anonymousId": _ID,
+    "messageId": {
+        **_ID,
+        "maxLength": MAX_MESSAGE_ID_LENGTH,
+        "description": "Deduplication key per source; assigned when absent.",
+    },
+    "timestamp": _TIME,
+    "originalTimestamp": _TIME,
+    "sentAt": _TIME,
+    "context": _OBJECT,
+    "integrations": _OBJECT,
+}
+_USER_OR_ANON = [
+    {"required": ["userId"], "properties": {"userId": _PRESENT_ID}},
+    {"required": ["anonymousId"], "properties": {"anonymousId": _PRESENT_ID}},
+]
+
+_MESSAGES: dict[str, Schema] = {
+    "identify": {"properties": {"traits": _OBJECT}, "anyOf": _USER_OR_ANON},
+    "track": {
+        "properties": {
+            "event": {"type": "string", "minLength": 1, "pattern": r"\S"},
+            "properties": _OBJECT,
+        },
+        "required": ["event"],
+        "anyOf": _USER_OR_ANON,
+    },
+    "page": {
+        "properties": {"name": _NAME, "category": _NAME, "properties": _OBJECT},
+        "anyOf": _USER_OR_ANON,
+    },
+    "screen": {
+        "properties": {"name": _NAME, "category": _NAME, "properties": _OBJECT},
+        "anyOf": _USER_OR_ANON,
+    },
+    "group": {
+        "properties": {"groupId": _PRESENT_ID, "traits": _OBJECT},
+        "required": ["groupId"],
+        "anyOf": _USER_OR_ANON,
+    },
+    "alias": {
+        "properties": {"previousId": _PRESENT_ID, "userId": _PRESENT_ID},
+        "required": ["userId", "previousId"],
+    },
+}
+
+
+def _message(kind: str, typed: bool) -> Schema:
+    spec = _MESSAGES[kind]
+    properties = {**_COMMON, **spec["properties"]}
+    required = list(spec.get("required", []))
+    if typed:
+        properties["type"] = {"const": kind}
+        required.append("type")
+    else:
+        properties["type"] = {
+            "type": ["string", "null"],
+            "description": "Ignored: the route decides the type.",
+        }
+    properties["writeKey"] = {
+        "type": ["string", "null"],
+        "description": "The source's write key, if not sent by HTTP Basic.",
+    }
+    out: Schema = {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "description": f"At most {MAX_MESSAGE_BYTES} bytes.",
+    }
+    if "anyOf" in spec:
+        out["anyOf"] = spec["anyOf"]
+    return out
+
+
+_TRACKING_ERROR: Schema = {
+    "type": "object",
+    "required": ["success", "code", "message"],
+    "properties": {
+        "success": {"const": False},
+        "code": {"type": "string"},
+        "message": {"type": "string"},
+        "index": {"type": "integer", "description": "The batch position of the problem."},
+    },
+}
+_PROFILE_ERROR: Schema = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+_CURSOR: Schema = {
+    "type": "object",
+    "required": ["url", "has_more", "next"],
+    "properties": {
+        "url": {"type": "string"},
+        "has_more": {"type": "boolean"},
+        "next": {"type": "string"},
+        "limit": {"type": "integer"},
+    },
+}
+_EXTERNAL_ID: Schema = {
+    "type": "object",
+    "required": ["id", "type", "collection", "source_id", "created_at", "encoding"],
+    "properties": {
+        k: {"type": "string"}
+        for k in (
+            "id",
+            "type",
+            "collection",
+            "source_id",
+            "created_at",
+            "encoding",
+            "first_message_id",
+        )
+    },
+}
+_PROFILE_BODIES: dict[str, Schema] = {
+    "traits": {
+        "type": "object",
+        "required": ["traits", "cursor"],
+        "properties": {"traits": {"type": "object"}, "cursor": _CURSOR},
+    },
+    "external_ids": {
+        "type": "object",
+        "required": ["data", "cursor"],
+        "properties": {"data": {"type": "array", "items": _EXTERNAL_ID}, "cursor": _CURSOR},
+    },
+    "events": {
+        "type": "object",
+        "required": ["data", "cursor"],
+        "properties": {"data": {"type": "array", "items": {"type": "object"}}, "cursor": _CURSOR},
+    },
+    "metadata": {
+        "type": "object",
+        "required": ["metadata"],
+        "properties": {"metadata": {"type": "object", "required": ["segment_id"]}},
+    },
+    "links": {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "type": "array",
+                "items": {"type": "object", "required": ["to_collection", "external_ids"]},
+            },
+            "cursor": _CURSOR,
+        },
+    },
+}
+_PROFILE_SUMMARIES = {
+    "traits": "A profile's traits (newest value per key).",
+    "external_ids": "A profile's identifiers.",
+    "events": "A profile's events, all history.",
+    "metadata": "When the profile was created and last updated, and its canonical segment_id.",
+    "links": "Linked accounts (for a user) or users (for an account).",
+}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _tracking_operation(path: str, kind: str | None) -> Schema:
+    if kind is None:
+        variants = [_message(k, typed=True) for k in _MESSAGES]
+        body: Schema = {
+            "type": "object",
+            "required": ["batch"],
+            "properties": {
+                "batch": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH_ITEMS,
+                    "items": {"oneOf": variants},
+                },
+                "context": _OBJECT,
+                "integrations": _OBJECT,
+                "sentAt": _TIME,
+                "writeKey": {"type": ["string", "null"]},
+            },
+        }
+        summary = "Send up to 2,500 typed messages in one request."
+    else:
+        body = _message(kind, typed=False)
+        summary = f"Send one {kind} call."
+    error = _json(_TRACKING_ERROR, "")
+    return {
+        "post": {
+            "tags": ["Tracking API"],
+            "operationId": path.strip("/").replace("/", "_"),
+            "summary": summary,
+            "description": (
+                "Answers 200 once every message is resolved and fsync'd. Validation covers the "
+                "whole request first: a 400 or 413 applies nothing. Bodies may be gzip "
+                "(`Content-Encoding: gzip`); limits apply after decompression: "
+                f"{MAX_MESSAGE_BYTES} bytes per message, {MAX_REQUEST_BYTES} bytes per request."
+            ),
+            "security": [{"writeKey": []}, {}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {"success": {"const": True}},
+                        "required": ["success"],
+                    },
+                    "Resolved and durably stored.",
+                ),
+                "400": {
+                    **error,
+                    "description": "Invalid JSON or message; names the first problem.",
+                },
+                "401": {**error, "description": "Missing or unknown write key."},
+                "413": {**error, "description": "A size limit was exceeded."},
+                "415": {**error, "description": "A Content-Encoding other than gzip."},
+                "429": {**error, "description": "Overloaded; retry after `Retry-After` seconds."},
+                "503": {**error, "description": "The store is unavailable; retry."},
+            },
+        }
+    }
+
+
+def _query(name: str, schema: Schema, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _profile_operation(resource: str) -> Schema:
+    default, maximum = LIMITS[resource]
+    params: list[Schema] = [
+        {"name": "space_id", "in": "path", "required": True, "schema": {"type": "string"}},
+        {
+            "name": "collection",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": ["users", "accounts"]},
+        },
+        {
+            "name": "ref",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "`type:value` (URL-encode the value) or a segment_id.",
+        },
+        _query("verbose", {"type": "boolean"}, "Wrap trait values with their source and time."),
+    ]
+    if resource != "metadata":
+        params += [
+            _query(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+                "Items per page.",
+            ),
+            _query("next", {"type": "string"}, "`cursor.next` of the previous page."),
+            _query(
+                "include",
+                {"type": "string"},
+                "Comma-separated trait keys, identifier types or event names.",
+            ),
+        ]
+    if resource == "events":
+        params += [
+            _query("start", {"type": "string", "format": "date-time"}, "Events at or after."),
+            _query("end", {"type": "string", "format": "date-time"}, "Events before."),
+            _query(
+                "sort",
+                {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
+                "Order by event time.",
+            ),
+            _query("exclude", {"type": "string"}, "Comma-separated event names to leave out."),
+        ]
+    error = _json(_PROFILE_ERROR, "")
+    return {
+        "get": {
+            "tags": ["Profile API"],
+            "operationId": f"profile_{resource}",
+            "summary": _PROFILE_SUMMARIES[resource],
+            "security": [{"accessToken": []}],
+            "parameters": params,
+            "responses": {
+                "200": _json(_PROFILE_BODIES[resource], "The resource."),
+                "400": {**error, "description": "A parameter or reference is invalid."},
+                "401": {**error, "description": "Missing or unknown access token."},
+                "404": {**error, "description": "Unknown space, collection or profile."},
+            },
+        }
+    }
+
+
+def _text(media: str, description: str) -> Schema:
+    return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+
+
+def document() -> Schema:
+    paths: dict[str, Schema] = {p: _tracking_operation(p, k) for p, k in ROUTES.items()}
+    for resource in RESOURCES:
+        path = "/v1/spaces/{space_id}/collections/{collection}/profiles/{ref}/" + resource
+        paths[path] = _profile_operation(resource)
+    health = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}},
+    }
+    paths["/healthz"] = {
+        "get": {
+            "tags": ["Operations"],
+            "operationId": "healthz",
+            "summary": "200 when the store is reachable.",
+            "responses": {
+                "200": _json(health, "Healthy."),
+                "503": _json(health, "Store unreachable."),
+            },
+        }
+    }
+    paths["/metrics"] = {
+        "get": {
+            "tags": ["Operations"],
+            "operationId": "metrics",
+            "summary": "Counters and latency histograms (Prometheus).",
+            "responses": {"200": _text("text/plain", "Prometheus text.")},
+        }
+    }
+    paths["/openapi.json"] = {
+        "get": {
+            "tags": ["Operations"],
+            "operationId": "openapi",
+            "summary": "This document.",
+            "responses": {"200": _json({"type": "object"}, "OpenAPI.")},
+        }
+    }
+    paths["/docs"] = {
+        "get": {
+            "tags": ["Operations"],
+            "operationId": "docs",
+            "summary": "This document as a web page.",
+            "responses": {"200": _text("text/html", "HTML.")},
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "idstitch",
+            "version": __version__,
+            "description": (
+                "Self-hosted identity resolution. The Tracking API takes what Segment's client "
+                "libraries send; the Profile API answers as Segment's does."
+            ),
+        },
+        "tags": [
+            {
+                "name": "Tracking API",
+                "description": "Write key as HTTP Basic user name "
+                "(empty password), or `writeKey` in the body.",
+            },
+            {"name": "Profile API", "description": "Access token as HTTP Basic user name."},
+            {"name": "Operations"},
+        ],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "writeKey": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "A source's write key as user name, empty password.",
+                },
+                "accessToken": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "An access token as user name, empty password.",
+                },
+            }
+        },
+    }

@@ -1,0 +1,202 @@
+"""The Profile API: `GET /v1/spaces/{space}/collections/{users|accounts}/profiles/{ref}/{resource}`.
+
+Each resource renders from `idstitch.profiles` (the functions the CLI and the Python API
+use) and pages with keyset cursors (see `paging`). `cursor.url` always names the profile
+by its canonical segment_id, whichever reference found it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
+
+from idstitch import profiles
+from idstitch.config import Settings
+from idstitch.core.identifiers import ACCOUNTS, USERS
+from idstitch.errors import AuthenticationError
+from idstitch.http.asgi import Scope, basic_user
+from idstitch.http.errors import NotFound
+from idstitch.http.paging import RESOURCES, Options, decode_cursor, encode_cursor, options
+from idstitch.storage.base import EventRow, ProfileRow, Store
+
+PREFIX = "/v1/spaces/"
+COLLECTIONS = (USERS, ACCOUNTS)
+ROUTE_HELP = (
+    "the Profile API path is /v1/spaces/{space_id}/collections/{users|accounts}/profiles/"
+    "{ref}/{traits|external_ids|events|metadata|links}"
+)
+
+
+class Target:
+    """A parsed Profile API request: which space, collection, reference and resource."""
+
+    __slots__ = ("collection", "ref", "resource", "space")
+
+    def __init__(self, space: str, collection: str, ref: str, resource: str):
+        self.space, self.collection, self.ref, self.resource = space, collection, ref, resource
+
+
+def parse_path(scope: Scope) -> Target:
+    """Split the raw path, so an encoded `/` (`%2F`) inside a reference stays in it."""
+    raw: bytes | None = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw is not None else scope["path"]
+    parts = path.split("?", 1)[0].split("/")
+    # "", "v1", "spaces", space, "collections", collection, "profiles", ref, resource
+    if (
+        len(parts) != 9
+        or parts[1:3] != ["v1", "spaces"]
+        or parts[4] != "collections"
+        or (parts[6] != "profiles")
+    ):
+        raise NotFound(f"no route matches this path; {ROUTE_HELP}.")
+    space, collection, ref, resource = (unquote(parts[i]) for i in (3, 5, 7, 8))
+    if resource not in RESOURCES:
+        raise NotFound(
+            f"{resource!r} is not a profile resource; use one of {', '.join(RESOURCES)}."
+        )
+    if collection not in COLLECTIONS:
+        raise NotFound(f"collection {collection!r} does not exist; use users or accounts.")
+    if not ref:
+        raise NotFound(f"the profile reference is empty; {ROUTE_HELP}.")
+    return Target(space, collection, ref, resource)
+
+
+def authenticate(settings: Settings, scope: Scope) -> None:
+    try:
+        token = basic_user(scope)
+    except ValueError as err:
+        raise AuthenticationError(
+            f"{err}; send `Authorization: Basic base64(token + ':')`."
+        ) from None
+    if not token:
+        raise AuthenticationError(
+            "no access token: send it as the HTTP Basic user name with an empty password "
+            "(curl -u TOKEN:)."
+        )
+    if not settings.access_tokens:
+        raise AuthenticationError(
+            "no access tokens are configured; add [[access_tokens]] to the config."
+        )
+    # Compare with every token so the time taken does not reveal which one matched.
+    matched = False
+    for candidate in settings.access_tokens:
+        matched |= secrets.compare_digest(candidate, token)
+    if not matched:
+        raise AuthenticationError(
+            "the access token is not configured; use a token from [[access_tokens]] in the config."
+        )
+
+
+def _cursor(url: str, has_more: bool, next_: str) -> dict[str, Any]:
+    return {"url": url, "has_more": has_more, "next": next_}
+
+
+def _traits(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
+    items = [
+        (key, value)
+        for key, value in profiles.traits(store, row, o.verbose).items()
+        if (o.include is None or key in o.include) and key >= o.next
+    ]
+    page = items[: o.limit]
+    has_more = len(items) > o.limit
+    cursor = _cursor(url, has_more, items[o.limit][0] if has_more else "")
+    cursor["limit"] = o.limit
+    return {"traits": dict(page), "cursor": cursor}
+
+
+def _external_ids(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
+    after = decode_cursor(o.next, (float, str, str))
+    rows = sorted(store.external_ids(row.pid), key=lambda r: (r.created_at, r.type, r.id))
+    chosen = [
+        r
+        for r in rows
+        if (o.include is None or r.type in o.include)
+        and (after is None or (r.created_at, r.type, r.id) > after)
+    ]
+    page = chosen[: o.limit]
+    has_more = len(chosen) > o.limit
+    last = page[-1] if page else None
+    next_ = encode_cursor([last.created_at, last.type, last.id]) if has_more and last else ""
+    return {
+        "data": [profiles.external_id(r) for r in page],
+        "cursor": _cursor(url, has_more, next_),
+    }
+
+
+def _event_matches(row: EventRow, o: Options) -> bool:
+    if o.include is not None and row.event not in o.include:
+        return False
+    return o.exclude is None or row.event not in o.exclude
+
+
+def _events(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
+    position = decode_cursor(o.next, (float, int))
+    after = (position[0], position[1]) if position is not None else None
+    filtering = o.include is not None or o.exclude is not None
+    fetch = max(o.limit + 1, 100) if filtering else o.limit + 1
+    chosen: list[EventRow] = []
+    while len(chosen) <= o.limit:
+        chunk = profiles.events(
+            store, row, start=o.start, end=o.end, sort=o.sort, after=after, limit=fetch
+        )
+        for event in chunk:
+            if _event_matches(event, o):
+                chosen.append(event)
+                if len(chosen) > o.limit:
+                    break
+        if len(chunk) < fetch:
+            break
+        after = (chunk[-1].timestamp, chunk[-1].seq)
+    page = chosen[: o.limit]
+    has_more = len(chosen) > o.limit
+    next_ = encode_cursor([page[-1].timestamp, page[-1].seq]) if has_more else ""
+    return {"data": [profiles.event(e) for e in page], "cursor": _cursor(url, has_more, next_)}
+
+
+def _metadata(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
+    return {"metadata": profiles.metadata(store, row)}
+
+
+def _links(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
+    position = decode_cursor(o.next, (float, int))
+    linked = [
+        p
+        for p in store.links(row.pid)
+        if position is None or (p.created_at, p.pid) > (position[0], position[1])
+    ]
+    page = linked[: o.limit]
+    has_more = len(linked) > o.limit
+    other = USERS if row.collection == ACCOUNTS else ACCOUNTS
+    data = []
+    for p in page:
+        ids = [
+            {k: v for k, v in profiles.external_id(r).items() if k != "first_message_id"}
+            for r in store.external_ids(p.pid)
+            if o.include is None or r.type in o.include
+        ]
+        data.append({"to_collection": other, "segment_id": p.segment_id, "external_ids": ids})
+    next_ = encode_cursor([page[-1].created_at, page[-1].pid]) if has_more else ""
+    return {"data": data, "cursor": _cursor(url, has_more, next_)}
+
+
+Renderer = Callable[[Store, ProfileRow, Options, str], dict[str, Any]]
+RENDERERS: dict[str, Renderer] = {
+    "traits": _traits,
+    "external_ids": _external_ids,
+    "events": _events,
+    "metadata": _metadata,
+    "links": _links,
+}
+
+
+def read(store: Store, space: str, target: Target, params: dict[str, str]) -> dict[str, Any]:
+    """The response body for one request (synchronous: it runs the store's reads)."""
+    opts = options(params, target.resource)
+    row = profiles.find(store, target.ref, target.collection)
+    url = (
+        f"/v1/spaces/{space}/collections/{target.collection}/profiles/{row.segment_id}/"
+        f"{target.resource}"
+    )
+    return RENDERERS[target.resource](store, row, opts, url)

@@ -1,0 +1,83 @@
+"""`idstitch serve`: load (or create) the config, open the engine, run the HTTP server.
+
+One process, one engine: the embedded store's graph lives in this process and its writer
+thread is the only writer. uvicorn runs the app on uvloop with httptools. On SIGTERM or
+SIGINT it stops accepting connections, waits for in-flight requests to be answered, and
+the app's shutdown then closes the engine, which commits every queued message first.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from idstitch.config import DEFAULT_CONFIG, Settings, load, write_default
+from idstitch.engine import Engine
+from idstitch.http import logs
+from idstitch.http.app import App
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8088
+# How long a shutdown waits for in-flight requests before cancelling them.
+DRAIN_SECONDS = 30
+
+
+def settings_for(config_path: str | None) -> Settings:
+    """The settings to serve; with no path, ./idstitch-data/idstitch.toml, created (with a
+    random write key and access token, printed this once) if it does not exist yet."""
+    if config_path is not None:
+        return load(config_path)
+    if DEFAULT_CONFIG.exists():
+        return load(DEFAULT_CONFIG)
+    settings, write_key, token = write_default(DEFAULT_CONFIG)
+    print(
+        f"Created {DEFAULT_CONFIG} with a new source and access token.\n"
+        f"  write key:    {write_key}\n"
+        f"  access token: {token}\n"
+        f"They are shown only this once; they are also in {DEFAULT_CONFIG} (mode 600).",
+        flush=True,
+    )
+    return settings
+
+
+def server_for(app: App, host: str, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=DRAIN_SECONDS,
+    )
+    return uvicorn.Server(config)
+
+
+def serve(config_path: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    """Run the HTTP service until SIGTERM or SIGINT; raises ConfigError or StorageError
+    (before binding the port) when the config or the store is unusable."""
+    settings = settings_for(config_path)
+    logs.setup(logging.INFO)
+    engine = Engine(settings)
+    app = App(engine, owns_engine=True)
+    logs.event(
+        "serving",
+        host=host,
+        port=port,
+        space_id=settings.space_id,
+        storage=logs.redact_url(settings.storage_url),
+        sources=[s.id for s in settings.sources],
+        config=str(settings.path) if settings.path else None,
+    )
+    try:
+        server_for(app, host, port).run()
+    finally:
+        # A failed startup never reaches the app's shutdown; close() is idempotent.
+        engine.close()
+
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "serve"]

@@ -1,0 +1,179 @@
+"""The Tracking API: `POST /v1/{identify,track,page,screen,group,alias,batch,import}`.
+
+A request is authenticated, read, decoded and every message in it validated before any of
+it is submitted, so a 400 or 413 applies nothing. `200 {"success": true}` is sent only when
+the engine's future completes, i.e. once the whole request is resolved and fsync'd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import msgspec
+
+from idstitch.config import Source
+from idstitch.core.messages import (
+    MAX_BATCH_ITEMS,
+    MAX_MESSAGE_BYTES,
+    MAX_REQUEST_BYTES,
+    decode_batch,
+    merge_batch_defaults,
+)
+from idstitch.engine import Engine, Item
+from idstitch.errors import AuthenticationError, InvalidMessage, PayloadTooLarge
+from idstitch.http.asgi import Receive, Scope, Send, basic_user, send_bytes
+from idstitch.http.body import read_body
+
+# route path -> the message type it implies (None: a batch of typed messages)
+ROUTES: dict[str, str | None] = {
+    "/v1/identify": "identify",
+    "/v1/track": "track",
+    "/v1/page": "page",
+    "/v1/screen": "screen",
+    "/v1/group": "group",
+    "/v1/alias": "alias",
+    "/v1/batch": None,
+    "/v1/import": None,
+}
+
+SUCCESS = b'{"success":true}'
+
+
+class _KeyOnly(msgspec.Struct):
+    """Just enough of a single message to authenticate it by its body."""
+
+    writeKey: Any = None
+
+
+_key_decoder = msgspec.json.Decoder(_KeyOnly)
+
+
+def _source(engine: Engine, key: Any, where: str) -> Source:
+    if not isinstance(key, str) or not key:
+        raise AuthenticationError(
+            "no write key: send it as the HTTP Basic user name (empty password) or as "
+            "`writeKey` in the body."
+        )
+    source = engine.settings.source_for_key(key)
+    if source is None:
+        raise AuthenticationError(
+            f"the write key in {where} is not configured; use the write_key of one of the "
+            "[[sources]] in the config."
+        )
+    return source
+
+
+def authenticate_header(engine: Engine, scope: Scope) -> Source | None:
+    """The source named by a Basic header, which decides alone when present."""
+    try:
+        key = basic_user(scope)
+    except ValueError as err:
+        raise AuthenticationError(
+            f"{err}; send `Authorization: Basic base64(writeKey + ':')`."
+        ) from None
+    if key is None:
+        return None
+    return _source(engine, key, "the Authorization header")
+
+
+def _body_key(raw: bytes) -> Any:
+    try:
+        return _key_decoder.decode(raw).writeKey
+    except msgspec.DecodeError as err:
+        raise InvalidMessage(
+            f"the body is not a JSON object ({err}); send one message as a JSON object.",
+            "invalid_json",
+        ) from None
+
+
+def prepare_single(
+    engine: Engine, raw: bytes, type_: str, source: Source | None, received_at: float
+) -> tuple[Source, list[Item]]:
+    if source is None:
+        source = _source(engine, _body_key(raw), "the body")
+    return source, [engine.prepare(raw, type_=type_, received_at=received_at)]
+
+
+def prepare_batch(
+    engine: Engine, raw: bytes, source: Source | None, received_at: float
+) -> tuple[Source, list[Item]]:
+    batch = decode_batch(raw)
+    if source is None:
+        source = _source(engine, batch.writeKey, "the body")
+    messages = batch.batch or []
+    if not messages:
+        raise InvalidMessage(
+            'the batch is empty; send {"batch": [message, ...]} with at least one message.',
+            "empty_batch",
+        )
+    if len(messages) > MAX_BATCH_ITEMS:
+        raise PayloadTooLarge(
+            f"the batch holds {len(messages)} messages; the limit is {MAX_BATCH_ITEMS} per "
+            "request. Split it into smaller batches.",
+            "too_many_messages",
+        )
+    shared = bool(batch.context or batch.integrations)
+    items: list[Item] = []
+    for index, message in enumerate(messages):
+        try:
+            if len(message) > MAX_MESSAGE_BYTES:
+                raise PayloadTooLarge(
+                    f"a message is {len(message)} bytes; the limit is {MAX_MESSAGE_BYTES} "
+                    "bytes per message. Trim its properties or traits."
+                )
+            item = bytes(message)
+            if not item.lstrip().startswith(b"{"):
+                raise InvalidMessage(
+                    "the message is not a JSON object; send each batch item as an object.",
+                    "invalid_message",
+                )
+            if shared:
+                item = merge_batch_defaults(message, batch)
+            items.append(engine.prepare(item, received_at=received_at, sent_at=batch.sentAt))
+        except InvalidMessage as err:
+            raise err.at_index(index) from None
+    return source, items
+
+
+def _copy(target: asyncio.Future[None], source: Future[Any]) -> None:
+    if target.cancelled():
+        return
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(None)
+
+
+def settled(future: Future[Any]) -> asyncio.Future[None]:
+    """An awaitable that completes with the engine's future. Unlike `asyncio.wrap_future`, a
+    cancelled request (a client gone, a shutdown timeout) never cancels the engine's future,
+    which the writer thread completes on its own schedule."""
+    loop = asyncio.get_running_loop()
+    target: asyncio.Future[None] = loop.create_future()
+    future.add_done_callback(lambda done: loop.call_soon_threadsafe(_copy, target, done))
+    return target
+
+
+async def handle(
+    engine: Engine, scope: Scope, receive: Receive, send: Send, type_: str | None
+) -> int:
+    """Answer one Tracking API request; returns the status sent. Raises IdstitchError for
+    the caller to map onto an error response."""
+    received_at = time.time()
+    source = authenticate_header(engine, scope)
+    single = type_ is not None
+    raw = await read_body(
+        scope, receive, MAX_MESSAGE_BYTES if single else MAX_REQUEST_BYTES, single=single
+    )
+    if type_ is not None:
+        source, items = prepare_single(engine, raw, type_, source, received_at)
+    else:
+        source, items = prepare_batch(engine, raw, source, received_at)
+    ticket = engine.submit(items, source.id)
+    await settled(ticket.future)
+    await send_bytes(send, 200, SUCCESS)
+    return 200

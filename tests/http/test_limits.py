@@ -1,0 +1,172 @@
+"""Size limits and gzip: 32 KiB per message, 500 KiB per request, 2,500 messages per batch,
+all measured after decompression, and decompression itself capped."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import tracemalloc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from idstitch.core.messages import MAX_BATCH_ITEMS, MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES
+from idstitch.engine import Engine
+from idstitch.errors import PayloadTooLarge, ProfileNotFound
+from idstitch.http.body import gunzip
+from tests.http.conftest import WRITE, TestClient
+
+GZIP = {**WRITE, "Content-Encoding": "gzip", "Content-Type": "application/json"}
+JSON = {**WRITE, "Content-Type": "application/json"}
+
+
+def padded(body: dict[str, Any], size: int) -> bytes:
+    """`body` as JSON of exactly `size` bytes, padded with a string trait."""
+    body = {**body, "traits": {"pad": ""}}
+    bare = len(json.dumps(body, separators=(",", ":")))
+    body["traits"]["pad"] = "x" * (size - bare)
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    assert len(raw) == size
+    return raw
+
+
+def whitespace_padded(body: dict[str, Any], size: int) -> bytes:
+    raw = json.dumps(body).encode()
+    return raw[:-1] + b" " * (size - len(raw)) + b"}"
+
+
+def chunks(raw: bytes, size: int = 4096) -> Iterator[bytes]:
+    """A streamed body (no Content-Length), so the cap while reading is what refuses it."""
+    for start in range(0, len(raw), size):
+        yield raw[start : start + size]
+
+
+def test_a_message_of_exactly_32_kib_is_accepted(client: TestClient) -> None:
+    raw = padded({"userId": "u1"}, MAX_MESSAGE_BYTES)
+    assert client.post("/v1/identify", content=raw, headers=JSON).status_code == 200
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "chunked"])
+def test_a_message_over_32_kib_is_413(client: TestClient, engine: Engine, streamed: bool) -> None:
+    raw = padded({"userId": "u1"}, MAX_MESSAGE_BYTES + 1)
+    content = chunks(raw) if streamed else raw
+    response = client.post("/v1/identify", content=content, headers=JSON)
+    assert response.status_code == 413
+    payload = response.json()
+    assert payload["success"] is False and payload["code"] == "payload_too_large"
+    assert str(MAX_MESSAGE_BYTES) in payload["message"]
+    assert engine.metrics.events == 0
+
+
+def test_a_batch_item_over_32_kib_is_413_with_its_index(client: TestClient, engine: Engine) -> None:
+    small = {"type": "identify", "userId": "before"}
+    big = json.loads(padded({"type": "identify", "userId": "u1"}, MAX_MESSAGE_BYTES + 1))
+    response = client.post("/v1/batch", json={"batch": [small, big]}, headers=WRITE)
+    assert response.status_code == 413
+    assert response.json()["index"] == 1
+    with pytest.raises(ProfileNotFound):
+        engine.profile("user_id:before")
+
+
+def test_a_request_of_exactly_500_kib_is_accepted(client: TestClient) -> None:
+    body = {"batch": [{"type": "identify", "userId": f"u{i}"} for i in range(10)]}
+    raw = whitespace_padded(body, MAX_REQUEST_BYTES)
+    assert client.post("/v1/batch", content=raw, headers=JSON).status_code == 200
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "chunked"])
+def test_a_request_over_500_kib_is_413(client: TestClient, engine: Engine, streamed: bool) -> None:
+    body = {"batch": [{"type": "identify", "userId": f"u{i}"} for i in range(10)]}
+    raw = whitespace_padded(body, MAX_REQUEST_BYTES + 1)
+    response = client.post("/v1/batch", content=chunks(raw) if streamed else raw, headers=JSON)
+    assert response.status_code == 413
+    assert str(MAX_REQUEST_BYTES) in response.json()["message"]
+    assert engine.metrics.events == 0
+
+
+def test_2500_messages_are_accepted_and_2501_are_413(client: TestClient, engine: Engine) -> None:
+    def batch(n: int) -> dict[str, Any]:
+        return {
+            "batch": [{"type": "track", "anonymousId": f"a{i}", "event": "E"} for i in range(n)]
+        }
+
+    too_many = client.post("/v1/batch", json=batch(MAX_BATCH_ITEMS + 1), headers=WRITE)
+    assert too_many.status_code == 413
+    assert too_many.json()["code"] == "too_many_messages"
+    assert engine.metrics.events == 0
+    assert client.post("/v1/batch", json=batch(MAX_BATCH_ITEMS), headers=WRITE).status_code == 200
+    assert engine.metrics.events == MAX_BATCH_ITEMS
+
+
+# ---- gzip ---------------------------------------------------------------------------------
+def test_gzip_bodies_are_accepted_on_every_route(client: TestClient) -> None:
+    batch = {"batch": [{"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}]}
+    single = {"userId": "u2", "event": "E"}
+    assert (
+        client.post(
+            "/v1/batch", content=gzip.compress(json.dumps(batch).encode()), headers=GZIP
+        ).status_code
+        == 200
+    )
+    assert (
+        client.post(
+            "/v1/track", content=gzip.compress(json.dumps(single).encode()), headers=GZIP
+        ).status_code
+        == 200
+    )
+
+
+def test_gzip_limits_apply_after_decompression(client: TestClient, engine: Engine) -> None:
+    # 33 KB of JSON compresses to a few hundred bytes: the wire size must not decide.
+    message = gzip.compress(padded({"userId": "u1"}, MAX_MESSAGE_BYTES + 1))
+    assert len(message) < 2000
+    assert client.post("/v1/identify", content=message, headers=GZIP).status_code == 413
+    body = {"batch": [{"type": "identify", "userId": "u1"}]}
+    request = gzip.compress(whitespace_padded(body, MAX_REQUEST_BYTES + 1))
+    assert client.post("/v1/batch", content=request, headers=GZIP).status_code == 413
+    assert engine.metrics.events == 0
+
+
+BOMB = gzip.compress(b"[" + b" " * (50 * 1024 * 1024) + b"]", compresslevel=9)
+
+
+def test_a_gzip_bomb_is_413(client: TestClient) -> None:
+    assert len(BOMB) < 100_000
+    response = client.post("/v1/batch", content=BOMB, headers=GZIP)
+    assert response.status_code == 413
+
+
+def test_decompression_stops_at_the_cap() -> None:
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge):
+            gunzip(BOMB, MAX_REQUEST_BYTES)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MAX_REQUEST_BYTES  # the bomb inflates to 50 MB
+
+
+def test_a_compressed_body_over_the_wire_cap_is_413(client: TestClient) -> None:
+    noise = bytes(range(256)) * 4000  # ~1 MB that gzip cannot shrink much
+    response = client.post("/v1/batch", content=gzip.compress(noise, 0), headers=GZIP)
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"definitely not gzip", gzip.compress(b'{"batch": []}')[:-12]],
+    ids=["garbage", "truncated"],
+)
+def test_broken_gzip_is_400(client: TestClient, content: bytes) -> None:
+    response = client.post("/v1/batch", content=content, headers=GZIP)
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_gzip"
+
+
+def test_other_content_encodings_are_415(client: TestClient) -> None:
+    headers = {**WRITE, "Content-Encoding": "br"}
+    response = client.post("/v1/track", content=b"...", headers=headers)
+    assert response.status_code == 415
+    assert "gzip" in response.json()["message"]

@@ -1,0 +1,381 @@
+"""The Tracking API in-process: every route, both ways to authenticate, validation, the
+timestamp rule, and that a rejected request applies nothing."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from idstitch.engine import Engine, Ticket
+from idstitch.errors import Overloaded, ProfileNotFound, StorageError
+from tests.http.conftest import (
+    OTHER_KEY,
+    READ,
+    WRITE,
+    WRITE_KEY,
+    TestClient,
+    basic,
+    profile_url,
+)
+
+SINGLE_CALLS: dict[str, dict[str, Any]] = {
+    "identify": {"userId": "u1", "traits": {"email": "ann@example.com", "plan": "pro"}},
+    "track": {"userId": "u1", "event": "Order Completed", "properties": {"total": 12.5}},
+    "page": {"anonymousId": "a1", "name": "Home", "properties": {"path": "/"}},
+    "screen": {"anonymousId": "a1", "name": "Settings"},
+    "group": {"userId": "u1", "groupId": "g1", "traits": {"name": "Acme"}},
+    "alias": {"userId": "u1", "previousId": "a1"},
+}
+
+
+def parse(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def events_of(client: TestClient, ref: str, collection: str = "users") -> list[dict[str, Any]]:
+    response = client.get(
+        profile_url(ref, "events", collection), params={"limit": 100}, headers=READ
+    )
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+@pytest.mark.parametrize("route", sorted(SINGLE_CALLS))
+def test_each_single_route_resolves_and_stores(client: TestClient, route: str) -> None:
+    response = client.post(f"/v1/{route}", json=SINGLE_CALLS[route], headers=WRITE)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"success": True}
+    ref = (
+        "group_id:g1"
+        if route == "group"
+        else ("anonymous_id:a1" if route in ("page", "screen") else "user_id:u1")
+    )
+    collection = "accounts" if route == "group" else "users"
+    stored = events_of(client, ref, collection)
+    assert [e["type"] for e in stored] == [route]
+    assert stored[0]["source_id"] == "web"
+
+
+def test_alias_merges_previous_id_into_user(client: TestClient) -> None:
+    client.post("/v1/page", json={"anonymousId": "a1"}, headers=WRITE)
+    client.post("/v1/identify", json={"userId": "u1"}, headers=WRITE)
+    assert client.post("/v1/alias", json=SINGLE_CALLS["alias"], headers=WRITE).status_code == 200
+    by_anon = client.get(profile_url("anonymous_id:a1", "metadata"), headers=READ).json()
+    by_user = client.get(profile_url("user_id:u1", "metadata"), headers=READ).json()
+    assert by_anon["metadata"]["segment_id"] == by_user["metadata"]["segment_id"]
+
+
+@pytest.mark.parametrize("path", ["/v1/batch", "/v1/import"])
+def test_batch_and_import_store_every_message(client: TestClient, path: str) -> None:
+    batch = [{"type": t, **body} for t, body in SINGLE_CALLS.items()]
+    response = client.post(path, json={"batch": batch}, headers=WRITE)
+    assert response.status_code == 200, response.text
+    types = sorted(e["type"] for e in events_of(client, "user_id:u1"))
+    assert types == ["alias", "group", "identify", "page", "screen", "track"]
+
+
+def test_the_route_decides_the_type(client: TestClient) -> None:
+    body = {"type": "identify", "userId": "u1", "event": "Clicked"}
+    assert client.post("/v1/track", json=body, headers=WRITE).status_code == 200
+    assert [e["type"] for e in events_of(client, "user_id:u1")] == ["track"]
+
+
+def test_duplicate_message_id_is_acknowledged_once(client: TestClient) -> None:
+    body = {"userId": "u1", "event": "E", "messageId": "m-1"}
+    for _ in range(3):
+        assert client.post("/v1/track", json=body, headers=WRITE).status_code == 200
+    assert len(events_of(client, "user_id:u1")) == 1
+
+
+# ---- authentication -----------------------------------------------------------------------
+def test_basic_header_alone_authenticates(client: TestClient) -> None:
+    assert (
+        client.post("/v1/track", json={"userId": "u1", "event": "E"}, headers=WRITE).status_code
+        == 200
+    )
+    assert events_of(client, "user_id:u1")[0]["source_id"] == "web"
+
+
+def test_body_write_key_alone_authenticates(client: TestClient) -> None:
+    body = {"userId": "u1", "event": "E", "writeKey": OTHER_KEY}
+    assert client.post("/v1/track", json=body).status_code == 200
+    batch = {"writeKey": OTHER_KEY, "batch": [{"type": "identify", "userId": "u2"}]}
+    assert client.post("/v1/batch", json=batch).status_code == 200
+    assert events_of(client, "user_id:u1")[0]["source_id"] == "mobile"
+    assert events_of(client, "user_id:u2")[0]["source_id"] == "mobile"
+
+
+def test_basic_header_decides_over_the_body(client: TestClient) -> None:
+    body = {"userId": "u1", "event": "E", "writeKey": OTHER_KEY}
+    assert client.post("/v1/track", json=body, headers=WRITE).status_code == 200
+    assert events_of(client, "user_id:u1")[0]["source_id"] == "web"
+    unknown = client.post("/v1/track", json=body, headers=basic("not-a-configured-key"))
+    assert unknown.status_code == 401
+
+
+def test_bearer_header_falls_back_to_the_body_key(client: TestClient) -> None:
+    body = {"userId": "u1", "event": "E", "writeKey": WRITE_KEY}
+    response = client.post("/v1/track", json=body, headers={"Authorization": "Bearer abc"})
+    assert response.status_code == 200
+
+
+def test_key_without_colon_is_accepted(client: TestClient) -> None:
+    legacy = {"Authorization": "Basic " + base64.b64encode(WRITE_KEY.encode()).decode()}
+    assert (
+        client.post("/v1/track", json={"userId": "u1", "event": "E"}, headers=legacy).status_code
+        == 200
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({}, {"userId": "u1", "event": "E"}),
+        ({}, {"userId": "u1", "event": "E", "writeKey": "unknown-key-123"}),
+        ({}, {"userId": "u1", "event": "E", "writeKey": 12345678}),
+        (basic("unknown-key-123"), {"userId": "u1", "event": "E"}),
+        ({"Authorization": "Basic not-base64!"}, {"userId": "u1", "event": "E"}),
+    ],
+    ids=["missing", "unknown-body", "non-string-body", "unknown-basic", "malformed-basic"],
+)
+def test_missing_or_unknown_write_key_is_401(
+    client: TestClient, engine: Engine, headers: dict[str, str], body: dict[str, Any]
+) -> None:
+    response = client.post("/v1/track", json=body, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Basic")
+    payload = response.json()
+    assert payload["success"] is False and payload["code"] == "authentication_error"
+    assert "write key" in payload["message"] or "writeKey" in payload["message"]
+    with pytest.raises(ProfileNotFound):
+        engine.profile("user_id:u1")
+
+
+def test_unknown_basic_key_is_refused_before_the_body_is_read(client: TestClient) -> None:
+    response = client.post("/v1/batch", content=b"not json", headers=basic("unknown-key-123"))
+    assert response.status_code == 401
+
+
+def test_non_json_body_without_basic_is_400(client: TestClient) -> None:
+    for path in ("/v1/track", "/v1/batch"):
+        response = client.post(path, content=b"{not json")
+        assert response.status_code == 400, path
+        assert response.json()["code"] == "invalid_json"
+
+
+# ---- validation ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("route", "body", "code"),
+    [
+        ("track", {"event": "E"}, "no_user_anon_id"),
+        ("track", {"userId": "u1"}, "event_not_defined"),
+        ("track", {"userId": "u1", "event": "  "}, "event_not_string"),
+        ("track", {"userId": "u1", "event": 5}, "event_not_string"),
+        ("identify", {"userId": "u1", "traits": [1]}, "traits_not_object"),
+        ("track", {"userId": "u1", "event": "E", "properties": "x"}, "properties_not_object"),
+        ("identify", {"userId": "u1", "context": 3}, "context_not_object"),
+        ("group", {"userId": "u1"}, "group_id_required"),
+        ("alias", {"userId": "u1"}, "id_required"),
+        ("page", {"userId": "u1", "name": ""}, "name_not_string"),
+        ("identify", {"userId": "u1", "timestamp": "yesterday"}, "invalid_timestamp"),
+        ("identify", {"userId": {"nested": 1}}, "invalid_message"),
+        ("identify", [1, 2], "invalid_json"),
+    ],
+)
+def test_invalid_single_message_is_400_and_names_the_problem(
+    client: TestClient, engine: Engine, route: str, body: Any, code: str
+) -> None:
+    response = client.post(f"/v1/{route}", json=body, headers=WRITE)
+    assert response.status_code == 400, response.text
+    payload = response.json()
+    assert payload["success"] is False
+    assert payload["code"] == code
+    assert payload["message"]
+    assert engine.metrics.events == 0
+
+
+def test_null_counts_as_absent(client: TestClient) -> None:
+    body = {
+        "userId": None,
+        "anonymousId": "a1",
+        "event": "E",
+        "properties": None,
+        "context": None,
+        "timestamp": None,
+    }
+    assert client.post("/v1/track", json=body, headers=WRITE).status_code == 200
+
+
+def test_a_bad_batch_item_applies_nothing_and_names_its_index(
+    client: TestClient, engine: Engine
+) -> None:
+    batch = [
+        {"type": "identify", "userId": "valid-before", "traits": {"email": "v@example.com"}},
+        {"type": "track", "userId": "u1", "event": "E"},
+        {"type": "track", "userId": "u2"},
+        {"type": "track"},
+    ]
+    response = client.post("/v1/batch", json={"batch": batch}, headers=WRITE)
+    assert response.status_code == 400
+    payload = response.json()
+    assert payload["index"] == 2
+    assert payload["code"] == "event_not_defined"
+    assert "batch item 2" in payload["message"]
+    for ref in ("user_id:valid-before", "user_id:u1", "email:v@example.com"):
+        with pytest.raises(ProfileNotFound):
+            engine.profile(ref)
+    assert engine.metrics.events == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "index"),
+    [
+        ({"batch": []}, "empty_batch", None),
+        ({}, "empty_batch", None),
+        ({"batch": "x"}, "invalid_message", None),
+        ({"batch": [{"userId": "u1"}]}, "type_required", 0),
+        (
+            {"batch": [{"type": "identify", "userId": "u1"}, {"type": "jump", "userId": "u"}]},
+            "invalid_type",
+            1,
+        ),
+        ({"batch": [{"type": "identify", "userId": "u1"}, 7]}, "invalid_message", 1),
+        ({"batch": [7], "context": {"ip": "1.2.3.4"}}, "invalid_message", 0),
+    ],
+)
+def test_malformed_batches_are_400(
+    client: TestClient, body: dict[str, Any], code: str, index: int | None
+) -> None:
+    response = client.post("/v1/batch", json=body, headers=WRITE)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == code
+    assert response.json().get("index") == index
+
+
+def test_batch_context_and_integrations_apply_to_each_item(client: TestClient) -> None:
+    body = {
+        "batch": [
+            {"type": "track", "anonymousId": "a1", "event": "E"},
+            {
+                "type": "track",
+                "anonymousId": "a2",
+                "event": "E",
+                "context": {"traits": {"email": "own@example.com"}},
+            },
+        ],
+        "context": {"traits": {"email": "Shared@Example.com"}},
+        "integrations": {"All": False},
+    }
+    assert client.post("/v1/batch", json=body, headers=WRITE).status_code == 200
+    shared = client.get(profile_url("email:shared@example.com", "external_ids"), headers=READ)
+    assert {e["id"] for e in shared.json()["data"]} == {"a1", "shared@example.com"}
+    own = client.get(profile_url("email:own@example.com", "external_ids"), headers=READ)
+    assert {e["id"] for e in own.json()["data"]} == {"a2", "own@example.com"}
+    event = events_of(client, "anonymous_id:a1")[0]
+    assert event["integrations"] == {"All": False}
+
+
+# ---- timestamps ---------------------------------------------------------------------------
+def test_timestamp_corrects_clock_skew_with_batch_sent_at(client: TestClient) -> None:
+    body = {
+        "sentAt": "2025-01-15T10:00:10.000Z",
+        "batch": [
+            {"type": "track", "userId": "u1", "event": "E", "timestamp": "2025-01-15T10:00:00.000Z"}
+        ],
+    }
+    assert client.post("/v1/batch", json=body, headers=WRITE).status_code == 200
+    event = events_of(client, "user_id:u1")[0]
+    skew = parse(event["received_at"]) - parse(event["timestamp"])
+    assert skew == pytest.approx(10.0, abs=0.002)
+
+
+def test_timestamp_uses_a_single_message_own_sent_at(client: TestClient) -> None:
+    body = {
+        "userId": "u1",
+        "event": "E",
+        "timestamp": "2025-01-15T10:00:00Z",
+        "sentAt": "2025-01-15T10:01:00Z",
+    }
+    assert client.post("/v1/track", json=body, headers=WRITE).status_code == 200
+    event = events_of(client, "user_id:u1")[0]
+    assert parse(event["received_at"]) - parse(event["timestamp"]) == pytest.approx(60, abs=0.002)
+
+
+def test_timestamp_without_sent_at_is_kept_and_default_is_received_at(
+    client: TestClient,
+) -> None:
+    client.post(
+        "/v1/track",
+        json={"userId": "u1", "event": "Old", "timestamp": "2020-02-02T02:02:02.020Z"},
+        headers=WRITE,
+    )
+    client.post("/v1/track", json={"userId": "u2", "event": "Now"}, headers=WRITE)
+    assert events_of(client, "user_id:u1")[0]["timestamp"] == "2020-02-02T02:02:02.020Z"
+    now = events_of(client, "user_id:u2")[0]
+    assert now["timestamp"] == now["received_at"]
+
+
+# ---- acknowledgement and back-pressure ----------------------------------------------------
+def test_success_waits_for_the_durable_commit(
+    client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_submit = engine.submit
+    delay = 0.3
+
+    def slow_submit(items: list[Any], source: str) -> Ticket:
+        ticket = Ticket(source, items)
+        inner = real_submit(items, source)
+
+        def later() -> None:
+            plans = inner.future.result()
+            time.sleep(delay)
+            ticket.future.set_result(plans)
+
+        threading.Thread(target=later).start()
+        return ticket
+
+    monkeypatch.setattr(engine, "submit", slow_submit)
+    started = time.perf_counter()
+    response = client.post("/v1/track", json={"userId": "u1", "event": "E"}, headers=WRITE)
+    assert response.status_code == 200
+    assert time.perf_counter() - started >= delay
+
+
+def test_overloaded_engine_answers_429_with_retry_after(
+    client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(items: list[Any], source: str) -> Ticket:
+        raise Overloaded("200000 messages are waiting to be written; retry shortly.")
+
+    monkeypatch.setattr(engine, "submit", full)
+    response = client.post("/v1/track", json={"userId": "u1", "event": "E"}, headers=WRITE)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["code"] == "overloaded"
+
+
+def test_failed_commit_answers_503(
+    client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(items: list[Any], source: str) -> Ticket:
+        ticket = Ticket(source, items)
+        ticket.future.set_exception(StorageError("the batch could not be stored: disk full"))
+        return ticket
+
+    monkeypatch.setattr(engine, "submit", failing)
+    response = client.post("/v1/track", json={"userId": "u1", "event": "E"}, headers=WRITE)
+    assert response.status_code == 503
+    assert response.json()["code"] == "storage_error"
+    assert "retry-after" in response.headers
+
+
+def test_tracking_routes_take_post_only(client: TestClient) -> None:
+    response = client.get("/v1/track", headers=WRITE)
+    assert response.status_code == 405
+    assert response.json()["success"] is False

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gzip
-import json
 import os
 import platform
 import pstats
@@ -35,17 +33,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import tracemalloc
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
+from benchmarks.memory import probe, watch_peak
+from benchmarks.unionfind import UnionFindRun, file_lines, union_find
 from benchmarks.workload import Workload, generate, write_messages
 from idstitch.config import Settings, settings_from
 from idstitch.engine import Engine, Ticket
@@ -53,7 +50,6 @@ from idstitch.errors import Overloaded
 
 SOURCE = "bench"
 STAGE_MESSAGES = 100_000  # the stage timings use the start of the stream
-ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -275,99 +271,6 @@ def _profile_writer(engine: Engine) -> cProfile.Profile:
     return writer_profile
 
 
-# ---- the naive union-find baseline -------------------------------------------------------------
-class _Traits(msgspec.Struct):
-    email: Any = None
-
-
-class _Device(msgspec.Struct):
-    id: Any = None
-
-
-class _Context(msgspec.Struct):
-    traits: _Traits | None = None
-    device: _Device | None = None
-
-
-class _Message(msgspec.Struct):
-    userId: Any = None
-    anonymousId: Any = None
-    previousId: Any = None
-    traits: _Traits | None = None
-    context: _Context | None = None
-
-
-@dataclass
-class UnionFindRun:
-    rate: float
-    identifiers: int
-    components: int
-    largest: int
-
-
-def union_find(lines: Iterable[bytes], count: int | None = None) -> UnionFindRun:
-    """Decode each message (msgspec, identity fields only), take userId, anonymousId,
-    previousId, e-mail and device id, and union them all: no rules, no limits, no storage."""
-    decode = msgspec.json.Decoder(_Message).decode
-    index: dict[str, int] = {}
-    parent: list[int] = []
-    size: list[int] = []
-    events = 0
-    started = time.perf_counter()
-    for line in lines:
-        if not line.strip():
-            continue
-        events += 1
-        m = decode(line)
-        ids = []
-        if m.userId is not None:
-            ids.append("u" + str(m.userId))
-        if m.anonymousId is not None:
-            ids.append("a" + str(m.anonymousId))
-        if m.previousId is not None:
-            ids.append("p" + str(m.previousId))
-        if m.traits is not None and m.traits.email is not None:
-            ids.append("e" + str(m.traits.email))
-        c = m.context
-        if c is not None:
-            if c.traits is not None and c.traits.email is not None:
-                ids.append("e" + str(c.traits.email))
-            if c.device is not None and c.device.id is not None:
-                ids.append("d" + str(c.device.id))
-        first = -1
-        for key in ids:
-            node = index.get(key)
-            if node is None:
-                node = len(parent)
-                index[key] = node
-                parent.append(node)
-                size.append(1)
-            while parent[node] != node:  # find, with path halving
-                parent[node] = parent[parent[node]]
-                node = parent[node]
-            if first < 0:
-                first = node
-            elif node != first:  # union by size
-                if size[node] > size[first]:
-                    node, first = first, node
-                parent[node] = first
-                size[first] += size[node]
-    seconds = time.perf_counter() - started
-    roots = [i for i, p in enumerate(parent) if p == i]
-    return UnionFindRun(
-        rate=(count or events) / seconds,
-        identifiers=len(parent),
-        components=len(roots),
-        largest=max((size[r] for r in roots), default=0),
-    )
-
-
-def _file_lines(path: Path) -> Iterable[bytes]:
-    opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        yield from fh
-
-
 # ---- idstitch import -------------------------------------------------------------------------
 @dataclass
 class ImportRun:
@@ -401,7 +304,7 @@ def run_import(path: Path, workdir: Path, events: int, how: str) -> ImportRun:
         with log.open("wb") as out:
             started = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-            peak = _watch_peak(proc)
+            peak = watch_peak(proc)
             code = proc.wait()
             seconds = time.perf_counter() - started
         if code != 0:
@@ -415,91 +318,6 @@ def run_import(path: Path, workdir: Path, events: int, how: str) -> ImportRun:
         import_paths(engine, [path], source="import")
     seconds = time.perf_counter() - started
     return ImportRun(events / seconds, seconds, float("nan"), "library")
-
-
-# ---- memory ------------------------------------------------------------------------------------
-def _status_kb(field_name: str, pid: int | str = "self") -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _watch_peak(proc: subprocess.Popen[bytes]) -> Callable[[], float]:
-    """Poll the child's VmHWM (its peak RSS since exec, in KiB) until it exits.
-
-    `ru_maxrss` from wait4 would not do: it also counts the pages the child shared with
-    this (large) process between fork and exec."""
-    peak = [0]
-
-    def poll() -> None:
-        while proc.poll() is None:
-            peak[0] = max(peak[0], _status_kb("VmHWM", proc.pid))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=poll, daemon=True)
-    watcher.start()
-
-    def result() -> float:
-        watcher.join()
-        return float(peak[0])
-
-    return result
-
-
-def _sqlite_memory() -> int:
-    """Bytes SQLite holds (page cache included), when the library exports the counter."""
-    try:
-        import ctypes
-        import ctypes.util
-
-        lib = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
-        lib.sqlite3_memory_used.restype = ctypes.c_int64
-        return int(lib.sqlite3_memory_used())
-    except (OSError, AttributeError):
-        return 0
-
-
-def memory_probe(db: Path, mode: str) -> dict[str, float]:
-    """Run in a fresh process: open the store (which rebuilds the graph from its tables).
-
-    `rss`: VmRSS growth of the process, minus what SQLite itself holds, and VmHWM;
-    `heap`: the Python heap that the graph holds, by tracemalloc."""
-    from idstitch.storage.sqlite import SQLiteStore
-
-    if mode == "heap":
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        store = SQLiteStore(db)
-        held = tracemalloc.get_traced_memory()[0] - before
-        tracemalloc.stop()
-        result: dict[str, float] = {"graph_heap": held}
-    else:
-        before = _status_kb("VmRSS") * 1024
-        sqlite_before = _sqlite_memory()
-        store = SQLiteStore(db)
-        grown = _status_kb("VmRSS") * 1024 - before
-        sqlite_held = _sqlite_memory() - sqlite_before
-        result = {
-            "rss_growth": float(grown),
-            "sqlite": sqlite_held,
-            "hwm": _status_kb("VmHWM") * 1024,
-            "baseline": before,
-        }
-    result["identifiers"] = len(store.graph.owners)
-    result["profiles"] = len(store.graph.profiles) + len(store.graph.parent)
-    store.close()
-    return result
-
-
-def probe(db: Path, mode: str) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "benchmarks.engine_bench", "--memory-probe", mode, str(db)]
-    done = subprocess.run(cmd, capture_output=True, check=True, cwd=ROOT)
-    return dict(json.loads(done.stdout))
 
 
 # ---- the report --------------------------------------------------------------------------------
@@ -736,12 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         help="one extra closed-loop run under cProfile; prints both threads",
     )
     parser.add_argument("--keep", type=Path, help="keep the work files in this directory")
-    parser.add_argument("--memory-probe", nargs=2, metavar=("MODE", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.memory_probe:
-        mode, db = args.memory_probe
-        print(json.dumps(memory_probe(Path(db), mode)))
-        return 0
     started = time.perf_counter()
     args.load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rates = parse_rates(args.rates)
@@ -780,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             if import_how is not None:
-                rnd.uf_file = union_find(_file_lines(stream))
+                rnd.uf_file = union_find(file_lines(stream))
                 rnd.imported = run_import(stream, here, len(messages), import_how)
                 print(
                     f"round {n}: import {rnd.imported.rate:,.0f}/s, union-find over the file "

@@ -496,7 +496,7 @@ def report(
         )
         p("    already prepared, the submitting thread idle)")
         p(
-            f"  closed loop, all of it (both threads share one GIL)          {1e6 / both:7.1f}"
+            f"  closed loop, all of it (every thread shares one GIL)        {1e6 / both:7.1f}"
             f"  = {both:,.0f}/s"
         )
         p(f"  naive union-find (decode identity fields + union)            {uf_us:7.1f}")

@@ -29,7 +29,7 @@ from idstitch.core.planner import apply_plan, keys_of, plan_message
 from idstitch.errors import IdstitchError, InvalidMessage, Overloaded, StorageError
 from idstitch.metrics import Metrics
 from idstitch.storage import Store, open_store
-from idstitch.storage.base import SortOrder
+from idstitch.storage.base import SortOrder, Transaction
 
 Item = tuple[Prepared, Extracted]
 
@@ -222,37 +222,45 @@ class Engine:
     def _write(self, tickets: list[Ticket]) -> None:
         started = time.perf_counter()
         keys: list[str] = []
-        for ticket in tickets:
-            for _, extracted in ticket.items:
-                keys.extend(keys_of(extracted))
+        if self.store.needs_keys:
+            for ticket in tickets:
+                for _, extracted in ticket.items:
+                    keys.extend(keys_of(extracted))
         rules = self.rules
         results: list[list[Plan]] = []
+        fresh: list[Plan] = []
+
+        def resolve(tx: Transaction) -> None:
+            # A store may run this again on a fresh transaction after a conflict with
+            # another writer: start from nothing each time.
+            results.clear()
+            fresh.clear()
+            graph = tx.graph
+            by_source: dict[str, list[str]] = {}
+            for ticket in tickets:
+                by_source.setdefault(ticket.source_id, []).extend(
+                    p.message_id for p, _ in ticket.items
+                )
+            seen = {sid: tx.seen(sid, mids) for sid, mids in by_source.items()}
+            for ticket in tickets:
+                sid = ticket.source_id
+                already = seen[sid]
+                plans = []
+                for prepared, extracted in ticket.items:
+                    if prepared.message_id in already:
+                        plans.append(_duplicate(prepared, sid))
+                        continue
+                    already.add(prepared.message_id)
+                    plan = plan_message(prepared, extracted, graph, rules, sid, new_segment_id)
+                    apply_plan(graph, plan)
+                    plans.append(plan)
+                    fresh.append(plan)
+                ticket.resolved = time.perf_counter()
+                results.append(plans)
+            tx.apply(fresh)
+
         try:
-            with self.store.batch(keys) as tx:
-                graph = tx.graph
-                by_source: dict[str, list[str]] = {}
-                for ticket in tickets:
-                    by_source.setdefault(ticket.source_id, []).extend(
-                        p.message_id for p, _ in ticket.items
-                    )
-                seen = {sid: tx.seen(sid, mids) for sid, mids in by_source.items()}
-                fresh: list[Plan] = []
-                for ticket in tickets:
-                    sid = ticket.source_id
-                    already = seen[sid]
-                    plans = []
-                    for prepared, extracted in ticket.items:
-                        if prepared.message_id in already:
-                            plans.append(_duplicate(prepared, sid))
-                            continue
-                        already.add(prepared.message_id)
-                        plan = plan_message(prepared, extracted, graph, rules, sid, new_segment_id)
-                        apply_plan(graph, plan)
-                        plans.append(plan)
-                        fresh.append(plan)
-                    ticket.resolved = time.perf_counter()
-                    results.append(plans)
-                tx.apply(fresh)
+            tx = self.store.run_batch(keys, resolve)
         except Exception as err:
             self._fail(tickets, err)
             return

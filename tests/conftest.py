@@ -10,10 +10,12 @@ import pytest
 
 from idstitch.config import settings_from
 from idstitch.engine import Engine
+from tests.storage import pgserver
 
 MakeEngine = Callable[..., Engine]
 
-STORES = ["sqlite"]
+# Every store test runs on each store; PostgreSQL needs a server (see tests/storage/pgserver).
+STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(params=STORES)
@@ -22,14 +24,28 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_engine(tmp_path: Path, store_kind: str) -> Iterator[MakeEngine]:
+def postgres_url() -> Iterator[str]:
+    """A store URL on a fresh PostgreSQL schema, dropped after the test."""
+    with pgserver.fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, store_kind: str) -> str:
+    """The URL of a fresh, empty store of the kind under test."""
+    if store_kind == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path / 'idstitch.db'}"
+
+
+@pytest.fixture
+def make_engine(store_url: str) -> Iterator[MakeEngine]:
     """`make_engine(config_dict)` -> an open Engine on a fresh store; closed after the test."""
     engines: list[Engine] = []
 
     def make(config: dict[str, Any] | None = None, **options: Any) -> Engine:
         data = dict(config or {})
-        if store_kind == "sqlite":
-            data["storage"] = {"url": f"sqlite:///{tmp_path / 'idstitch.db'}"}
+        data["storage"] = {"url": store_url}
         engine = Engine(settings_from(data), tune_gc=False, **options)
         engines.append(engine)
         return engine

@@ -9,7 +9,7 @@ everything back. Reads take a profile's canonical id as `find` returned it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
@@ -103,10 +103,23 @@ class Transaction(ABC):
 
 class Store(ABC):
     url: str
+    # Whether `batch` needs the identifier keys of the batch (a store whose graph is
+    # complete in memory does not).
+    needs_keys: bool = True
 
     @abstractmethod
     def batch(self, keys: Iterable[str]) -> AbstractContextManager[Transaction]:
         """A transaction whose graph covers `keys`; commits durably on a clean exit."""
+
+    def run_batch(self, keys: Iterable[str], work: Callable[[Transaction], None]) -> Transaction:
+        """Run `work` on a `batch(keys)` transaction and commit it; returns that transaction.
+
+        A store shared by several writers may run `work` again, on a fresh transaction, after
+        a conflict; `work` must therefore start from scratch each time it is called.
+        """
+        with self.batch(keys) as tx:
+            work(tx)
+        return tx
 
     @abstractmethod
     def close(self) -> None: ...

@@ -1,0 +1,226 @@
+"""One PostgreSQL write transaction: lock what a micro-batch touches, load it, write its plans.
+
+Several workers (processes, hosts) write to one database. Each batch runs in one transaction:
+
+1. A shared advisory lock on the store. A batch that keeps losing races takes it exclusively
+   and then runs alone (see `PostgresStore.run_batch`).
+2. Transaction advisory locks on the 64-bit hash of every identifier key of the batch, in
+   ascending order. Keys that do not exist yet are locked too: two writers never create the
+   same identifier, and nobody attaches one of our keys while we hold it.
+3. Read the owners of those keys, then lock their canonical profiles (advisory, ascending),
+   then re-read those profiles. One that another worker merged away in between is followed to
+   its canonical. A new canonical that sorts above every profile lock held is waited for;
+   one below is only tried, and a failed try restarts the batch (`Conflict`): waiting there
+   could close a cycle.
+4. Load the full state of every canonical profile found into a fresh Graph; the engine
+   resolves against it; `apply` writes the plans with COPY and set-based SQL.
+
+Every change to a profile happens under the locks of its keys and of every profile it reads,
+so batches that share a connected component run one after the other, and event `seq` values,
+drawn after the locks, record that order. Locks are always taken in one global order (store,
+then keys, then profiles, each ascending); only try-locks break it, and they never wait.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from idstitch.core.graph import Graph, ProfileState
+from idstitch.core.identifiers import ACCOUNTS, USERS
+from idstitch.core.plan import Plan
+from idstitch.errors import StorageError
+from idstitch.storage.base import Transaction
+from idstitch.storage.pg_write import write_plans
+from idstitch.storage.rows import stable_hash
+
+
+class Conflict(Exception):
+    """Another writer merged a profile this batch needs, in a way that forbids waiting."""
+
+
+def int32(number: int) -> int:
+    """`number` wrapped to a signed 32-bit integer (the two-key advisory lock form)."""
+    number &= 0xFFFFFFFF
+    return number - (1 << 32) if number >= 1 << 31 else number
+
+
+class LockIds:
+    """Advisory lock ids of one store. They include the schema, so stores in other schemas of
+    the same database never wait for each other. Keys use the one-bigint form, profiles and
+    the store lock the two-int form: PostgreSQL keeps the two spaces apart."""
+
+    def __init__(self, schema: str):
+        self.schema = schema
+        self.store = int32(stable_hash(schema + "\x1fstore"))
+        self.profiles = int32(stable_hash(schema + "\x1fprofiles"))
+
+    def key(self, key: str) -> int:
+        return stable_hash(self.schema + "\x1f" + key)
+
+
+def split_key(key: str) -> tuple[str, str, str]:
+    """(collection, type, value) of a graph key (see `core.identifiers.key_of`)."""
+    type_, _, value = key[1:].partition("\x1f")
+    return (ACCOUNTS if key[0] == "a" else USERS), type_, value
+
+
+def scrub(text: str) -> str:
+    """PostgreSQL text cannot hold NUL characters; store U+FFFD in their place."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+class BatchGraph(Graph):
+    """A graph whose new profiles take ids reserved from the database sequence, so the plans
+    carry real row ids. Every new profile owns at least one key that had no owner, so one id
+    per such key is always enough."""
+
+    __slots__ = ("reserved",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reserved: list[int] = []  # descending: pop() hands out the smallest
+
+    def create(self, segment_id: str, created_at: float, pid: int | None = None) -> ProfileState:
+        if pid is None:
+            if not self.reserved:
+                raise StorageError(
+                    "a batch created more profiles than it had new identifier keys; the "
+                    "engine must pass every key it resolves to the store."
+                )
+            pid = self.reserved.pop()
+        return super().create(segment_id, created_at, pid)
+
+
+_LOCK_KEYS = (
+    "SELECT count(pg_advisory_xact_lock(h)) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(h, n)"
+)
+_LOCK_PROFILES = (
+    "SELECT count(pg_advisory_xact_lock(%s::int, l)) "
+    "FROM unnest(%s::int[]) WITH ORDINALITY AS t(l, n)"
+)
+_TRY_PROFILES = (
+    "SELECT bool_and(pg_try_advisory_xact_lock(%s::int, l)) "
+    "FROM unnest(%s::int[]) WITH ORDINALITY AS t(l, n)"
+)
+_OWNERS = (
+    "SELECT t.n, i.profile_id, p.canonical_id "
+    "FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS t(c, ty, v, n) "
+    "JOIN identifiers i ON i.collection = t.c AND i.type = t.ty AND i.value = t.v "
+    "JOIN profiles p ON p.id = i.profile_id"
+)
+_PROFILES = (
+    "SELECT id, canonical_id, segment_id, created_at, merges FROM profiles WHERE id = ANY(%s)"
+)
+_STAMPS = (
+    "SELECT m.canonical_id, i.type, i.created_at FROM profiles m "
+    "JOIN identifiers i ON i.profile_id = m.id WHERE m.canonical_id = ANY(%s)"
+)
+_RESERVE = "SELECT nextval('profile_id_seq') FROM generate_series(1, %s)"
+_SEEN = "SELECT message_id FROM events WHERE source_id = %s AND message_id = ANY(%s)"
+_SEQS = "SELECT nextval('event_seq') FROM generate_series(1, %s)"
+
+
+class PostgresTransaction(Transaction):
+    """Runs on a connection in pipeline mode: statements queue up and travel together, and
+    reading a result is what waits. A batch costs four round trips: locks and owners;
+    profiles and their state; seen messages; writes and commit."""
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], locks: LockIds, keys: list[str], exclusive: bool
+    ):
+        self.conn = conn
+        self.locks = locks
+        self.keys = keys  # distinct
+        self.exclusive = exclusive
+        self.batch_graph = BatchGraph()
+        self.graph = self.batch_graph
+        self.seqs: list[int] = []  # event numbers reserved by `seen`
+        self._held: set[int] = set()  # profile lock ids
+
+    # ---- locking and loading ---------------------------------------------------------------
+    def open(self) -> None:
+        conn = self.conn
+        if self.exclusive:
+            conn.execute("SELECT pg_advisory_xact_lock(%s::int, 0)", (self.locks.store,))
+        else:
+            conn.execute("SELECT pg_advisory_xact_lock_shared(%s::int, 0)", (self.locks.store,))
+            hashes = sorted({self.locks.key(k) for k in self.keys})
+            if hashes:
+                conn.execute(_LOCK_KEYS, (hashes,))
+        graph = self.graph
+        owners, parent = graph.owners, graph.parent
+        keys = self.keys
+        canonicals: set[int] = set()
+        if keys:
+            parts = [split_key(k) for k in keys]
+            found = conn.execute(
+                _OWNERS,
+                ([p[0] for p in parts], [p[1] for p in parts], [scrub(p[2]) for p in parts]),
+            ).fetchall()
+            for n, pid, canonical in found:
+                owners[keys[n - 1]] = pid
+                if pid != canonical:
+                    parent[pid] = canonical
+                canonicals.add(canonical)
+        absent = len(keys) - len(owners)
+        reserved = conn.execute(_RESERVE, (absent,)) if absent else None
+        self._load_profiles(canonicals)
+        if reserved is not None:
+            self.batch_graph.reserved = sorted((r[0] for r in reserved), reverse=True)
+
+    def _load_profiles(self, pending: set[int]) -> None:
+        """Lock the canonical profiles, follow any that were merged away, load their state."""
+        graph = self.graph
+        profiles = graph.profiles
+        conn = self.conn
+        while pending:
+            if not self.exclusive:
+                self._lock_profiles(pending)
+            ids = sorted(pending)
+            found = conn.execute(_PROFILES, (ids,))
+            stamps = conn.execute(_STAMPS, (ids,))
+            moved: set[int] = set()
+            for pid, canonical, segment_id, created_at, merges in found:
+                if pid == canonical:
+                    profiles[pid] = ProfileState(pid, segment_id, created_at, merges)
+                else:  # merged away after we read its owner: follow the pointer
+                    graph.parent[pid] = canonical
+                    moved.add(canonical)
+            # Only rows of current canonicals can match: a merge repoints all members at once.
+            for canonical, type_, created_at in stamps:
+                profiles[canonical].add(type_, created_at)
+            pending = moved - profiles.keys()
+
+    def _lock_profiles(self, pids: set[int]) -> None:
+        wanted = sorted({int32(p) for p in pids} - self._held)
+        if not wanted:
+            return
+        top = max(self._held, default=None)
+        below = [w for w in wanted if top is not None and w < top]
+        above = [w for w in wanted if top is None or w > top]
+        if below:
+            row = self.conn.execute(_TRY_PROFILES, (self.locks.profiles, below)).fetchone()
+            if row is None or not row[0]:
+                raise Conflict(f"{len(below)} merged profile(s) are locked by another writer")
+        if above:
+            self.conn.execute(_LOCK_PROFILES, (self.locks.profiles, above))
+        self._held.update(wanted)
+
+    # ---- the Transaction interface ---------------------------------------------------------
+    def seen(self, source_id: str, message_ids: list[str]) -> set[str]:
+        if not message_ids:
+            return set()
+        by_stored = {scrub(m): m for m in message_ids}
+        found = self.conn.execute(_SEEN, (source_id, list(by_stored)))
+        # Reserve the event numbers now, in the same round trip: after the locks, so that a
+        # batch that waited for another one numbers its events after it.
+        seqs = self.conn.execute(_SEQS, (len(message_ids),))
+        result = {by_stored[row[0]] for row in found}
+        self.seqs = sorted([*self.seqs, *(r[0] for r in seqs)])
+        return result
+
+    def apply(self, plans: list[Plan]) -> None:
+        write_plans(self.conn, plans, self.graph, self.seqs)
+        self.seqs = []

@@ -1,0 +1,378 @@
+"""The PostgreSQL store: many workers, on one or more hosts, sharing one identity graph.
+
+Nothing is kept in memory between batches: each micro-batch locks the identifiers and
+profiles it touches, loads them, resolves and writes in one transaction (`pg_batch`), so
+workers serialize per connected component and never per database. Commits wait for the WAL
+flush (`synchronous_commit = on`), so an acknowledged message is on disk. Reads use a small
+connection pool. Install with `pip install 'idstitch[postgres]'`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+import psycopg
+from psycopg import errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from idstitch.errors import StorageError
+from idstitch.storage.base import (
+    EventRow,
+    ExternalIdRow,
+    MergeRow,
+    ProfileRow,
+    SortOrder,
+    Stats,
+    Store,
+    TraitRow,
+    Transaction,
+    ViolationRow,
+)
+from idstitch.storage.migrations import POSTGRES as MIGRATIONS
+from idstitch.storage.pg_batch import Conflict, LockIds, PostgresTransaction, scrub
+
+_ext_decoder = msgspec.json.Decoder(list[tuple[str, str, str]])
+_PROFILE_COLUMNS = (
+    "p.id, p.segment_id, p.collection, p.created_at, p.merges, "
+    "p.first_message_id, p.first_source_id"
+)
+_MEMBERS = "(SELECT id FROM profiles WHERE canonical_id = %(pid)s)"
+# Errors after which the same batch may succeed on a fresh transaction: a deadlock, a
+# serialization failure, a message stored meanwhile by another worker, a lock timeout, and a
+# full lock table (the exclusive attempt needs one lock only).
+RETRYABLE: tuple[type[Exception], ...] = (
+    Conflict,
+    errors.DeadlockDetected,
+    errors.SerializationFailure,
+    errors.UniqueViolation,
+    errors.LockNotAvailable,
+    errors.OutOfMemory,
+)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by `***`, fit for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        if ":" in user:
+            user = user.split(":", 1)[0] + ":***"
+        netloc = f"{user}@{host}"
+    query = urlencode(
+        [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="=-,*"
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    # Durable acknowledgements, whatever the server's default.
+    conn.execute("SET synchronous_commit = on")
+
+
+def migrate(conn: psycopg.Connection[Any]) -> list[str]:
+    """Apply the named migrations not yet recorded; returns the names applied. Workers that
+    start together wait for each other on an advisory lock."""
+    applied = []
+    with conn.transaction():
+        schema = conn.execute("SELECT current_schema()").fetchone()
+        if schema is None or schema[0] is None:
+            path = conn.execute("SHOW search_path").fetchone()
+            raise StorageError(
+                f"PostgreSQL search_path {path[0] if path else ''!r} names no existing schema; "
+                "create the schema first or fix `options=-csearch_path=...` in the URL."
+            )
+        conn.execute("SELECT pg_advisory_xact_lock(%s::int, 1)", (LockIds(schema[0]).store,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)"
+        )
+        done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            conn.execute(sql.encode())
+            conn.execute(
+                "INSERT INTO schema_migrations (name, applied_at) VALUES (%s, %s)",
+                (name, time.time()),
+            )
+            applied.append(name)
+    return applied
+
+
+class PostgresStore(Store):
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        max_attempts: int = 6,
+        connect_timeout: float = 10.0,
+    ):
+        self.url = mask_url(url)
+        self.max_attempts = max_attempts
+        self.conflicts = 0  # batches restarted after a conflict with another writer
+        self.exclusive_runs = 0  # batches that ended up running alone
+        try:
+            conn = psycopg.connect(
+                url, autocommit=True, connect_timeout=max(1, round(connect_timeout))
+            )
+        except psycopg.Error as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise StorageError(
+                f"cannot connect to PostgreSQL at {self.url} ({reason}); check that the server "
+                "is running and that the URL names the right host, port, user and database."
+            ) from None
+        with conn:
+            try:
+                self.migrations_applied = migrate(conn)
+                row = conn.execute("SELECT current_schema()").fetchone()
+            except psycopg.Error as err:
+                raise StorageError(
+                    f"cannot prepare the schema at {self.url}: {err}; check that the user may "
+                    "create tables there."
+                ) from None
+        self.schema: str = row[0] if row else "public"
+        self._locks = LockIds(self.schema)
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            kwargs={"autocommit": True},
+            configure=_configure,
+            name="idstitch",
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except PoolTimeout:
+            self._pool.close()
+            raise StorageError(
+                f"cannot open a connection pool to PostgreSQL at {self.url}; check the server."
+            ) from None
+
+    # ---- writes ----------------------------------------------------------------------------
+    def run_batch(self, keys: Iterable[str], work: Callable[[Transaction], None]) -> Transaction:
+        """Run `work` in one locked transaction and commit it. After a conflict with another
+        writer the whole batch runs again on a fresh transaction (with a short random pause);
+        after `max_attempts` it runs once more alone, under the store's exclusive lock, which
+        no race can defeat. If even that fails, nothing was stored and StorageError says so."""
+        distinct = list(dict.fromkeys(keys))
+        attempt = 0
+        while True:
+            attempt += 1
+            exclusive = attempt > self.max_attempts
+            try:
+                with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+                    tx = PostgresTransaction(conn, self._locks, distinct, exclusive)
+                    tx.open()
+                    work(tx)
+                return tx
+            except RETRYABLE as err:
+                self.conflicts += 1
+                if exclusive:
+                    raise StorageError(
+                        f"a batch of {len(distinct)} identifiers could not be stored after "
+                        f"{attempt} attempts, the last one alone ({err}); nothing of it was "
+                        "stored. Send it again; if this persists, look for a session holding "
+                        "locks in the database."
+                    ) from err
+                if isinstance(err, errors.OutOfMemory):
+                    attempt = self.max_attempts  # the lock table is full: run alone next
+                time.sleep(random.uniform(0, 0.002 * attempt))
+            except psycopg.Error as err:
+                raise StorageError(f"the PostgreSQL write at {self.url} failed: {err}") from err
+            finally:
+                if exclusive:
+                    self.exclusive_runs += 1
+
+    @contextlib.contextmanager
+    def batch(self, keys: Iterable[str]) -> Iterator[Transaction]:
+        """One attempt, without retries; `run_batch` is the form that survives conflicts."""
+        try:
+            with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+                tx = PostgresTransaction(conn, self._locks, list(dict.fromkeys(keys)), False)
+                tx.open()
+                yield tx
+        except psycopg.Error as err:
+            raise StorageError(f"the PostgreSQL write at {self.url} failed: {err}") from err
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # ---- reads -----------------------------------------------------------------------------
+    def _all(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        try:
+            with self._pool.connection() as conn:
+                return conn.execute(sql, args).fetchall()
+        except psycopg.Error as err:
+            raise StorageError(f"the PostgreSQL read at {self.url} failed: {err}") from err
+
+    def find_by_identifier(self, collection: str, type_: str, value: str) -> ProfileRow | None:
+        rows = self._all(
+            f"SELECT {_PROFILE_COLUMNS} FROM identifiers i "
+            "JOIN profiles q ON q.id = i.profile_id JOIN profiles p ON p.id = q.canonical_id "
+            "WHERE i.collection = %s AND i.type = %s AND i.value = %s",
+            (collection, type_, scrub(value)),
+        )
+        return ProfileRow(*rows[0]) if rows else None
+
+    def find_by_segment_id(self, segment_id: str) -> ProfileRow | None:
+        rows = self._all(
+            f"SELECT {_PROFILE_COLUMNS} FROM profiles q "
+            "JOIN profiles p ON p.id = q.canonical_id WHERE q.segment_id = %s",
+            (scrub(segment_id),),
+        )
+        return ProfileRow(*rows[0]) if rows else None
+
+    def traits(self, pid: int) -> list[TraitRow]:
+        rows = self._all(
+            "SELECT DISTINCT ON (t.key) t.key, t.value, t.timestamp, t.source_id FROM traits t "
+            f"WHERE t.profile_id IN {_MEMBERS} ORDER BY t.key, t.timestamp DESC, t.seq DESC",
+            {"pid": pid},
+        )
+        return [
+            TraitRow(key, msgspec.json.decode(value), ts, source)
+            for key, value, ts, source in rows
+            if value is not None
+        ]
+
+    def external_ids(self, pid: int) -> list[ExternalIdRow]:
+        rows = [
+            ExternalIdRow(*r)
+            for r in self._all(
+                "SELECT collection, type, value, source_id, first_message_id, created_at "
+                f"FROM identifiers WHERE profile_id IN {_MEMBERS}",
+                {"pid": pid},
+            )
+        ]
+        rows.sort(key=lambda r: (r.created_at, r.type, r.id))
+        return rows
+
+    def _collection(self, pid: int) -> str | None:
+        rows = self._all("SELECT collection FROM profiles WHERE id = %s", (pid,))
+        return str(rows[0][0]) if rows else None
+
+    def events(
+        self,
+        pid: int,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        sort: SortOrder = "desc",
+        after: tuple[float, int] | None = None,
+        limit: int = 10,
+    ) -> list[EventRow]:
+        collection = self._collection(pid)
+        if collection is None:
+            return []
+        column = "account_id" if collection == "accounts" else "profile_id"
+        where = [f"e.{column} IN {_MEMBERS}"]
+        args: dict[str, Any] = {"pid": pid, "limit": limit}
+        if start is not None:
+            where.append("e.timestamp >= %(start)s")
+            args["start"] = start
+        if end is not None:
+            where.append("e.timestamp < %(end)s")
+            args["end"] = end
+        if after is not None:
+            op = "<" if sort == "desc" else ">"
+            where.append(f"(e.timestamp, e.seq) {op} (%(after_ts)s, %(after_seq)s)")
+            args["after_ts"], args["after_seq"] = after
+        order = "DESC" if sort == "desc" else "ASC"
+        sql = (
+            "SELECT e.seq, e.source_id, e.message_id, e.type, e.event, e.timestamp, "
+            "e.received_at, p.segment_id, e.external_ids, e.body FROM events e "
+            f"LEFT JOIN profiles p ON p.id = e.{column} WHERE {' AND '.join(where)} "
+            f"ORDER BY e.timestamp {order}, e.seq {order} LIMIT %(limit)s"
+        )
+        return [
+            EventRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                _ext_decoder.decode(r[8]),
+                bytes(r[9]),
+            )
+            for r in self._all(sql, args)
+        ]
+
+    def links(self, pid: int) -> list[ProfileRow]:
+        collection = self._collection(pid)
+        if collection is None:
+            return []
+        mine, theirs = (
+            ("account_id", "user_id") if collection == "accounts" else ("user_id", "account_id")
+        )
+        return [
+            ProfileRow(*r)
+            for r in self._all(
+                f"SELECT DISTINCT {_PROFILE_COLUMNS} FROM links l "
+                f"JOIN profiles q ON q.id = l.{theirs} JOIN profiles p ON p.id = q.canonical_id "
+                f"WHERE l.{mine} IN {_MEMBERS} ORDER BY p.created_at, p.id",
+                {"pid": pid},
+            )
+        ]
+
+    def merges(self, pid: int) -> list[MergeRow]:
+        return [
+            MergeRow(*r)
+            for r in self._all(
+                "SELECT f.segment_id, i.segment_id, m.message_id, m.source_id, m.timestamp "
+                "FROM merges m JOIN profiles f ON f.id = m.from_id "
+                f"JOIN profiles i ON i.id = m.into_id WHERE m.into_id IN {_MEMBERS} "
+                "ORDER BY m.id",
+                {"pid": pid},
+            )
+        ]
+
+    def violations(self, limit: int = 100) -> list[ViolationRow]:
+        return [
+            ViolationRow(*r)
+            for r in self._all(
+                "SELECT source_id, message_id, collection, type, value, rule, detail, timestamp "
+                "FROM violations ORDER BY id DESC LIMIT %s",
+                (limit,),
+            )
+        ]
+
+    def stats(self) -> Stats:
+        [row] = self._all(
+            "SELECT (SELECT count(*) FROM profiles WHERE id = canonical_id), "
+            "(SELECT count(*) FROM identifiers), (SELECT count(*) FROM events), "
+            "(SELECT count(*) FROM merges), (SELECT count(*) FROM violations)"
+        )
+        return Stats(*(int(v) for v in row))
+
+    def healthy(self) -> bool:
+        try:
+            self._all("SELECT 1")
+        except (StorageError, PoolTimeout):
+            return False
+        return True
+
+    def import_offset(self, name: str) -> int:
+        rows = self._all("SELECT byte_offset FROM import_progress WHERE name = %s", (name,))
+        return int(rows[0][0]) if rows else 0
+
+    def set_import_offset(self, name: str, offset: int) -> None:
+        self._all(
+            "INSERT INTO import_progress (name, byte_offset, updated_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET byte_offset = excluded.byte_offset, "
+            "updated_at = excluded.updated_at RETURNING name",
+            (name, offset, time.time()),
+        )

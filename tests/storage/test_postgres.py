@@ -1,0 +1,370 @@
+"""The PostgreSQL store: installing, connecting, migrating, and racing other writers."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from idstitch.config import settings_from
+from idstitch.core.identifiers import Extracted, Extractor
+from idstitch.core.ksuid import segment_id
+from idstitch.core.messages import Prepared, encode, prepare
+from idstitch.core.plan import Plan
+from idstitch.core.planner import apply_plan, keys_of, plan_message
+from idstitch.engine import Engine
+from idstitch.errors import ConfigError, StorageError
+from idstitch.storage import open_store
+from idstitch.storage.base import Transaction
+from idstitch.storage.migrations import NAMES, POSTGRES, SQLITE
+from idstitch.storage.pg_batch import Conflict
+from idstitch.storage.postgres import PostgresStore, mask_url
+from tests.helpers import msg
+from tests.storage import pgserver
+
+RULES = settings_from({}).rules
+EXTRACTOR = Extractor(RULES)
+Item = tuple[Prepared, Extracted]
+
+
+def items(*messages: dict[str, Any]) -> list[Item]:
+    out = []
+    for m in messages:
+        prepared = prepare(encode(m), received_at=time.time())
+        out.append((prepared, EXTRACTOR.extract(prepared.message, prepared.type)))
+    return out
+
+
+def keys(batch: list[Item]) -> list[str]:
+    return [k for _, e in batch for k in keys_of(e)]
+
+
+def resolver(batch: list[Item], record: list[list[Plan | None]]) -> Callable[[Transaction], None]:
+    """What the engine does inside a batch, recording each attempt's plans (None: duplicate)."""
+
+    def work(tx: Transaction) -> None:
+        seen = tx.seen("web", [p.message_id for p, _ in batch])
+        plans: list[Plan | None] = []
+        for prepared, extracted in batch:
+            if prepared.message_id in seen:
+                plans.append(None)
+                continue
+            plan = plan_message(prepared, extracted, tx.graph, RULES, "web", segment_id)
+            apply_plan(tx.graph, plan)
+            plans.append(plan)
+        tx.apply([p for p in plans if p is not None])
+        record.append(plans)
+
+    return work
+
+
+def flush(tx: Transaction) -> None:
+    """Send what the transaction has queued (it runs in pipeline mode) without committing."""
+    conn = getattr(tx, "conn")  # noqa: B009 - the PostgreSQL transaction's connection
+    with conn.pipeline() as pipeline:
+        pipeline.sync()
+
+
+def wait_until_blocked(app: str, timeout: float = 10.0) -> None:
+    """Wait until a session named `app` waits for a lock."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(pgserver.base_url(), autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = %s AND wait_event_type = 'Lock'",
+                (app,),
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"no session of {app} ever waited for a lock")
+
+
+@pytest.fixture
+def named_url(postgres_url: str) -> Iterator[tuple[str, str]]:
+    """A store URL whose sessions carry a unique application_name, and that name."""
+    app = f"idstitch-test-{uuid.uuid4().hex[:8]}"
+    yield f"{postgres_url}&application_name={app}", app
+
+
+# ---- installing and connecting ----------------------------------------------------------------
+def test_without_the_extra_the_error_names_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [m for m in sys.modules if m == "psycopg" or m.startswith("idstitch.storage.p")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(ConfigError) as err:
+        open_store("postgresql://bob:s3cret@db.example.com/idstitch")
+    text = str(err.value)
+    assert "pip install 'idstitch[postgres]'" in text and "psycopg" in text
+    assert "s3cret" not in text
+
+
+def test_an_unreachable_server_is_named_without_its_password() -> None:
+    started = time.monotonic()
+    with pytest.raises(StorageError) as err:
+        PostgresStore("postgresql://bob:s3cret@127.0.0.1:1/idstitch", connect_timeout=2)
+    text = str(err.value)
+    assert "127.0.0.1:1" in text and "s3cret" not in text and "check that the server" in text
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://bob:s3cret@h:5432/db", "postgresql://bob:***@h:5432/db"),
+        (
+            "postgresql://bob@h/db?password=s3cret&sslmode=require",
+            "postgresql://bob@h/db?password=***&sslmode=require",
+        ),
+        ("postgres://h/db", "postgres://h/db"),
+    ],
+)
+def test_urls_are_masked_for_messages(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_migrations_have_the_same_names_in_both_dialects() -> None:
+    assert [n for n, _ in POSTGRES] == [n for n, _ in SQLITE] == NAMES
+
+
+@pytest.mark.postgres
+def test_a_search_path_without_a_schema_is_explained() -> None:
+    url = pgserver.with_schema(pgserver.require(), f"missing_{uuid.uuid4().hex[:8]}")
+    with pytest.raises(StorageError, match="names no existing schema"):
+        PostgresStore(url)
+
+
+@pytest.mark.postgres
+def test_ci_without_a_server_fails_and_elsewhere_skips(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(pgserver.ENV_URL, "postgresql://postgres@127.0.0.1:1/test")
+    pgserver.unavailable.cache_clear()
+    try:
+        monkeypatch.setenv("CI", "true")
+        with pytest.raises(pytest.fail.Exception, match="CI=true"):
+            pgserver.require()
+        monkeypatch.delenv("CI")
+        with pytest.raises(pytest.skip.Exception, match="no PostgreSQL server at"):
+            pgserver.require()
+    finally:
+        monkeypatch.undo()
+        pgserver.unavailable.cache_clear()
+
+
+def _open_and_report(url: str, barrier: Any, out: Any) -> None:
+    barrier.wait(timeout=30)
+    store = PostgresStore(url)
+    out.put(store.migrations_applied)
+    store.close()
+
+
+@pytest.mark.postgres
+def test_workers_starting_together_apply_migrations_once(postgres_url: str) -> None:
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(3), ctx.Queue()
+    procs = [
+        ctx.Process(target=_open_and_report, args=(postgres_url, barrier, out)) for _ in range(3)
+    ]
+    for proc in procs:
+        proc.start()
+    applied = sorted((out.get(timeout=60) for _ in procs), key=len)
+    for proc in procs:
+        proc.join(timeout=30)
+    assert applied == [[], [], NAMES]
+
+
+# ---- several writers -----------------------------------------------------------------------
+@pytest.mark.postgres
+def test_two_engines_on_one_database_share_profiles_and_dedupe(postgres_url: str) -> None:
+    with (
+        Engine(settings_from({"storage": {"url": postgres_url}}), tune_gc=False) as one,
+        Engine(settings_from({"storage": {"url": postgres_url}}), tune_gc=False) as two,
+    ):
+        a = one.ingest(msg("track", event="A", anonymousId="a1", messageId="m1"))
+        b = two.ingest(msg("identify", userId="u1", anonymousId="a1"))
+        assert b.segment_id == a.segment_id and b.outcome == "attached"
+        again = two.ingest(msg("track", event="A", anonymousId="a1", messageId="m1"))
+        assert again.outcome == "duplicate"
+        row = one.store.find_by_identifier("users", "user_id", "u1")
+        assert row is not None
+        seqs = [e.seq for e in one.store.events(row.pid, sort="asc", limit=10)]
+        assert len(seqs) == 2 and seqs[0] < seqs[1]
+
+
+@pytest.mark.postgres
+def test_a_batch_that_keeps_conflicting_runs_alone_then_fails_loudly(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, max_attempts=3)
+    try:
+        calls: list[bool] = []
+
+        def flaky(tx: Transaction) -> None:
+            calls.append(getattr(tx, "exclusive"))  # noqa: B009
+            if len(calls) <= 2:
+                raise Conflict("a merge raced this batch")
+
+        store.run_batch(["uanonymous_id\x1fa"], flaky)
+        assert calls == [False, False, False] and store.conflicts == 2
+        calls.clear()
+
+        def hopeless(tx: Transaction) -> None:
+            calls.append(getattr(tx, "exclusive"))  # noqa: B009
+            raise Conflict("a merge raced this batch")
+
+        with pytest.raises(StorageError, match="after 4 attempts, the last one alone"):
+            store.run_batch(["uanonymous_id\x1fa"], hopeless)
+        assert calls == [False, False, False, True] and store.exclusive_runs == 1
+        assert store.stats().events == 0
+    finally:
+        store.close()
+
+
+def _in_thread(target: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+@pytest.mark.postgres
+def test_a_message_stored_meanwhile_by_another_worker_becomes_a_duplicate(
+    named_url: tuple[str, str],
+) -> None:
+    url, app = named_url
+    first, second = PostgresStore(url), PostgresStore(url)
+    try:
+        go = threading.Event()
+        held = items(msg("track", event="A", anonymousId="first", messageId="same"))
+        racing = items(msg("track", event="A", anonymousId="second", messageId="same"))
+
+        flushed = threading.Event()
+
+        def hold() -> None:
+            with first.batch(keys(held)) as tx:
+                resolver(held, [])(tx)
+                flush(tx)
+                flushed.set()
+                go.wait(10)
+
+        holder, holder_errors = _in_thread(hold)
+        assert flushed.wait(10)
+        record: list[list[Plan | None]] = []
+        racer, racer_errors = _in_thread(
+            lambda: second.run_batch(keys(racing), resolver(racing, record))
+        )
+        wait_until_blocked(app)  # the racer's insert waits on the holder's message
+        go.set()
+        holder.join(10)
+        racer.join(10)
+        assert holder_errors == racer_errors == []
+        assert [len(r) for r in record] == [1, 1] and record[-1] == [None]
+        assert second.conflicts == 1 and second.stats().events == 1
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.postgres
+def test_a_profile_merged_while_waiting_is_followed_to_its_canonical(
+    named_url: tuple[str, str],
+) -> None:
+    url, app = named_url
+    with Engine(settings_from({"storage": {"url": url}}), tune_gc=False) as engine:
+        older = engine.ingest(
+            msg("identify", anonymousId="x1", context={"traits": {"email": "e@example.com"}})
+        )
+        newer = engine.ingest(
+            msg(
+                "track",
+                event="App",
+                anonymousId="b",
+                context={"device": {"type": "android", "id": "b2"}},
+            )
+        )
+    merger, follower = PostgresStore(url), PostgresStore(url)
+    try:
+        go = threading.Event()
+        merge = items(
+            msg("track", event="M", anonymousId="b", context={"traits": {"email": "e@example.com"}})
+        )
+        follow = items(
+            msg(
+                "track",
+                event="F",
+                anonymousId="t1",
+                context={"device": {"type": "android", "id": "b2"}},
+            )
+        )
+        merged: list[list[Plan | None]] = []
+
+        flushed = threading.Event()
+
+        def hold() -> None:
+            with merger.batch(keys(merge)) as tx:
+                resolver(merge, merged)(tx)
+                flush(tx)
+                flushed.set()
+                go.wait(10)
+
+        holder, holder_errors = _in_thread(hold)
+        assert flushed.wait(10)
+        record: list[list[Plan | None]] = []
+        racer, racer_errors = _in_thread(
+            lambda: follower.run_batch(keys(follow), resolver(follow, record))
+        )
+        wait_until_blocked(app)  # it read b2's owner, then waits for that profile's lock
+        go.set()
+        holder.join(10)
+        racer.join(10)
+        assert holder_errors == racer_errors == []
+        [[merge_plan]] = merged
+        assert merge_plan is not None and merge_plan.users is not None
+        assert [s for _, s in merge_plan.users.merged] == [newer.segment_id]
+        [plan] = record[-1]
+        assert plan is not None and plan.users is not None
+        assert (plan.users.outcome, plan.users.segment_id) == ("attached", older.segment_id)
+        found = follower.find_by_identifier("users", "anonymous_id", "t1")
+        assert found is not None and found.segment_id == older.segment_id
+    finally:
+        merger.close()
+        follower.close()
+
+
+@pytest.mark.postgres
+def test_stores_in_other_schemas_never_wait_for_each_other() -> None:
+    with pgserver.fresh_schema() as url_one, pgserver.fresh_schema() as url_two:
+        one, two = PostgresStore(url_one), PostgresStore(url_two)
+        try:
+            go = threading.Event()
+            key = ["uanonymous_id\x1fshared"]
+
+            def hold() -> None:
+                with one.batch(key):
+                    go.wait(10)
+
+            holder, errors = _in_thread(hold)
+            time.sleep(0.2)
+            started = time.monotonic()
+            two.run_batch(key, lambda tx: tx.apply([]))
+            assert time.monotonic() - started < 2
+            go.set()
+            holder.join(10)
+            assert errors == []
+        finally:
+            one.close()
+            two.close()

@@ -1,0 +1,162 @@
+"""The storage contract: what every store (SQLite, PostgreSQL) must read back the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from idstitch.cli import main as cli
+from idstitch.engine import Engine
+from idstitch.storage import open_store
+from idstitch.storage.migrations import NAMES
+from tests.conftest import MakeEngine
+from tests.helpers import at, msg
+
+
+def _pid(engine: Engine, ref: str) -> int:
+    row = engine.store.find_by_identifier("users", *ref.split(":", 1))
+    assert row is not None, ref
+    return row.pid
+
+
+def test_a_new_store_applies_every_migration_once(store_url: str) -> None:
+    first = open_store(store_url)
+    try:
+        assert getattr(first, "migrations_applied", None) == NAMES
+    finally:
+        first.close()
+    again = open_store(store_url)
+    try:
+        assert getattr(again, "migrations_applied", None) == []
+        assert again.healthy()
+    finally:
+        again.close()
+
+
+def test_migrate_command_prints_the_names_it_applied(store_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "idstitch.toml"
+    config.write_text(f'[storage]\nurl = "{store_url}"\n')
+    runner = CliRunner()
+    first = runner.invoke(cli, ["migrate", "--config", str(config)])
+    assert first.exit_code == 0, first.output
+    assert first.output.strip() == "applied: " + ", ".join(NAMES)
+    second = runner.invoke(cli, ["migrate", "--config", str(config)])
+    assert second.exit_code == 0, second.output
+    assert "up to date" in second.output
+
+
+def test_events_page_by_time_and_seq_in_both_directions(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    for i in range(7):
+        engine.ingest(msg("track", event=f"E{i}", anonymousId="a1", timestamp=at(seconds=i % 3)))
+    pid = _pid(engine, "anonymous_id:a1")
+    store = engine.store
+    desc = store.events(pid, sort="desc", limit=100)
+    keys = [(e.timestamp, e.seq) for e in desc]
+    assert keys == sorted(keys, reverse=True) and len(keys) == 7
+    asc = store.events(pid, sort="asc", limit=100)
+    assert [e.seq for e in asc] == [e.seq for e in reversed(desc)]
+    page1 = store.events(pid, sort="desc", limit=3)
+    page2 = store.events(pid, sort="desc", limit=3, after=(page1[-1].timestamp, page1[-1].seq))
+    assert [e.seq for e in page1 + page2] == [e.seq for e in desc[:6]]
+    window = store.events(pid, start=desc[-1].timestamp + 0.5, end=desc[0].timestamp, limit=100)
+    assert {e.timestamp for e in window} == {desc[-1].timestamp + 1}
+    assert all(e.segment_id is not None and e.body for e in desc)
+
+
+def test_traits_keep_the_newest_value_across_a_merge(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    engine.ingest(
+        msg(
+            "identify", anonymousId="a1", traits={"plan": "pro", "age": 30}, timestamp=at(seconds=5)
+        )
+    )
+    engine.ingest(
+        msg(
+            "identify",
+            anonymousId="a2",
+            traits={"plan": "free", "city": "Oslo"},
+            timestamp=at(seconds=1),
+        )
+    )
+    engine.ingest(msg("identify", anonymousId="a2", traits={"age": None}, timestamp=at(seconds=9)))
+    merged = engine.ingest(
+        msg(
+            "track",
+            event="Join",
+            userId="u1",
+            anonymousId="a1",
+            context={"traits": {"email": "x@example.com"}},
+        )
+    )
+    assert merged.outcome in ("attached", "merged")
+    engine.ingest(msg("alias", previousId="a2", userId="u1"))
+    pid = _pid(engine, "user_id:u1")
+    assert pid == _pid(engine, "anonymous_id:a2")
+    traits = {t.key: t.value for t in engine.store.traits(pid)}
+    assert traits == {"plan": "pro", "city": "Oslo"}  # age: removed by the newer null
+
+
+def test_links_and_merges_follow_the_canonical_profile(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    first = engine.ingest(msg("track", event="A", anonymousId="a1"))
+    engine.ingest(msg("group", groupId="g1", anonymousId="a2", traits={"name": "Acme"}))
+    joined = engine.ingest(
+        msg(
+            "identify",
+            userId="u1",
+            anonymousId="a1",
+            context={"traits": {"email": "j@example.com"}},
+        )
+    )
+    merged = engine.ingest(msg("track", event="B", userId="u1", anonymousId="a2"))
+    assert merged.outcome == "merged" and joined.segment_id == first.segment_id
+    store = engine.store
+    user = store.find_by_segment_id(merged.merged[0])
+    assert user is not None and user.segment_id == first.segment_id
+    [account] = store.links(user.pid)
+    assert account.collection == "accounts"
+    assert [u.pid for u in store.links(account.pid)] == [user.pid]
+    [row] = store.merges(user.pid)
+    assert (row.from_segment_id, row.into_segment_id) == (merged.merged[0], first.segment_id)
+    ids = {(e.type, e.id) for e in store.external_ids(user.pid)}
+    assert ids == {
+        ("anonymous_id", "a1"),
+        ("anonymous_id", "a2"),
+        ("user_id", "u1"),
+        ("email", "j@example.com"),
+    }
+
+
+def test_violations_stats_and_import_offsets(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    engine.ingest(msg("identify", userId="u1", traits={"email": "e@example.com"}))
+    engine.ingest(msg("identify", userId="u2", traits={"email": "e@example.com"}))
+    engine.ingest(msg("track", event="X", userId="null", anonymousId="undefined"))
+    store = engine.store
+    rules = [v.rule for v in store.violations()]
+    assert rules[0] == "blocked_value" and "limit_exceeded" in rules
+    stats = store.stats()
+    assert (stats.profiles, stats.identifiers, stats.events, stats.merges) == (2, 3, 3, 0)
+    assert stats.violations == len(rules)
+    assert store.import_offset("f.jsonl") == 0
+    store.set_import_offset("f.jsonl", 123)
+    store.set_import_offset("f.jsonl", 456)
+    assert store.import_offset("f.jsonl") == 456
+
+
+def test_nul_characters_in_values_do_not_break_a_batch(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    results = engine.ingest_batch(
+        [
+            msg("identify", userId="u\x00nul", messageId="m\x00one", traits={"k\x00": "v\x00"}),
+            msg("track", event="ok", anonymousId="plain"),
+        ]
+    )
+    assert [r.outcome for r in results] == ["created", "created"]
+    assert engine.ingest(msg("track", event="again", userId="u\x00nul")).outcome == "attached"
+    assert (
+        engine.ingest(msg("track", event="dup", anonymousId="x", messageId="m\x00one")).outcome
+        == "duplicate"
+    )

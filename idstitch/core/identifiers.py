@@ -32,6 +32,9 @@ class Identifier(NamedTuple):
         return f"{self.type}:{self.value}"
 
 
+VERDICT_CACHE_SIZE = 200_000
+
+
 class Dropped(NamedTuple):
     identifier: Identifier
     rule: str
@@ -80,6 +83,7 @@ class Extractor:
     def __init__(self, rules: IdentityRules):
         self.rules = rules
         self.custom = custom_keys(rules.custom_types)
+        self._verdicts: dict[str, Identifier | Dropped] = {}
 
     def _custom_from(self, source: Mapping[str, Any] | None) -> Iterator[tuple[str, Any]]:
         if not source:
@@ -132,9 +136,9 @@ class Extractor:
             accounts.insert(0, ("group_id", message.groupId))
         dropped: list[Dropped] = []
         return Extracted(
-            self._clean("users", users, dropped),
-            self._clean("accounts", accounts, dropped),
-            self._clean("users", previous, dropped),
+            self._clean("users", users, dropped) if users else [],
+            self._clean("accounts", accounts, dropped) if accounts else [],
+            self._clean("users", previous, dropped) if previous else [],
             dropped,
         )
 
@@ -145,48 +149,54 @@ class Extractor:
         if not pairs:
             return out
         seen: set[str] = set()
-        blocked_by = self.rules.blocked_by
         prefix = "a" if collection == ACCOUNTS else "u"
+        cache = self._verdicts
         for type_, raw in pairs:
-            if raw.__class__ is str:
-                value = raw.strip()
-                if type_ == "email":
-                    value = value.lower()
+            # The same ids come back message after message: remember each verdict.
+            raw_key = prefix + type_ + "\x1f" + raw if raw.__class__ is str else None
+            verdict = cache.get(raw_key) if raw_key is not None else None
+            if verdict is None:
+                verdict = self._judge(collection, prefix, type_, raw)
+                if raw_key is not None:
+                    if len(cache) >= VERDICT_CACHE_SIZE:
+                        cache.clear()
+                    cache[raw_key] = verdict
+            if verdict.__class__ is Identifier:
+                ident: Identifier = verdict  # type: ignore[assignment]
+                if ident.key not in seen:
+                    seen.add(ident.key)
+                    out.append(ident)
             else:
-                norm = normalize(type_, raw)
-                if norm is None:
-                    dropped.append(
-                        Dropped(
-                            Identifier.of(collection, type_, repr(raw)[:100]),
-                            "invalid_value",
-                            f"{type_} must be a string or a number",
-                        )
-                    )
-                    continue
-                value = norm
-            key = prefix + type_ + "\x1f" + value
-            if key in seen:
-                continue
-            seen.add(key)
-            if len(value) > MAX_VALUE_LENGTH:
-                dropped.append(
-                    Dropped(
-                        Identifier.of(collection, type_, value[:100] + "..."),
-                        "value_too_long",
-                        f"{len(value)} characters; the limit is {MAX_VALUE_LENGTH}",
-                    )
-                )
-                continue
-            ident = Identifier(collection, type_, value, key)
-            hit = blocked_by(type_, value)
-            if hit is not None:
-                dropped.append(Dropped(ident, "blocked_value", f"matches blocked value {hit!r}"))
-                continue
-            out.append(ident)
+                drop: Dropped = verdict  # type: ignore[assignment]
+                if drop.identifier.key not in seen:
+                    seen.add(drop.identifier.key)
+                    dropped.append(drop)
         if len(out) > 1:
             rank = self.rules.rank
-            out.sort(key=lambda i: rank(i.type))  # stable: ties keep extraction order
+            ranks = [rank(i.type) for i in out]
+            if any(a > b for a, b in zip(ranks, ranks[1:], strict=False)):
+                out.sort(key=lambda i: rank(i.type))  # stable: ties keep extraction order
         return out
+
+    def _judge(self, collection: str, prefix: str, type_: str, raw: Any) -> Identifier | Dropped:
+        value = normalize(type_, raw)
+        if value is None:
+            return Dropped(
+                Identifier.of(collection, type_, repr(raw)[:100]),
+                "invalid_value",
+                f"{type_} must be a string or a number",
+            )
+        if len(value) > MAX_VALUE_LENGTH:
+            return Dropped(
+                Identifier.of(collection, type_, value[:100] + "..."),
+                "value_too_long",
+                f"{len(value)} characters; the limit is {MAX_VALUE_LENGTH}",
+            )
+        ident = Identifier(collection, type_, value, prefix + type_ + "\x1f" + value)
+        hit = self.rules.blocked_by(type_, value)
+        if hit is not None:
+            return Dropped(ident, "blocked_value", f"matches blocked value {hit!r}")
+        return ident
 
 
 def _device_ids(device: Any) -> Iterator[tuple[str, Any]]:

@@ -46,6 +46,23 @@ def _over_limit(
     return None
 
 
+def _single_owner(ids: list[Identifier], graph: Graph) -> ProfileState | None:
+    """The profile owning every one of `ids`, if one does."""
+    owners, parent = graph.owners, graph.parent
+    root = None
+    for ident in ids:
+        pid = owners.get(ident.key)
+        if pid is None:
+            return None
+        if pid in parent:
+            pid = graph.find(pid)
+        if root is None:
+            root = pid
+        elif pid != root:
+            return None
+    return graph.profiles[root] if root is not None else None
+
+
 def choose_alias_previous(candidates: list[Identifier], graph: Graph) -> Identifier | None:
     """`previousId` is a user_id or an anonymous_id, whichever exists (anonymous_id if neither)."""
     for ident in candidates:
@@ -68,6 +85,16 @@ def resolve_side(
     new_segment_id: NewId,
     alias_previous: list[Identifier] | None = None,
 ) -> SidePlan:
+    if not alias_previous and ids:
+        known = _single_owner(ids, graph)
+        if known is not None:  # the common case: every identifier already on one profile
+            return SidePlan(
+                collection,
+                "attached",
+                known.segment_id,
+                pid=known.pid,
+                identifiers=[(i.type, i.value) for i in ids],
+            )
     live = list(ids)
     if alias_previous:
         chosen = choose_alias_previous(alias_previous, graph)

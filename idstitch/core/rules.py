@@ -133,6 +133,7 @@ class IdentityRules:
     max_merges: int = 100
     max_identifiers: int = 1000
     _ranks: dict[str, tuple[int, int, str]] = field(default_factory=dict, compare=False, repr=False)
+    _default_limits: dict[str, Limit] = field(default_factory=dict, compare=False, repr=False)
 
     def rank(self, type_: str) -> tuple[int, int, str]:
         """Sort key: configured order, then the default order, then unranked types A to Z."""
@@ -153,7 +154,11 @@ class IdentityRules:
 
     def limit(self, type_: str) -> Limit:
         found = self.limits.get(type_)
-        return found if found is not None else default_limit(type_)
+        if found is None:
+            found = self._default_limits.get(type_)
+            if found is None:
+                found = self._default_limits[type_] = default_limit(type_)
+        return found
 
     def source(self, source_id: str) -> SourceRules:
         return self.sources.get(source_id, ALLOW_ALL)

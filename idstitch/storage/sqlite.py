@@ -180,6 +180,7 @@ class _Job:
 
 
 class SQLiteStore(Store):
+    needs_keys = False  # the whole graph is in memory
     """Resolution happens in memory under `batch`; writing happens on a committer thread.
 
     The committer owns the write connection. While it writes and fsyncs one batch, the next

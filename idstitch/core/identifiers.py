@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
@@ -174,7 +175,7 @@ class Extractor:
         if len(out) > 1:
             rank = self.rules.rank
             ranks = [rank(i.type) for i in out]
-            if any(a > b for a, b in zip(ranks, ranks[1:], strict=False)):
+            if any(a > b for a, b in itertools.pairwise(ranks)):
                 out.sort(key=lambda i: rank(i.type))  # stable: ties keep extraction order
         return out
 

@@ -23,16 +23,17 @@ then keys, then profiles, each ascending); only try-locks break it, and they nev
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from idstitch.core.graph import Graph, ProfileState
-from idstitch.core.identifiers import ACCOUNTS, USERS
 from idstitch.core.plan import Plan
 from idstitch.errors import StorageError
 from idstitch.storage.base import Transaction
-from idstitch.storage.pg_write import write_plans
+from idstitch.storage.pg_write import Statement, json, write_plans
 from idstitch.storage.rows import stable_hash
 
 
@@ -53,17 +54,9 @@ class LockIds:
 
     def __init__(self, schema: str):
         self.schema = schema
+        self.prefix = schema + "\x1f"  # keys hash as hashtextextended(prefix || key, 0)
         self.store = int32(stable_hash(schema + "\x1fstore"))
         self.profiles = int32(stable_hash(schema + "\x1fprofiles"))
-
-    def key(self, key: str) -> int:
-        return stable_hash(self.schema + "\x1f" + key)
-
-
-def split_key(key: str) -> tuple[str, str, str]:
-    """(collection, type, value) of a graph key (see `core.identifiers.key_of`)."""
-    type_, _, value = key[1:].partition("\x1f")
-    return (ACCOUNTS if key[0] == "a" else USERS), type_, value
 
 
 def scrub(text: str) -> str:
@@ -93,39 +86,55 @@ class BatchGraph(Graph):
         return super().create(segment_id, created_at, pid)
 
 
+_KEYS = "json_array_elements_text(%s::json)"
+# Keys are hashed by the server (hashtextextended is stable across versions: hash partitioning
+# relies on it) and locked in ascending order.
 _LOCK_KEYS = (
-    "SELECT count(pg_advisory_xact_lock(h)) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(h, n)"
+    "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT hashtextextended(%s || k, 0) "
+    f"AS h FROM {_KEYS} AS t(k) ORDER BY 1) AS s"
 )
 _LOCK_PROFILES = (
-    "SELECT count(pg_advisory_xact_lock(%s::int, l)) "
-    "FROM unnest(%s::int[]) WITH ORDINALITY AS t(l, n)"
+    f"SELECT count(pg_advisory_xact_lock(%s::int, l::int)) FROM {_KEYS} WITH ORDINALITY AS t(l, n)"
 )
 _TRY_PROFILES = (
-    "SELECT bool_and(pg_try_advisory_xact_lock(%s::int, l)) "
-    "FROM unnest(%s::int[]) WITH ORDINALITY AS t(l, n)"
+    "SELECT bool_and(pg_try_advisory_xact_lock(%s::int, l::int)) "
+    f"FROM {_KEYS} WITH ORDINALITY AS t(l, n)"
 )
+# Lookups go through LATERAL ... LIMIT 1, which the planner cannot turn into a hash join: one
+# index probe per key, whatever the table statistics say (a young table's would otherwise
+# choose a full scan per batch). A key is `u|a` + type + US + value (`core.identifiers`).
 _OWNERS = (
-    "SELECT t.n, i.profile_id, p.canonical_id "
-    "FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS t(c, ty, v, n) "
-    "JOIN identifiers i ON i.collection = t.c AND i.type = t.ty AND i.value = t.v "
+    f"SELECT t.n, i.profile_id, p.canonical_id FROM {_KEYS} WITH ORDINALITY AS t(k, n) "
+    "CROSS JOIN LATERAL (SELECT profile_id FROM identifiers "
+    "WHERE collection = CASE left(t.k, 1) WHEN 'a' THEN 'accounts' ELSE 'users' END "
+    "AND type = substr(t.k, 2, strpos(t.k, chr(31)) - 2) "
+    "AND value = substr(t.k, strpos(t.k, chr(31)) + 1) LIMIT 1) AS i "
     "JOIN profiles p ON p.id = i.profile_id"
 )
 _PROFILES = (
-    "SELECT id, canonical_id, segment_id, created_at, merges FROM profiles WHERE id = ANY(%s)"
+    "SELECT id, canonical_id, segment_id, created_at, merges FROM profiles "
+    "WHERE id = ANY(%b::bigint[])"
 )
 _STAMPS = (
     "SELECT m.canonical_id, i.type, i.created_at FROM profiles m "
-    "JOIN identifiers i ON i.profile_id = m.id WHERE m.canonical_id = ANY(%s)"
+    "JOIN identifiers i ON i.profile_id = m.id WHERE m.canonical_id = ANY(%b::bigint[])"
 )
 _RESERVE = "SELECT nextval('profile_id_seq') FROM generate_series(1, %s)"
-_SEEN = "SELECT message_id FROM events WHERE source_id = %s AND message_id = ANY(%s)"
+_SEEN = (
+    f"SELECT m.id FROM {_KEYS} AS m(id) CROSS JOIN LATERAL (SELECT 1 FROM events "
+    "WHERE source_id = %s AND message_id = m.id LIMIT 1) AS e"
+)
 _SEQS = "SELECT nextval('event_seq') FROM generate_series(1, %s)"
 
 
+def _json_list(values: list[Any]) -> str:
+    return json.encode(values).decode()
+
+
 class PostgresTransaction(Transaction):
-    """Runs on a connection in pipeline mode: statements queue up and travel together, and
-    reading a result is what waits. A batch costs four round trips: locks and owners;
-    profiles and their state; seen messages; writes and commit."""
+    """Statements travel in pipelines: a batch costs six round trips whatever its size
+    (locks and owners; profiles and their state; seen messages; COPY of the events, two;
+    the other writes with the COMMIT)."""
 
     def __init__(
         self, conn: psycopg.Connection[Any], locks: LockIds, keys: list[str], exclusive: bool
@@ -138,35 +147,34 @@ class PostgresTransaction(Transaction):
         self.graph = self.batch_graph
         self.seqs: list[int] = []  # event numbers reserved by `seen`
         self._held: set[int] = set()  # profile lock ids
+        self._writes: list[Statement] = []
 
     # ---- locking and loading ---------------------------------------------------------------
     def open(self) -> None:
         conn = self.conn
-        if self.exclusive:
-            conn.execute("SELECT pg_advisory_xact_lock(%s::int, 0)", (self.locks.store,))
-        else:
-            conn.execute("SELECT pg_advisory_xact_lock_shared(%s::int, 0)", (self.locks.store,))
-            hashes = sorted({self.locks.key(k) for k in self.keys})
-            if hashes:
-                conn.execute(_LOCK_KEYS, (hashes,))
         graph = self.graph
         owners, parent = graph.owners, graph.parent
         keys = self.keys
+        sent = _json_list([scrub(k) for k in keys])
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            if self.exclusive:
+                conn.execute("SELECT pg_advisory_xact_lock(%s::int, 0)", (self.locks.store,))
+            else:
+                conn.execute("SELECT pg_advisory_xact_lock_shared(%s::int, 0)", (self.locks.store,))
+                if keys:
+                    conn.execute(_LOCK_KEYS, (self.locks.prefix, sent))
+            found = conn.execute(_OWNERS, (sent,)) if keys else None
         canonicals: set[int] = set()
-        if keys:
-            parts = [split_key(k) for k in keys]
-            found = conn.execute(
-                _OWNERS,
-                ([p[0] for p in parts], [p[1] for p in parts], [scrub(p[2]) for p in parts]),
-            ).fetchall()
-            for n, pid, canonical in found:
-                owners[keys[n - 1]] = pid
-                if pid != canonical:
-                    parent[pid] = canonical
-                canonicals.add(canonical)
+        for n, pid, canonical in found or ():
+            owners[keys[n - 1]] = pid
+            if pid != canonical:
+                parent[pid] = canonical
+            canonicals.add(canonical)
         absent = len(keys) - len(owners)
-        reserved = conn.execute(_RESERVE, (absent,)) if absent else None
-        self._load_profiles(canonicals)
+        with conn.pipeline():
+            reserved = conn.execute(_RESERVE, (absent,)) if absent else None
+            self._load_profiles(canonicals)
         if reserved is not None:
             self.batch_graph.reserved = sorted((r[0] for r in reserved), reverse=True)
 
@@ -201,11 +209,13 @@ class PostgresTransaction(Transaction):
         below = [w for w in wanted if top is not None and w < top]
         above = [w for w in wanted if top is None or w > top]
         if below:
-            row = self.conn.execute(_TRY_PROFILES, (self.locks.profiles, below)).fetchone()
+            row = self.conn.execute(
+                _TRY_PROFILES, (self.locks.profiles, _json_list(below))
+            ).fetchone()
             if row is None or not row[0]:
                 raise Conflict(f"{len(below)} merged profile(s) are locked by another writer")
         if above:
-            self.conn.execute(_LOCK_PROFILES, (self.locks.profiles, above))
+            self.conn.execute(_LOCK_PROFILES, (self.locks.profiles, _json_list(above)))
         self._held.update(wanted)
 
     # ---- the Transaction interface ---------------------------------------------------------
@@ -213,14 +223,32 @@ class PostgresTransaction(Transaction):
         if not message_ids:
             return set()
         by_stored = {scrub(m): m for m in message_ids}
-        found = self.conn.execute(_SEEN, (source_id, list(by_stored)))
-        # Reserve the event numbers now, in the same round trip: after the locks, so that a
-        # batch that waited for another one numbers its events after it.
-        seqs = self.conn.execute(_SEQS, (len(message_ids),))
+        with self.conn.pipeline():
+            found = self.conn.execute(_SEEN, (_json_list(list(by_stored)), source_id))
+            # Reserve the event numbers now, in the same round trip: after the locks, so
+            # that a batch that waited for another one numbers its events after it.
+            seqs = self.conn.execute(_SEQS, (len(message_ids),))
         result = {by_stored[row[0]] for row in found}
         self.seqs = sorted([*self.seqs, *(r[0] for r in seqs)])
         return result
 
     def apply(self, plans: list[Plan]) -> None:
-        write_plans(self.conn, plans, self.graph, self.seqs)
+        self._writes.extend(write_plans(self.conn, plans, self.graph, self.seqs))
         self.seqs = []
+
+    # ---- ending ----------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Send the queued writes and the COMMIT together; returns once it is durable."""
+        conn = self.conn
+        with conn.pipeline():
+            for sql, params in self._writes:
+                conn.execute(sql, params)
+            conn.execute("COMMIT")
+
+    def abort(self) -> None:
+        """Roll back whatever is open; a broken connection is left to the pool to discard."""
+        conn = self.conn
+        if conn.closed or conn.info.transaction_status == TransactionStatus.IDLE:
+            return
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")

@@ -1,66 +1,69 @@
-"""Writing one micro-batch's plans to PostgreSQL: COPY for new rows, one statement per update.
+"""Writing one micro-batch's plans to PostgreSQL in few round trips.
 
-Rows come from `storage.rows` (the same rows as every SQL store); only event numbers differ:
-they are drawn from the `event_seq` sequence inside the locked transaction, so workers on
-several hosts interleave, and a later conflicting batch always numbers its events higher.
+Rows come from `storage.rows` (the same rows as every SQL store). Events, the bulk of the
+bytes, go by binary COPY. Every other table gets one set-based statement whose rows travel as
+one JSON document: encoding it costs the client almost nothing, where psycopg adapts list
+parameters element by element. Those statements and the COMMIT then leave in one pipeline.
+Event numbers were reserved from `event_seq` inside the locked transaction (`seen`), so a
+batch that had to wait for another one numbers its events after it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import psycopg
 
 from idstitch.core.graph import Graph
 from idstitch.core.plan import Plan
 from idstitch.storage.rows import BatchRows, rows_from_plans
 
-# Every write is one set-based statement over arrays, all pipelined with the commit: a batch
-# costs one round trip to write, whatever its size.
+Statement = tuple[str, tuple[Any, ...]]
+json = msgspec.json.Encoder()
+
+_COPY_EVENTS = (
+    "COPY events (seq, source_id, message_id, type, event, timestamp, received_at, "
+    "profile_id, account_id, reason, external_ids, body) FROM STDIN (FORMAT BINARY)"
+)
+_EVENT_TYPES = ["int8", "text", "text", "text", "text", "float8", "float8", "int8", "int8",
+                "text", "text", "bytea"]  # fmt: skip
+_ROWS = "FROM json_array_elements(%s::json) AS r"
 _PROFILES = (
     "INSERT INTO profiles (id, segment_id, collection, canonical_id, created_at, "
-    "first_message_id, first_source_id) SELECT * FROM unnest(%b::bigint[], %b::text[], "
-    "%b::text[], %b::bigint[], %b::float8[], %b::text[], %b::text[])"
+    "first_message_id, first_source_id) SELECT (r->>0)::bigint, r->>1, r->>2, "
+    f"(r->>3)::bigint, (r->>4)::float8, r->>5, r->>6 {_ROWS}"
 )
 _MERGES = (
     "INSERT INTO merges (from_id, into_id, message_id, source_id, timestamp) "
-    "SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::float8[])"
+    f"SELECT (r->>0)::bigint, (r->>1)::bigint, r->>2, r->>3, (r->>4)::float8 {_ROWS}"
 )
 _IDENTIFIERS = (
     "INSERT INTO identifiers (collection, type, value, profile_id, source_id, "
-    "first_message_id, created_at) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], "
-    "%b::bigint[], %b::text[], %b::text[], %b::float8[])"
-)
-_EVENTS = (
-    "INSERT INTO events (seq, source_id, message_id, type, event, timestamp, received_at, "
-    "profile_id, account_id, reason, external_ids, body) SELECT * FROM unnest(%b::bigint[], "
-    "%b::text[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::float8[], %b::bigint[], "
-    "%b::bigint[], %b::text[], %b::text[], %b::bytea[])"
+    "first_message_id, created_at) SELECT r->>0, r->>1, r->>2, (r->>3)::bigint, r->>4, "
+    f"r->>5, (r->>6)::float8 {_ROWS}"
 )
 _VIOLATIONS = (
     "INSERT INTO violations (source_id, message_id, collection, type, value, rule, detail, "
-    "timestamp) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], "
-    "%b::text[], %b::text[], %b::text[], %b::float8[])"
+    f"timestamp) SELECT r->>0, r->>1, r->>2, r->>3, r->>4, r->>5, r->>6, (r->>7)::float8 {_ROWS}"
 )
 _REPOINT = (
-    "UPDATE profiles SET canonical_id = u.dst "
-    "FROM unnest(%b::bigint[], %b::bigint[]) AS u(dst, src) WHERE profiles.canonical_id = u.src"
+    "UPDATE profiles SET canonical_id = (r->>0)::bigint "
+    f"{_ROWS} WHERE profiles.canonical_id = (r->>1)::bigint"
 )
 _MERGE_COUNTS = (
-    "UPDATE profiles SET merges = u.m "
-    "FROM unnest(%b::int[], %b::bigint[]) AS u(m, id) WHERE profiles.id = u.id"
+    f"UPDATE profiles SET merges = (r->>0)::int {_ROWS} WHERE profiles.id = (r->>1)::bigint"
 )
 _TRAITS = (
     "INSERT INTO traits (profile_id, key, value, timestamp, seq, source_id) "
-    "SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::bigint[], "
-    "%b::text[]) "
-    "ON CONFLICT (profile_id, key) DO UPDATE SET value = excluded.value, "
+    "SELECT (r->>0)::bigint, r->>1, r->>2, (r->>3)::float8, (r->>4)::bigint, r->>5 "
+    f"{_ROWS} ON CONFLICT (profile_id, key) DO UPDATE SET value = excluded.value, "
     "timestamp = excluded.timestamp, seq = excluded.seq, source_id = excluded.source_id "
     "WHERE (excluded.timestamp, excluded.seq) >= (traits.timestamp, traits.seq)"
 )
 _LINKS = (
     "INSERT INTO links (user_id, account_id, source_id, created_at) "
-    "SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::float8[]) "
+    f"SELECT (r->>0)::bigint, (r->>1)::bigint, r->>2, (r->>3)::float8 {_ROWS} "
     "ON CONFLICT DO NOTHING"
 )
 _SEQS = "SELECT nextval('event_seq') FROM generate_series(1, %s)"
@@ -101,51 +104,37 @@ def _latest_traits(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return list(best.values())
 
 
-def _columns(rows: list[tuple[Any, ...]], floats: tuple[int, ...]) -> list[list[Any]]:
-    """Rows as one list per column; `floats` are the float8 columns (an int among floats
-    cannot be sent in one array)."""
-    columns = [list(col) for col in zip(*rows, strict=True)]
-    for index in floats:
-        columns[index] = [float(v) for v in columns[index]]
-    return columns
-
-
-def _insert(
-    conn: psycopg.Connection[Any],
-    sql: str,
-    rows: list[tuple[Any, ...]],
-    floats: tuple[int, ...] = (),
-) -> None:
-    if rows:
-        conn.execute(sql, _columns(rows, floats))
-
-
 def write_plans(
     conn: psycopg.Connection[Any], plans: list[Plan], graph: Graph, seqs: list[int]
-) -> None:
-    """Queue the batch's writes on `conn` (in pipeline mode); `seqs` are event numbers
-    reserved in this transaction, ascending, at least one per plan."""
+) -> list[Statement]:
+    """COPY the batch's events now; return the other statements, to be sent with the COMMIT.
+    `seqs` are event numbers reserved in this transaction, ascending."""
     rows, count = rows_from_plans(plans, graph, 0)
     if any(b"\\u0000" in p.raw for p in plans):
         _scrub(rows)
     if count > len(seqs):
-        seqs = sorted([*seqs, *(r[0] for r in conn.execute(_SEQS, (count - len(seqs),)))])
-    # rows.events: (seq, msg_hash, source, message, type, event, ts, received, profile,
-    # account, reason, external_ids JSON bytes, body); the hash is SQLite's lookup column.
-    events = [(seqs[e[0]], *e[2:11], e[11].decode(), e[12]) for e in rows.events]
-    identifiers = [i[1:] for i in rows.identifiers]  # drop SQLite's key hash
-    traits = _latest_traits([(t[0], t[1], t[2], t[3], seqs[t[4]], t[5]) for t in rows.traits])
-    _insert(conn, _PROFILES, rows.profiles, (4,))
-    if rows.repoint:
-        final = _final(rows.repoint)
-        conn.execute(_REPOINT, (list(final.values()), list(final)))
-    if rows.merge_counts:
-        conn.execute(
-            _MERGE_COUNTS, ([m for m, _ in rows.merge_counts], [p for _, p in rows.merge_counts])
-        )
-    _insert(conn, _MERGES, rows.merges, (4,))
-    _insert(conn, _IDENTIFIERS, identifiers, (6,))
-    _insert(conn, _EVENTS, events, (5, 6))
-    _insert(conn, _TRAITS, traits, (3,))
-    _insert(conn, _LINKS, rows.links, (3,))
-    _insert(conn, _VIOLATIONS, rows.violations, (7,))
+        more = conn.execute(_SEQS, (count - len(seqs),)).fetchall()
+        seqs = sorted([*seqs, *(r[0] for r in more)])
+    if rows.events:
+        # rows.events: (seq, msg_hash, source, message, type, event, ts, received, profile,
+        # account, reason, external_ids JSON bytes, body); the hash is SQLite's lookup column.
+        with conn.cursor().copy(_COPY_EVENTS) as copy:
+            copy.set_types(_EVENT_TYPES)
+            for e in rows.events:
+                copy.write_row((seqs[e[0]], *e[2:11], e[11].decode(), e[12]))
+    out: list[Statement] = []
+
+    def add(sql: str, table: list[Any]) -> None:
+        if table:
+            out.append((sql, (json.encode(table).decode(),)))
+
+    add(_PROFILES, rows.profiles)
+    final = _final(rows.repoint)
+    add(_REPOINT, list(zip(final.values(), final, strict=True)))
+    add(_MERGE_COUNTS, rows.merge_counts)
+    add(_MERGES, rows.merges)
+    add(_IDENTIFIERS, [i[1:] for i in rows.identifiers])  # drop SQLite's key hash
+    add(_TRAITS, _latest_traits([(*t[:4], seqs[t[4]], t[5]) for t in rows.traits]))
+    add(_LINKS, rows.links)
+    add(_VIOLATIONS, rows.violations)
+    return out

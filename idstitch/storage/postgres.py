@@ -172,10 +172,15 @@ class PostgresStore(Store):
             attempt += 1
             exclusive = attempt > self.max_attempts
             try:
-                with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+                with self._pool.connection() as conn:
                     tx = PostgresTransaction(conn, self._locks, distinct, exclusive)
-                    tx.open()
-                    work(tx)
+                    try:
+                        tx.open()
+                        work(tx)
+                        tx.commit()
+                    except BaseException:
+                        tx.abort()
+                        raise
                 return tx
             except RETRYABLE as err:
                 self.conflicts += 1
@@ -199,10 +204,15 @@ class PostgresStore(Store):
     def batch(self, keys: Iterable[str]) -> Iterator[Transaction]:
         """One attempt, without retries; `run_batch` is the form that survives conflicts."""
         try:
-            with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+            with self._pool.connection() as conn:
                 tx = PostgresTransaction(conn, self._locks, list(dict.fromkeys(keys)), False)
-                tx.open()
-                yield tx
+                try:
+                    tx.open()
+                    yield tx
+                    tx.commit()
+                except BaseException:
+                    tx.abort()
+                    raise
         except psycopg.Error as err:
             raise StorageError(f"the PostgreSQL write at {self.url} failed: {err}") from err
 
@@ -210,9 +220,11 @@ class PostgresStore(Store):
         self._pool.close()
 
     # ---- reads -----------------------------------------------------------------------------
-    def _all(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    def _all(
+        self, sql: str, args: Any = None, timeout: float | None = None
+    ) -> list[tuple[Any, ...]]:
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=timeout) as conn:
                 return conn.execute(sql, args).fetchall()
         except psycopg.Error as err:
             raise StorageError(f"the PostgreSQL read at {self.url} failed: {err}") from err
@@ -360,8 +372,8 @@ class PostgresStore(Store):
 
     def healthy(self) -> bool:
         try:
-            self._all("SELECT 1")
-        except (StorageError, PoolTimeout):
+            self._all("SELECT 1", timeout=2.0)  # a health check must answer quickly
+        except StorageError:
             return False
         return True
 

@@ -59,14 +59,14 @@ def resolver(batch: list[Item], record: list[list[Plan | None]]) -> Callable[[Tr
             plan = plan_message(prepared, extracted, tx.graph, RULES, "web", segment_id)
             apply_plan(tx.graph, plan)
             plans.append(plan)
-        tx.apply([p for p in plans if p is not None])
         record.append(plans)
+        tx.apply([p for p in plans if p is not None])
 
     return work
 
 
 def flush(tx: Transaction) -> None:
-    """Send what the transaction has queued (it runs in pipeline mode) without committing."""
+    """Wait for every statement the transaction has sent so far (it may use pipelines)."""
     conn = getattr(tx, "conn")  # noqa: B009 - the PostgreSQL transaction's connection
     with conn.pipeline() as pipeline:
         pipeline.sync()
@@ -368,3 +368,26 @@ def test_stores_in_other_schemas_never_wait_for_each_other() -> None:
         finally:
             one.close()
             two.close()
+
+
+@pytest.mark.postgres
+def test_a_profile_lock_below_one_already_held_is_tried_never_waited_for(
+    postgres_url: str,
+) -> None:
+    store = PostgresStore(postgres_url)
+    try:
+        namespace = store._locks.profiles
+        with psycopg.connect(postgres_url) as other:
+            other.execute("SELECT pg_advisory_xact_lock(%s::int, 5)", (namespace,))
+            with store.batch([]) as tx:
+                lock = tx._lock_profiles  # type: ignore[attr-defined]
+                lock({9})  # nothing held yet: waited for (and free)
+                started = time.monotonic()
+                with pytest.raises(Conflict):
+                    lock({5})  # below 9 and held elsewhere: a wait here could deadlock
+                assert time.monotonic() - started < 1
+                lock({12})  # above everything held: waited for
+            other.rollback()
+        assert store.healthy()
+    finally:
+        store.close()

@@ -73,7 +73,7 @@ class App:
             if path in tracking.ROUTES:
                 route = path[4:]
                 if method != "POST":
-                    raise MethodNotAllowed(f"{path} takes POST, not {method}.")
+                    raise MethodNotAllowed(path, method, "POST")
                 status = await tracking.handle(
                     self.engine, scope, receive, send, tracking.ROUTES[path]
                 )
@@ -81,12 +81,12 @@ class App:
                 profile_api = True
                 route = "profiles"
                 if method != "GET":
-                    raise MethodNotAllowed(f"the Profile API takes GET, not {method}.")
+                    raise MethodNotAllowed("the Profile API", method, "GET")
                 route, status = await self._profile(scope, send)
             elif path in _OPS:
                 route = path.strip("/").removesuffix(".json") or "root"
                 if method != "GET":
-                    raise MethodNotAllowed(f"{path} takes GET, not {method}.")
+                    raise MethodNotAllowed(path, method, "GET")
                 status = await self._ops(path, send)
             else:
                 raise NotFound(f"no route {path}; see /docs for the routes.")
@@ -107,6 +107,8 @@ class App:
         headers = retry_headers(status)
         if status == 401:
             headers.append((b"www-authenticate", b'Basic realm="idstitch"'))
+        elif isinstance(err, MethodNotAllowed):
+            headers.append((b"allow", err.allow.encode()))
         if profile_api:
             headers.append((b"request-id", uuid.uuid4().hex.encode()))
             body = profile_body(err, status)

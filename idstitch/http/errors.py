@@ -41,7 +41,13 @@ class ParameterError(IdstitchError):
 
 
 class MethodNotAllowed(IdstitchError):
+    """A route asked with the wrong method; `allow` names the right one (the Allow header)."""
+
     code = "method_not_allowed"
+
+    def __init__(self, route: str, method: str, allow: str):
+        super().__init__(f"{route} takes {allow}, not {method}.")
+        self.allow = allow
 
 
 # Most specific first: PayloadTooLarge and UnsupportedEncoding are InvalidMessages.

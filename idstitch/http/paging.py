@@ -67,7 +67,8 @@ def _names(params: dict[str, str], name: str) -> frozenset[str] | None:
     text = params.get(name)
     if text is None:
         return None
-    return frozenset(part.strip() for part in text.split(",") if part.strip())
+    names = frozenset(part.strip() for part in text.split(",") if part.strip())
+    return names or None  # `include=` with nothing in it filters nothing
 
 
 def _moment(params: dict[str, str], name: str) -> float | None:

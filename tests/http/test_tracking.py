@@ -378,4 +378,5 @@ def test_failed_commit_answers_503(
 def test_tracking_routes_take_post_only(client: TestClient) -> None:
     response = client.get("/v1/track", headers=WRITE)
     assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
     assert response.json()["success"] is False

@@ -1,0 +1,92 @@
+"""`idstitch serve` as a process: the first start, and a SIGTERM that drains in-flight
+requests and closes the store cleanly."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import httpx
+import pytest
+
+from idstitch.config import load
+from idstitch.engine import Engine
+from tests.http.conftest import SPACE, WRITE_KEY, basic
+from tests.http.live import running, start
+
+pytestmark = pytest.mark.timeout(120)
+
+STOPPED_BY_SIGTERM = (0, -signal.SIGTERM)
+
+
+def test_first_start_writes_a_config_and_prints_the_keys_once(tmp_path: Path) -> None:
+    out, log = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    server = start(None, tmp_path, log, out=out)
+    try:
+        server.wait_ready()
+        printed = out.read_text()
+        write_key = re.search(r"write key:\s+(\S+)", printed)
+        token = re.search(r"access token:\s+(\S+)", printed)
+        assert write_key and token, printed
+        config = tmp_path / "idstitch-data" / "idstitch.toml"
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        assert (tmp_path / "idstitch-data" / "idstitch.db").exists()
+        sent = httpx.post(
+            f"{server.url}/v1/identify", json={"userId": "u1"}, headers=basic(write_key[1])
+        )
+        assert sent.status_code == 200
+        read = httpx.get(
+            f"{server.url}/v1/spaces/default/collections/users/profiles/user_id:u1/metadata",
+            headers=basic(token[1]),
+        )
+        assert read.status_code == 200
+    finally:
+        assert server.stop() in STOPPED_BY_SIGTERM
+    again = start(None, tmp_path, tmp_path / "stderr2.txt", out=tmp_path / "stdout2.txt")
+    try:
+        again.wait_ready()
+    finally:
+        again.stop()
+    assert "write key" not in (tmp_path / "stdout2.txt").read_text()
+    logs = log.read_text() + (tmp_path / "stderr2.txt").read_text()
+    assert write_key[1] not in logs and token[1] not in logs
+    for line in logs.splitlines():
+        json.loads(line)  # every log line is one JSON object
+
+
+def test_sigterm_drains_an_in_flight_request_and_closes_the_store(tmp_path: Path) -> None:
+    body = json.dumps(
+        {"batch": [{"type": "identify", "userId": "drained", "traits": {"plan": "pro"}}]}
+    ).encode()
+    head = (
+        f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: {basic(WRITE_KEY)['Authorization']}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with running(tmp_path) as server:
+        conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        conn.sendall(head + body[:10])  # the request is now in flight, its body half sent
+        httpx.get(server.url + "/healthz")  # ...and has surely reached the app
+        server.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(httpx.ConnectError):  # new connections are refused while draining
+            for _ in range(100):
+                httpx.get(server.url + "/healthz", timeout=1)
+        conn.sendall(body[10:])
+        received = b""
+        while chunk := conn.recv(65536):  # the server closes the connection after answering
+            received += chunk
+        conn.close()
+        reply = received.decode()
+        assert reply.startswith("HTTP/1.1 200"), reply
+        assert reply.endswith('{"success":true}')
+        assert server.proc.wait(timeout=30) in STOPPED_BY_SIGTERM
+        assert '"message":"store closed"' in server.output()
+    wal = tmp_path / "idstitch.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0  # checkpointed on close
+    with Engine(load(tmp_path / "idstitch.toml")) as engine:
+        assert engine.traits("user_id:drained") == {"plan": "pro"}
+        assert engine.settings.space_id == SPACE

@@ -212,8 +212,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-sqlite", action="store_true")
     args = parser.parse_args(argv)
-    from benchmarks.workload import generate
+    import psycopg
 
+    from benchmarks.workload import generate
+    from idstitch.storage.postgres import mask_url
+
+    try:
+        admin(args.url, "SELECT 1")
+    except psycopg.Error as err:
+        print(
+            f"cannot reach PostgreSQL at {mask_url(args.url)} ({str(err).splitlines()[0]}); "
+            "start it or pass --url.",
+            file=sys.stderr,
+        )
+        return 2
     messages = generate(args.events, args.seed).messages
     tickets = [messages[i : i + args.ticket] for i in range(0, len(messages), args.ticket)]
     counts = [int(n) for n in args.workers.split(",")]

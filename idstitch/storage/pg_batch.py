@@ -157,7 +157,9 @@ class PostgresTransaction(Transaction):
         keys = self.keys
         sent = _json_list([scrub(k) for k in keys])
         with conn.pipeline():
-            conn.execute("BEGIN")
+            # Each statement must see what committed while we waited for a lock, whatever the
+            # server default: read committed, explicitly.
+            conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
             if self.exclusive:
                 conn.execute("SELECT pg_advisory_xact_lock(%s::int, 0)", (self.locks.store,))
             else:

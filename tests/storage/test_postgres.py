@@ -391,3 +391,26 @@ def test_a_profile_lock_below_one_already_held_is_tried_never_waited_for(
         assert store.healthy()
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_batches_read_committed_whatever_the_server_default(postgres_url: str) -> None:
+    url = postgres_url.replace(
+        "options=-csearch_path",
+        "options=-cdefault_transaction_isolation%3Dserializable%20-csearch_path",
+    )
+    store = PostgresStore(url)
+    try:
+        levels: list[str] = []
+
+        def work(tx: Transaction) -> None:
+            conn = getattr(tx, "conn")  # noqa: B009
+            for setting in ("default_transaction_isolation", "transaction_isolation"):
+                row = conn.execute(f"SHOW {setting}").fetchone()
+                levels.append(row[0])
+            tx.apply([])
+
+        store.run_batch(["uanonymous_id\x1fa"], work)
+        assert levels == ["serializable", "read committed"]
+    finally:
+        store.close()

@@ -163,7 +163,7 @@ class Extractor:
                         cache.clear()
                     cache[raw_key] = verdict
             if verdict.__class__ is Identifier:
-                ident: Identifier = verdict  # type: ignore[assignment]
+                ident: Identifier = verdict
                 if ident.key not in seen:
                     seen.add(ident.key)
                     out.append(ident)

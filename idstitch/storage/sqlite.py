@@ -1,4 +1,4 @@
-"""The embedded store: SQLite in WAL mode, one writer, group commit, durable on commit.
+"""The embedded store: SQLite in WAL mode, one writer process, group commit, durable on commit.
 
 The graph lives in memory (rebuilt from the tables at startup), so resolving a message costs
 no SQL round trip; each micro-batch is written in one `BEGIN IMMEDIATE` transaction and
@@ -10,12 +10,15 @@ their own connections (one per thread).
 from __future__ import annotations
 
 import contextlib
-import queue
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from idstitch.core.graph import Graph
 from idstitch.core.identifiers import key_of
 from idstitch.core.plan import Plan
 from idstitch.errors import StorageError
+from idstitch.storage import sqlite_committer
 from idstitch.storage.base import (
     EventRow,
     ExternalIdRow,
@@ -111,99 +115,31 @@ class SQLiteTransaction(Transaction):
         self.rows, self.store.next_seq = rows_from_plans(plans, self.graph, self.store.next_seq)
 
 
-def _write_rows(c: sqlite3.Connection, rows: BatchRows) -> None:
-    if rows.profiles:
-        c.executemany(
-            "INSERT INTO profiles (id, segment_id, collection, canonical_id, created_at, "
-            "first_message_id, first_source_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows.profiles,
-        )
-    for into, other in rows.repoint:
-        c.execute("UPDATE profiles SET canonical_id = ? WHERE canonical_id = ?", (into, other))
-    if rows.merge_counts:
-        c.executemany("UPDATE profiles SET merges = ? WHERE id = ?", rows.merge_counts)
-    if rows.merges:
-        c.executemany(
-            "INSERT INTO merges (from_id, into_id, message_id, source_id, timestamp) "
-            "VALUES (?, ?, ?, ?, ?)",
-            rows.merges,
-        )
-    if rows.identifiers:
-        c.executemany(
-            "INSERT INTO identifiers (key_hash, collection, type, value, profile_id, source_id, "
-            "first_message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            rows.identifiers,
-        )
-    if rows.events:
-        c.executemany(
-            "INSERT INTO events (seq, msg_hash, source_id, message_id, type, event, timestamp, "
-            "received_at, profile_id, account_id, reason, external_ids, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows.events,
-        )
-    if rows.traits:
-        c.executemany(
-            "INSERT INTO traits (profile_id, key, value, timestamp, seq, source_id) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (profile_id, key) DO UPDATE SET "
-            "value = excluded.value, timestamp = excluded.timestamp, seq = excluded.seq, "
-            "source_id = excluded.source_id "
-            "WHERE (excluded.timestamp, excluded.seq) >= (traits.timestamp, traits.seq)",
-            rows.traits,
-        )
-    if rows.links:
-        c.executemany(
-            "INSERT OR IGNORE INTO links (user_id, account_id, source_id, created_at) "
-            "VALUES (?, ?, ?, ?)",
-            rows.links,
-        )
-    if rows.violations:
-        c.executemany(
-            "INSERT INTO violations (source_id, message_id, collection, type, value, rule, "
-            "detail, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            rows.violations,
-        )
-
-
-class _Job:
-    """One commit for the committer thread: rows to write, or a function to run."""
-
-    __slots__ = ("done", "rows", "work")
-
-    def __init__(
-        self,
-        rows: BatchRows | None = None,
-        work: Callable[[sqlite3.Connection], None] | None = None,
-    ):
-        self.rows = rows
-        self.work = work
-        self.done: Future[None] = Future()
-
-
 class SQLiteStore(Store):
-    needs_keys = False  # the whole graph is in memory
-    """Resolution happens in memory under `batch`; writing happens on a committer thread.
+    """Resolution happens in memory under `batch`; writing happens in a committer process.
 
-    The committer owns the write connection. While it writes and fsyncs one batch, the next
-    batch is already being resolved (sqlite3 releases the GIL while SQLite works), which
-    keeps both cores busy. A batch is acknowledged only when its own commit returned.
-    If a commit fails, every batch queued behind it fails too, and the in-memory graph is
-    rebuilt from disk before the next batch.
+    The committer process (`sqlite_committer`) owns the write connection. While it writes
+    and fsyncs one batch, the next one is already being resolved here, so both cores work.
+    A batch is acknowledged only when the commit that holds it returned. If a commit fails,
+    every batch sent after it fails too, and the in-memory graph is rebuilt from disk
+    before the next batch.
     """
+
+    needs_keys = False  # the whole graph is in memory
 
     def __init__(
         self,
         path: Path | str,
         *,
         checkpoint_interval: float = 0.5,
-        pipeline_depth: int = 64,
         max_commit_events: int = 5000,
     ):
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = _connect(self.path)
-            mode = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self._conn = _connect(self.path)
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except (OSError, sqlite3.Error) as err:
             raise StorageError(
                 f"cannot open the SQLite store at {self.path}: {err}; check the path and "
@@ -211,10 +147,8 @@ class SQLiteStore(Store):
             ) from None
         if mode != "wal":
             raise StorageError(f"SQLite at {self.path} refused WAL mode (got {mode!r}).")
-        self._writer.execute("PRAGMA synchronous=FULL")
-        self._writer.execute("PRAGMA wal_autocheckpoint=0")
-        self._writer.execute("PRAGMA cache_size=-262144")
-        self.migrations_applied = migrate(self._writer)
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self.migrations_applied = migrate(self._conn)
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -223,14 +157,14 @@ class SQLiteStore(Store):
         self.next_seq = 1
         self._load()
         self.inflight: set[tuple[str, str]] = set()
-        self._broken: BaseException | None = None
+        self._broken: str | None = None
         self.max_commit_events = max_commit_events
-        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=pipeline_depth)
-        self._committer = threading.Thread(
-            target=self._commit_loop, daemon=True, name="idstitch-committer"
-        )
-        self._committer.start()
+        self._pending: dict[int, tuple[Future[None], list[tuple[str, str]]]] = {}
+        self._pending_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._next_job = 0
         self._closing = threading.Event()
+        self._start_committer()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop,
             args=(checkpoint_interval,),
@@ -243,7 +177,7 @@ class SQLiteStore(Store):
     def _load(self) -> None:
         """Rebuild the in-memory graph from the tables."""
         graph = Graph()
-        c = self._writer
+        c = self._conn
         max_id = 0
         for pid, segment_id, canonical, created_at, merges in c.execute(
             "SELECT id, segment_id, canonical_id, created_at, merges FROM profiles"
@@ -276,75 +210,86 @@ class SQLiteStore(Store):
             conn.close()
 
     # ---- writes --------------------------------------------------------------------------
-    def _commit_loop(self) -> None:
-        """Write queued jobs, coalescing whatever is waiting into one transaction: under load
-        commits grow (fewer fsyncs, fewer page writes per event); when idle they stay small."""
-        conn = self._writer
-        while True:
-            jobs = [self._jobs.get()]
-            events = 0
-            while jobs[-1] is not None and events < self.max_commit_events:
-                job = jobs[-1]
-                events += len(job.rows.events) if job.rows is not None else 0
-                try:
-                    jobs.append(self._jobs.get_nowait())
-                except queue.Empty:
-                    break
-            stop = jobs[-1] is None
-            batch = [job for job in jobs if job is not None]
-            if batch:
-                self._commit(conn, batch)
-            if stop:
-                return
-
-    def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+    def _start_committer(self) -> None:
+        from_parent, to_child = os.pipe()
+        from_child, to_parent = os.pipe()
         try:
-            if self._broken is not None:
-                raise StorageError(
-                    f"an earlier write failed ({self._broken}); this batch was not stored."
-                )
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for job in jobs:
-                    if job.rows is not None:
-                        _write_rows(conn, job.rows)
-                    if job.work is not None:
-                        job.work(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except BaseException as err:
-            if self._broken is None and any(job.rows is not None for job in jobs):
-                self._broken = err
-            failure = (
-                err
-                if isinstance(err, StorageError)
-                else StorageError(f"the write transaction failed: {err}")
+            self._process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    sqlite_committer.__file__,
+                    str(self.path),
+                    str(from_parent),
+                    str(to_parent),
+                    str(self.max_commit_events),
+                ],
+                pass_fds=(from_parent, to_parent),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
             )
-            for job in jobs:
-                job.done.set_exception(failure)
-        else:
-            for job in jobs:
-                job.done.set_result(None)
         finally:
-            for job in jobs:
-                if job.rows is not None:
-                    self.inflight.difference_update(job.rows.message_keys)
+            os.close(from_parent)
+            os.close(to_parent)
+        self._pipe = Connection(to_child, readable=False)
+        replies = Connection(from_child, writable=False)
+        self._receiver = threading.Thread(
+            target=self._receive_loop, args=(replies,), daemon=True, name="idstitch-acks"
+        )
+        self._receiver.start()
 
-    def _submit(self, job: _Job) -> Future[None]:
-        if self._closing.is_set():
-            raise StorageError("the store is closed; open it again.")
-        self._jobs.put(job)
-        return job.done
+    def _receive_loop(self, pipe: Connection) -> None:
+        while True:
+            try:
+                reply = pipe.recv()
+            except (EOFError, OSError):
+                self._fail_pending("the SQLite committer process stopped")
+                return
+            status, job_ids = reply[0], reply[1]
+            with self._pending_lock:
+                settled = [self._pending.pop(job_id) for job_id in job_ids]
+            for future, keys in settled:
+                if keys:
+                    self.inflight.difference_update(keys)
+                if status == "ok":
+                    future.set_result(None)
+                else:
+                    self._broken = self._broken or reply[2]
+                    future.set_exception(StorageError(f"the batch was not stored: {reply[2]}"))
+
+    def _fail_pending(self, why: str) -> None:
+        if not self._closing.is_set():
+            self._broken = self._broken or why
+        with self._pending_lock:
+            settled = list(self._pending.values())
+            self._pending.clear()
+        for future, keys in settled:
+            self.inflight.difference_update(keys)
+            future.set_exception(StorageError(f"the batch was not stored: {why}"))
+
+    def _send(
+        self, kind: str, payload: Any, keys: list[tuple[str, str]] | None = None
+    ) -> Future[None]:
+        future: Future[None] = Future()
+        with self._send_lock:
+            if self._closing.is_set():
+                raise StorageError("the store is closed; open it again.")
+            job_id = self._next_job
+            self._next_job += 1
+            with self._pending_lock:
+                self._pending[job_id] = (future, keys or [])
+            try:
+                self._pipe.send((kind, job_id, payload))
+            except (OSError, ValueError) as err:
+                self._fail_pending(f"the SQLite committer process is unreachable ({err})")
+        return future
 
     def _recover(self) -> None:
-        """After a failed write: wait for queued commits, then rebuild the graph from disk."""
-        barrier = _Job()  # jobs run in order: when this one is done, all earlier ones are
-        self._jobs.put(barrier)
-        with contextlib.suppress(StorageError):
-            barrier.done.result()
+        """After a failed write: let every sent job settle, then rebuild the graph from disk."""
+        if self._process.poll() is not None:
+            self._start_committer()
+        self._send("reset", None).result()  # jobs settle in order: all earlier ones are done
         self._broken = None
         self.inflight.clear()
         self._load()
@@ -362,23 +307,30 @@ class SQLiteStore(Store):
                 self.next_seq = seq
                 self._recover()  # the in-memory graph may hold this batch's changes
                 raise
-            # Always queue a job, even an empty one: a batch of duplicates must not be
+            # Always send a job, even an empty one: a batch of duplicates must not be
             # acknowledged before the batch holding the originals is on disk.
             rows = tx.rows if tx.rows is not None else BatchRows()
             self.inflight.update(rows.message_keys)
-            tx.done = self._submit(_Job(rows=rows))
+            tx.done = self._send("rows", sqlite_committer.payload_of(rows), rows.message_keys)
 
     def close(self) -> None:
         if self._closing.is_set():
             return
-        with self._write_lock:
-            self._jobs.put(None)
-            self._committer.join()
+        with self._write_lock, self._send_lock:
             self._closing.set()
+            with contextlib.suppress(OSError, ValueError):
+                self._pipe.send(None)
+        try:
+            self._process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._receiver.join(timeout=10)
+        self._pipe.close()
         self._checkpointer.join(timeout=5)
         with contextlib.suppress(sqlite3.Error):
-            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._writer.close()
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._conn.close()
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -582,12 +534,4 @@ class SQLiteStore(Store):
         return int(row[0]) if row else 0
 
     def set_import_offset(self, name: str, offset: int) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO import_progress (name, byte_offset, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET byte_offset = excluded.byte_offset, "
-                "updated_at = excluded.updated_at",
-                (name, offset, time.time()),
-            )
-
-        self._submit(_Job(work=work)).result()
+        self._send("offset", (name, offset, time.time())).result()

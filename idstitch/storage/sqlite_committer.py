@@ -1,0 +1,204 @@
+"""The SQLite committer: a child process that owns the write connection.
+
+The engine process resolves messages and sends each batch's rows down a pipe; this process
+writes them, coalescing whatever is queued into one transaction, commits with
+`synchronous=FULL` (the WAL is fsync'd before COMMIT returns) and only then answers with the
+job ids it made durable. Running SQLite's inserts in their own process takes them, and the
+binding of every row, off the engine's GIL, so both cores do useful work.
+
+It runs as a plain script (`python -I -S sqlite_committer.py PATH IN_FD OUT_FD MAX_EVENTS`)
+that needs only the standard library, so it starts in milliseconds and never re-imports the
+engine's own `__main__`.
+
+Protocol (pickled tuples over two OS pipes, framed by `multiprocessing.connection`):
+    engine -> committer   ("rows", job_id, RowsPayload) | ("offset", job_id, (name, offset, at))
+                          | ("reset", job_id, None) | None (finish and exit)
+    committer -> engine   ("ok", [job_id, ...]) | ("err", [job_id, ...], message)
+After a failed transaction every later "rows" job is refused until a "reset" arrives: those
+batches were resolved on top of the failed one and must not be stored without it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from multiprocessing.connection import Connection
+from typing import Any
+
+# The order of BatchRows' fields that are written (see `payload_of`).
+RowsPayload = tuple[list[Any], ...]
+
+
+def payload_of(rows: Any) -> RowsPayload:
+    return (
+        rows.profiles,
+        rows.repoint,
+        rows.merge_counts,
+        rows.merges,
+        rows.identifiers,
+        rows.events,
+        rows.traits,
+        rows.links,
+        rows.violations,
+    )
+
+
+def open_writer(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("PRAGMA cache_size=-262144")
+    return conn
+
+
+def write_rows(c: sqlite3.Connection, payload: RowsPayload) -> None:
+    (profiles, repoint, merge_counts, merges, identifiers, events, traits, links, violations) = (
+        payload
+    )
+    if profiles:
+        c.executemany(
+            "INSERT INTO profiles (id, segment_id, collection, canonical_id, created_at, "
+            "first_message_id, first_source_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            profiles,
+        )
+    for into, other in repoint:
+        c.execute("UPDATE profiles SET canonical_id = ? WHERE canonical_id = ?", (into, other))
+    if merge_counts:
+        c.executemany("UPDATE profiles SET merges = ? WHERE id = ?", merge_counts)
+    if merges:
+        c.executemany(
+            "INSERT INTO merges (from_id, into_id, message_id, source_id, timestamp) "
+            "VALUES (?, ?, ?, ?, ?)",
+            merges,
+        )
+    if identifiers:
+        c.executemany(
+            "INSERT INTO identifiers (key_hash, collection, type, value, profile_id, source_id, "
+            "first_message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            identifiers,
+        )
+    if events:
+        c.executemany(
+            "INSERT INTO events (seq, msg_hash, source_id, message_id, type, event, timestamp, "
+            "received_at, profile_id, account_id, reason, external_ids, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            events,
+        )
+    if traits:
+        c.executemany(
+            "INSERT INTO traits (profile_id, key, value, timestamp, seq, source_id) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (profile_id, key) DO UPDATE SET "
+            "value = excluded.value, timestamp = excluded.timestamp, seq = excluded.seq, "
+            "source_id = excluded.source_id "
+            "WHERE (excluded.timestamp, excluded.seq) >= (traits.timestamp, traits.seq)",
+            traits,
+        )
+    if links:
+        c.executemany(
+            "INSERT OR IGNORE INTO links (user_id, account_id, source_id, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            links,
+        )
+    if violations:
+        c.executemany(
+            "INSERT INTO violations (source_id, message_id, collection, type, value, rule, "
+            "detail, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            violations,
+        )
+
+
+def write_offset(c: sqlite3.Connection, item: tuple[str, int, float]) -> None:
+    c.execute(
+        "INSERT INTO import_progress (name, byte_offset, updated_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET byte_offset = excluded.byte_offset, "
+        "updated_at = excluded.updated_at",
+        item,
+    )
+
+
+def _size(job: Any) -> int:
+    return len(job[2][5]) if job[0] == "rows" else 1
+
+
+def main(path: str, pipe: Connection, replies: Connection, max_events: int) -> None:
+    """The committer process's whole life: write what arrives until told to stop."""
+    conn = open_writer(path)
+    failed: str | None = None
+    try:
+        while True:
+            try:
+                first = pipe.recv()
+            except (EOFError, OSError):  # the engine process is gone
+                return
+            if first is None:
+                return
+            jobs = [first]
+            size = _size(first)
+            stop = False
+            while size < max_events and pipe.poll():
+                try:
+                    job = pipe.recv()
+                except (EOFError, OSError):
+                    job = None
+                if job is None:
+                    stop = True
+                    break
+                jobs.append(job)
+                size += _size(job)
+            failed = _commit(conn, replies, jobs, failed)
+            if stop:
+                return
+    finally:
+        conn.close()
+
+
+def _commit(
+    conn: sqlite3.Connection, pipe: Connection, jobs: list[Any], failed: str | None
+) -> str | None:
+    done: list[int] = []
+    refused: list[int] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for kind, job_id, payload in jobs:
+            if kind == "reset":
+                failed = None
+            elif failed is not None and kind == "rows":
+                refused.append(job_id)
+                continue
+            elif kind == "rows":
+                write_rows(conn, payload)
+            elif kind == "offset":
+                write_offset(conn, payload)
+            done.append(job_id)
+        conn.execute("COMMIT")
+    except Exception as err:  # the whole transaction is gone: report every job in it
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        failed = f"{type(err).__name__}: {err}"
+        _reply(pipe, ("err", [job[1] for job in jobs], failed))
+        return failed
+    if done:
+        _reply(pipe, ("ok", done))
+    if refused:
+        _reply(pipe, ("err", refused, f"an earlier write failed ({failed})"))
+    return failed
+
+
+def _reply(pipe: Connection, message: tuple[Any, ...]) -> None:
+    try:
+        pipe.send(message)
+    except OSError:  # the engine process is gone: what was committed stays committed
+        raise SystemExit(0) from None
+
+
+if __name__ == "__main__":
+    import sys
+
+    _path, _in, _out, _max = sys.argv[1:5]
+    main(
+        _path,
+        Connection(int(_in), writable=False),
+        Connection(int(_out), readable=False),
+        int(_max),
+    )

@@ -31,11 +31,7 @@ from idstitch.http.errors import (
 from idstitch.http.metrics import HttpMetrics, render
 
 _OPS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/")
-_INTERNAL = {
-    "success": False,
-    "code": "internal_error",
-    "message": "the server failed on this request; it is logged. Retry later.",
-}
+_INTERNAL = "the server failed on this request; the failure is logged. Retry later."
 
 
 class App:
@@ -96,8 +92,13 @@ class App:
         except Exception:
             status = 500
             logs.logger.exception("request failed", extra={"fields": {"route": route}})
+            body = (
+                {"error": {"code": "server_error", "message": _INTERNAL}}
+                if profile_api
+                else ({"success": False, "code": "internal_error", "message": _INTERNAL})
+            )
             with contextlib.suppress(Exception):
-                await send_json(send, 500, _INTERNAL)
+                await send_json(send, 500, body)
         finally:
             self.http.observe(route, status, time.perf_counter() - started)
 

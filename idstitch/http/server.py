@@ -9,11 +9,13 @@ the app's shutdown then closes the engine, which commits every queued message fi
 from __future__ import annotations
 
 import logging
+import socket
 
 import uvicorn
 
 from idstitch.config import DEFAULT_CONFIG, Settings, load, write_default
 from idstitch.engine import Engine
+from idstitch.errors import ConfigError
 from idstitch.http import logs
 from idstitch.http.app import App
 
@@ -41,6 +43,30 @@ def settings_for(config_path: str | None) -> Settings:
     return settings
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket up front, so a taken port is one clear sentence before the
+    store is opened, not a log line after."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({err.strerror or err}); pass a valid --host."
+        ) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({err.strerror or err}); stop the process using "
+            "it or choose another --port."
+        ) from None
+    return sock
+
+
 def server_for(app: App, host: str, port: int) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
@@ -61,8 +87,13 @@ def serve(config_path: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT
     """Run the HTTP service until SIGTERM or SIGINT; raises ConfigError or StorageError
     (before binding the port) when the config or the store is unusable."""
     settings = settings_for(config_path)
+    sock = listen(host, port)
     logs.setup(logging.INFO)
-    engine = Engine(settings)
+    try:
+        engine = Engine(settings)
+    except BaseException:
+        sock.close()
+        raise
     app = App(engine, owns_engine=True)
     logs.event(
         "serving",
@@ -74,7 +105,7 @@ def serve(config_path: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT
         config=str(settings.path) if settings.path else None,
     )
     try:
-        server_for(app, host, port).run()
+        server_for(app, host, port).run(sockets=[sock])
     finally:
         # A failed startup never reaches the app's shutdown; close() is idempotent.
         engine.close()

@@ -153,6 +153,7 @@ def test_logs_never_carry_payloads_keys_tokens_or_references(
     monkeypatch.setattr(profile_routes, "read", broken)
     failed = client.get(profile_url(f"email:{SECRET_EMAIL}", "traits"), headers=READ)
     assert failed.status_code == 500
+    assert failed.json()["error"]["code"] == "server_error"
     assert SECRET_EMAIL not in failed.text
     text = rendered(caplog)
     assert "request rejected" in text and "request failed" in text

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from segment.analytics import Client
+from segment.analytics import Client  # type: ignore[import-untyped]
 
 from tests.http.conftest import READ, SPACE, WRITE_KEY
 from tests.http.live import running

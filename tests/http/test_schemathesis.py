@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -37,7 +38,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @schema.parametrize()
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_generated_request_gets_a_server_error(case: schemathesis.Case, live: Server) -> None:
+def test_no_generated_request_gets_a_server_error(
+    case: schemathesis.Case[Any], live: Server
+) -> None:
     headers = WRITE
     if case.path.startswith("/v1/spaces/"):
         headers = READ

@@ -8,6 +8,8 @@ import re
 import signal
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -16,7 +18,7 @@ import pytest
 from idstitch.config import load
 from idstitch.engine import Engine
 from tests.http.conftest import SPACE, WRITE_KEY, basic
-from tests.http.live import running, start
+from tests.http.live import running, start, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,3 +92,29 @@ def test_sigterm_drains_an_in_flight_request_and_closes_the_store(tmp_path: Path
     with Engine(load(tmp_path / "idstitch.toml")) as engine:
         assert engine.traits("user_id:drained") == {"plan": "pro"}
         assert engine.settings.space_id == SPACE
+
+
+def test_a_taken_port_is_one_clear_sentence(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "idstitch",
+                "serve",
+                "--config",
+                str(tmp_path / "idstitch.toml"),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -3,7 +3,8 @@
 Every worker is its own process with its own Engine, as `idstitch serve` workers are. The
 synthetic stream (`benchmarks.workload`) is cut into tickets of `--ticket` messages (one
 `/v1/batch` request each) and dealt round-robin to the workers, as a load balancer would:
-concurrent workers see overlapping people, devices and merges. Each worker runs closed loop
+concurrent workers see overlapping people, devices and merges (`--route device` instead
+sends each device to one worker, as sticky sessions would). Each worker runs closed loop
 with `--window` tickets in flight, so its engine forms micro-batches of up to
 `window x ticket` messages. The same stream through the SQLite store in one process gives
 the reference figure of the same run.
@@ -25,12 +26,15 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
+
+import msgspec
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SOURCE = "bench"
@@ -104,13 +108,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_workers(label: str, urls: list[str], tickets: list[list[bytes]], window: int) -> Run:
+def run_workers(label: str, urls: list[str], shares: list[list[list[bytes]]], window: int) -> Run:
     ctx = mp.get_context("spawn")
     count = len(urls)
     barrier = ctx.Barrier(count)
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=worker, args=(urls[i], tickets[i::count], window, barrier, out))
+        ctx.Process(target=worker, args=(urls[i], shares[i], window, barrier, out))
         for i in range(count)
     ]
     for proc in procs:
@@ -133,6 +137,28 @@ def run_workers(label: str, urls: list[str], tickets: list[list[bytes]], window:
     )
 
 
+class _Ids(msgspec.Struct):
+    anonymousId: str | None = None
+    userId: str | None = None
+    messageId: str | None = None
+
+
+def deal(messages: list[bytes], workers: int, args: argparse.Namespace) -> list[list[list[bytes]]]:
+    """Each worker's tickets. `round-robin`: consecutive tickets go to different workers, as
+    a load balancer without affinity sends them. `device`: each anonymousId (or userId) always
+    goes to the same worker, as with sticky sessions; a person's devices may still differ."""
+    if args.route == "round-robin":
+        tickets = [messages[i : i + args.ticket] for i in range(0, len(messages), args.ticket)]
+        return [tickets[i::workers] for i in range(workers)]
+    streams: list[list[bytes]] = [[] for _ in range(workers)]
+    decode = msgspec.json.Decoder(_Ids).decode
+    for raw in messages:
+        ids = decode(raw)
+        key = ids.anonymousId or ids.userId or ids.messageId or ""
+        streams[zlib.crc32(key.encode()) % workers].append(raw)
+    return [[s[i : i + args.ticket] for i in range(0, len(s), args.ticket)] for s in streams]
+
+
 def admin(url: str, sql: str) -> None:
     import psycopg
 
@@ -140,15 +166,16 @@ def admin(url: str, sql: str) -> None:
         conn.execute(sql.encode())
 
 
-def postgres_run(url: str, workers: int, tickets: list[list[bytes]], window: int) -> Run:
+def postgres_run(url: str, shares: list[list[list[bytes]]], window: int) -> Run:
     schema = f"idstitch_bench_{uuid.uuid4().hex[:10]}"
     admin(url, f"CREATE SCHEMA {schema}")
     try:
-        store_url = with_schema(url, schema)
+        store_url = with_schema(url, schema) + "&application_name=idstitch-bench"
         from idstitch.storage.postgres import PostgresStore
 
         PostgresStore(store_url).close()  # migrate once, outside the timed part
-        return run_workers(f"postgres x{workers}", [store_url] * workers, tickets, window)
+        count = len(shares)
+        return run_workers(f"postgres x{count}", [store_url] * count, shares, window)
     finally:
         admin(url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
@@ -156,7 +183,7 @@ def postgres_run(url: str, workers: int, tickets: list[list[bytes]], window: int
 def sqlite_run(tickets: list[list[bytes]], window: int) -> Run:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
-        return run_workers("sqlite x1", [url], tickets, window)
+        return run_workers("sqlite x1", [url], [tickets], window)
 
 
 def median_run(runs: list[Run]) -> Run:
@@ -211,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=10, help="tickets in flight per worker")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-sqlite", action="store_true")
+    parser.add_argument(
+        "--route",
+        choices=["round-robin", "device"],
+        default="round-robin",
+        help="how tickets reach the workers (see `deal`)",
+    )
     args = parser.parse_args(argv)
     import psycopg
 
@@ -234,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_sqlite:
             runs.setdefault("sqlite x1", []).append(sqlite_run(tickets, args.window))
         for count in counts:
-            run = postgres_run(args.url, count, tickets, args.window)
+            run = postgres_run(args.url, deal(messages, count, args), args.window)
             runs.setdefault(run.label, []).append(run)
             print(
                 f"  {run.label}: {run.rate:,.0f} events/s, p95 {run.p95_ms:.1f} ms",

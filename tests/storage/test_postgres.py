@@ -144,7 +144,6 @@ def test_a_search_path_without_a_schema_is_explained() -> None:
         PostgresStore(url)
 
 
-@pytest.mark.postgres
 def test_ci_without_a_server_fails_and_elsewhere_skips(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(pgserver.ENV_URL, "postgresql://postgres@127.0.0.1:1/test")
     pgserver.unavailable.cache_clear()

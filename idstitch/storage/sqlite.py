@@ -191,11 +191,15 @@ class SQLiteStore(Store):
         owners = graph.owners
         profiles = graph.profiles
         parent = graph.parent
+        types: dict[str, str] = {}
         for coll, type_, value, pid, created_at in c.execute(
             "SELECT collection, type, value, profile_id, created_at FROM identifiers"
         ):
-            owners[key_of(coll, type_, value)] = pid
-            profiles[parent.get(pid, pid)].add(type_, created_at)
+            # Point keys straight at the canonical profile and share its int and the type
+            # strings: one object each instead of one per row.
+            state = profiles[parent.get(pid, pid)]
+            owners[key_of(coll, type_, value)] = state.pid
+            state.add(types.setdefault(type_, type_), created_at)
         self.graph = graph
         row = c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         self.next_seq = row[0] + 1

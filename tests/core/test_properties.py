@@ -165,7 +165,9 @@ def contexts(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def messages(draw: st.DrawFn) -> dict[str, Any]:
     kind = draw(
-        st.sampled_from(["identify"] * 3 + ["track"] * 3 + ["page", "group", "group", "alias"])
+        st.sampled_from(
+            ["identify"] * 3 + ["track"] * 3 + ["page", "screen"] + ["group"] * 2 + ["alias"]
+        )
     )
     msg: dict[str, Any] = {"type": kind}
     days = draw(st.integers(0, 84)) / 2  # six weeks in half days: windows meet exactly

@@ -1,6 +1,7 @@
 """The process that `test_crash.py` kills: ingests batches into a SQLite store until killed.
 
     python tests/crash_worker.py DB_PATH ROUND [RETRY_BATCH_ID ...]
+    python tests/crash_worker.py DB_PATH --hold FIRST_ID SECOND_ID
 
 It first re-sends the batches named on the command line (a client retrying what was never
 acknowledged), then sends new batches `ROUND.0`, `ROUND.1`, ... from a few threads at once, so
@@ -10,7 +11,8 @@ that the engine commits several of them together. Each thread prints, one line a
     ack BATCH_ID OUTCOME:SEGMENT_ID ...   after it returned (one pair per message)
 
 The messages of a batch are a function of its id (`batch_messages`), so the test can rebuild
-them.
+them. With `--hold`, it sends batch FIRST_ID, prints `ready`, waits for a line on stdin, then
+sends batch SECOND_ID (the test freezes the engine's helper processes before that).
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def main(argv: list[str]) -> None:
         results = engine.ingest_batch(batch_messages(batch_id), source="crash")
         say(f"ack {batch_id} " + " ".join(f"{r.outcome}:{r.segment_id}" for r in results))
 
+    if round_ == "--hold":
+        send(retries[0])
+        say("ready")
+        sys.stdin.readline()
+        send(retries[1])
+        return
     for batch_id in retries:
         send(batch_id)
     say("ready")

@@ -15,7 +15,7 @@ Phases, each run:
   batch      /v1/batch, 100 events per request, 16 connections: events/s acknowledged
   rate       /v1/track at a fixed 1,000 requests/s: p50 / p95 / p99
   saturate   /v1/track, 64 connections: requests/s and p99
-  traits     Profile API /traits, 16 connections: requests/s and p95
+  traits     Profile API /traits, 16 connections: requests/s and p95; then 1 connection: p95
 """
 
 from __future__ import annotations
@@ -511,6 +511,7 @@ def one_run(root: Path, seconds: float, rate: float, use_wrk: bool) -> Run:
             )
         else:
             http_traits = python_client(port, "traits", tag + "t", 16, seconds, None)
+        http_traits_one = python_client(port, "traits", tag + "t", 1, seconds, None)
 
     http_batch.rps *= BATCH  # events per second
     run.figures = {
@@ -518,6 +519,7 @@ def one_run(root: Path, seconds: float, rate: float, use_wrk: bool) -> Run:
         "rate": (http_rate, inproc_rate),
         "saturate": (http_sat, inproc_sat),
         "traits": (http_traits, inproc_traits),
+        "traits_one": (http_traits_one, inproc_traits),
     }
     return run
 
@@ -558,10 +560,12 @@ def report(runs: list[Run], command: str, rate: float) -> str:
         f"{col('saturate', 1, 'rps'):>12,.0f}{ratio('saturate', 'rps'):>8.2f}",
         f"{'/v1/track saturated, p99 ms':<44}{col('saturate', 0, 'p99'):>12.2f}"
         f"{col('saturate', 1, 'p99'):>12.2f}{ratio('saturate', 'p99'):>8.1f}  <= 20 ms",
-        f"{'/traits, requests/s':<44}{col('traits', 0, 'rps'):>12,.0f}"
+        f"{'/traits, 16 connections, requests/s':<44}{col('traits', 0, 'rps'):>12,.0f}"
         f"{col('traits', 1, 'rps'):>12,.0f}{ratio('traits', 'rps'):>8.2f}",
-        f"{'/traits, p95 ms':<44}{col('traits', 0, 'p95'):>12.2f}"
+        f"{'/traits, 16 connections, p95 ms':<44}{col('traits', 0, 'p95'):>12.2f}"
         f"{col('traits', 1, 'p95'):>12.2f}{ratio('traits', 'p95'):>8.1f}  < 5 ms",
+        f"{'/traits, 1 connection, p95 ms':<44}{col('traits_one', 0, 'p95'):>12.2f}"
+        f"{col('traits_one', 1, 'p95'):>12.2f}{ratio('traits_one', 'p95'):>8.1f}",
     ]
     errors = sum(f[0].errors for r in runs for f in r.figures.values())
     lines.append(f"non-200 answers during load: {errors}")
@@ -578,7 +582,10 @@ def main(argv: list[str] | None = None) -> None:
     use_wrk = shutil.which("wrk") is not None
     if not use_wrk:
         print("wrk not found (apt-get install wrk); using the Python client for saturation.")
-    command = "python benchmarks/http_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        command = "python benchmarks/http_bench.py " + " ".join(sys.argv[1:])
+    else:  # through benchmarks/__main__.py
+        command = "python -m benchmarks http " + " ".join(argv)
     root = Path(tempfile.mkdtemp(prefix="idstitch-http-bench-"))
     runs = []
     try:

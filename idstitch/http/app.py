@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import secrets
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,6 +32,10 @@ from idstitch.http.errors import (
 from idstitch.http.metrics import HttpMetrics, render
 
 _OPS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/")
+# Reads whose cost grows with a profile's history run on the read threads; the bounded ones
+# run inline, because a thread hop costs more than they do: measured at 16 connections on
+# /traits, p95 3.5 ms inline against 6.5 ms through the pool, at 15 % more requests/s.
+_OFFLOADED = frozenset({"events", "links"})
 _INTERNAL = "the server failed on this request; the failure is logged. Retry later."
 
 
@@ -48,6 +53,12 @@ class App:
         self._openapi = msgspec.json.encode(document)
         self._docs = docs.page(document).encode()
         self._sampler: asyncio.Task[None] | None = None
+        # Request ids: a random prefix per process and a counter (uuid4 costs a syscall).
+        self._id_prefix = secrets.token_hex(6)
+        self._ids = itertools.count(1)
+
+    def _request_id(self) -> bytes:
+        return f"{self._id_prefix}-{next(self._ids):x}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -111,7 +122,7 @@ class App:
         elif isinstance(err, MethodNotAllowed):
             headers.append((b"allow", err.allow.encode()))
         if profile_api:
-            headers.append((b"request-id", uuid.uuid4().hex.encode()))
+            headers.append((b"request-id", self._request_id()))
             body = profile_body(err, status)
         else:
             body = tracking_body(err, status)
@@ -138,11 +149,13 @@ class App:
                 f"space {target.space!r} does not exist; this server's space is "
                 f"{settings.space_id!r} (space_id in the config)."
             )
-        loop = asyncio.get_running_loop()
-        body = await loop.run_in_executor(
-            self._reads, profiles.read, self.engine.store, settings.space_id, target, query(scope)
-        )
-        await send_json(send, 200, body, [(b"request-id", uuid.uuid4().hex.encode())])
+        args = (self.engine.store, settings.space_id, target, query(scope))
+        if target.resource in _OFFLOADED:
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(self._reads, profiles.read, *args)
+        else:
+            body = profiles.read(*args)
+        await send_json(send, 200, body, [(b"request-id", self._request_id())])
         return route, 200
 
     async def _ops(self, path: str, send: Send) -> int:

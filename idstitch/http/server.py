@@ -78,6 +78,7 @@ def server_for(app: App, host: str, port: int) -> uvicorn.Server:
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,  # client addresses are never used; skip the middleware
         timeout_graceful_shutdown=DRAIN_SECONDS,
     )
     return uvicorn.Server(config)

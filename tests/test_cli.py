@@ -24,8 +24,14 @@ def config_file(tmp_path: Path, extra: str = "") -> Path:
 
 
 def track(i: int, **fields: object) -> dict[str, object]:
-    return {"type": "track", "event": "Viewed", "anonymousId": f"a{i}",
-            "messageId": f"m{i}", "timestamp": "2025-01-01T00:00:00Z", **fields}
+    return {
+        "type": "track",
+        "event": "Viewed",
+        "anonymousId": f"a{i}",
+        "messageId": f"m{i}",
+        "timestamp": "2025-01-01T00:00:00Z",
+        **fields,
+    }
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -38,9 +44,11 @@ def test_help_documents_every_command() -> None:
     assert code == 0
     for command in ("serve", "import", "profile", "migrate"):
         assert command in out
-    for command, words in (("import", ["--source", "resumes", ".gz"]),
-                           ("profile", ["--json", "type:value", "Exit status"]),
-                           ("serve", ["--host", "--port", "write key"])):
+    for command, words in (
+        ("import", ["--source", "resumes", ".gz"]),
+        ("profile", ["--json", "type:value", "Exit status"]),
+        ("serve", ["--host", "--port", "write key"]),
+    ):
         code, out = run(command, "--help")
         assert code == 0
         for word in words:
@@ -52,10 +60,18 @@ def test_import_plain_gzip_and_directories_then_profile_json(tmp_path: Path) -> 
     data = tmp_path / "in"
     (data / "sub").mkdir(parents=True)
     write_lines(data / "a.jsonl", [track(1), track(2, userId="u1"), track(3, userId="u1")])
-    write_lines(data / "sub" / "b.jsonl.gz",
-                [{"type": "identify", "userId": "u1", "traits": {"email": "U1@X.com",
-                                                                 "plan": "pro"},
-                  "messageId": "m4"}], compress=True)
+    write_lines(
+        data / "sub" / "b.jsonl.gz",
+        [
+            {
+                "type": "identify",
+                "userId": "u1",
+                "traits": {"email": "U1@X.com", "plan": "pro"},
+                "messageId": "m4",
+            }
+        ],
+        compress=True,
+    )
     (data / "notes.md").write_text("not data")
     code, out = run("import", "--config", str(cfg), "--source", "backfill", str(data))
     assert code == 0, out
@@ -64,15 +80,27 @@ def test_import_plain_gzip_and_directories_then_profile_json(tmp_path: Path) -> 
     code, out = run("profile", "--config", str(cfg), "--json", "email:u1@x.com", "user_id:none")
     assert code == 1  # one REF was not found
     first, second = (json.loads(line) for line in out.strip().splitlines())
-    assert set(first) == {"ref", "segment_id", "collection", "traits", "external_ids", "links",
-                          "metadata"}
+    assert set(first) == {
+        "ref",
+        "segment_id",
+        "collection",
+        "traits",
+        "external_ids",
+        "links",
+        "metadata",
+    }
     assert first["ref"] == "email:u1@x.com"
     assert first["traits"] == {"email": "U1@X.com", "plan": "pro"}
     assert {(e["type"], e["id"]) for e in first["external_ids"]} == {
-        ("anonymous_id", "a2"), ("anonymous_id", "a3"), ("user_id", "u1"),
-        ("email", "u1@x.com")}
-    assert all(set(e) == {"type", "id", "collection", "source_id", "created_at"}
-               for e in first["external_ids"])
+        ("anonymous_id", "a2"),
+        ("anonymous_id", "a3"),
+        ("user_id", "u1"),
+        ("email", "u1@x.com"),
+    }
+    assert all(
+        set(e) == {"type", "id", "collection", "source_id", "created_at"}
+        for e in first["external_ids"]
+    )
     assert {e["source_id"] for e in first["external_ids"]} == {"backfill"}
     assert second == {"ref": "user_id:none", "error": "not_found"}
     code, out = run("profile", "--config", str(cfg), "anonymous_id:a1")
@@ -91,8 +119,11 @@ def test_import_resumes_and_skips_what_is_stored(tmp_path: Path) -> None:
         f.write(json.dumps({"type": "page", "anonymousId": "no-id"}) + "\n")
     code, out = run("import", "--config", str(cfg), str(path))
     assert code == 0, out
-    lines = {row.split("│")[1].strip(): row.split("│")[2].strip()
-             for row in out.splitlines() if row.count("│") == 3}
+    lines = {
+        row.split("│")[1].strip(): row.split("│")[2].strip()
+        for row in out.splitlines()
+        if row.count("│") == 3
+    }
     assert lines["events"] == "11"
     assert lines["resumed past"].endswith("bytes") and lines["resumed past"] != "0 bytes"
     # A fresh source reads everything again; messages without messageId get a stable one,
@@ -100,16 +131,25 @@ def test_import_resumes_and_skips_what_is_stored(tmp_path: Path) -> None:
     code, out = run("import", "--config", str(cfg), "--source", "again", str(path))
     assert code == 0
     code, out = run("import", "--config", str(cfg), "--source", "again", str(path))
-    lines = {row.split("│")[1].strip(): row.split("│")[2].strip()
-             for row in out.splitlines() if row.count("│") == 3}
+    lines = {
+        row.split("│")[1].strip(): row.split("│")[2].strip()
+        for row in out.splitlines()
+        if row.count("│") == 3
+    }
     assert lines["events"] == "0"
 
 
 def test_import_reports_invalid_lines_without_stopping(tmp_path: Path) -> None:
     cfg = config_file(tmp_path)
     path = tmp_path / "events.jsonl"
-    path.write_text(json.dumps(track(1)) + "\n{broken\n" + json.dumps({"type": "track"}) + "\n"
-                    + json.dumps(track(2)) + "\n")
+    path.write_text(
+        json.dumps(track(1))
+        + "\n{broken\n"
+        + json.dumps({"type": "track"})
+        + "\n"
+        + json.dumps(track(2))
+        + "\n"
+    )
     result = CliRunner().invoke(main, ["import", "--config", str(cfg), str(path)])
     assert result.exit_code == 0
     assert "invalid lines" in result.output

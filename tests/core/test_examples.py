@@ -82,7 +82,11 @@ def test_example_b_shared_anonymous_id_keeps_two_signups_apart(make_engine: Make
     assert [v.type for v in u2.violations] == ["anonymous_id"]
     [logged] = engine.violations()
     assert (logged["type"], logged["id"], logged["rule"], logged["message_id"]) == (
-        "anonymous_id", "a1", "limit_exceeded", u2.message_id)
+        "anonymous_id",
+        "a1",
+        "limit_exceeded",
+        u2.message_id,
+    )
 
 
 def test_example_c_library_problem_shared_device(make_engine: MakeEngine) -> None:
@@ -176,7 +180,10 @@ def test_example_e_two_anonymous_profiles_joined_by_email(make_engine: MakeEngin
     assert len(engine.events(p1.segment_id)) == 4  # history of both, after the merge
     [merge] = engine.merges(p2.segment_id)
     assert (merge["from_segment_id"], merge["into_segment_id"], merge["message_id"]) == (
-        p2.segment_id, p1.segment_id, joined.message_id)
+        p2.segment_id,
+        p1.segment_id,
+        joined.message_id,
+    )
 
 
 def test_example_f_flowchart_merge_into_the_oldest(make_engine: MakeEngine) -> None:

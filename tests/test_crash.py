@@ -286,11 +286,6 @@ def kill_holding_a_batch(path: Path) -> list[tuple[int, str]]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: the SQLite committer process outlives a SIGKILLed engine and commits "
-    "what it had queued after a new engine has loaded the graph",
-)
 def test_nothing_is_written_behind_a_restarted_engine(tmp_path: Path) -> None:
     """The engine process is killed while a helper process of its own (the SQLite committer)
     still holds an unacknowledged batch; a new engine then opens the store. Whatever the old

@@ -10,6 +10,7 @@ their own connections (one per thread).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import subprocess
@@ -115,6 +116,24 @@ class SQLiteTransaction(Transaction):
         self.rows, self.store.next_seq = rows_from_plans(plans, self.graph, self.store.next_seq)
 
 
+def _writer_lock(path: Path, timeout: float) -> int:
+    """Take the store's exclusive writer lock (`<db>.lock`), waiting up to `timeout` s."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise StorageError(
+                    f"another idstitch process is writing to {path} (it holds {path}.lock); "
+                    "stop it, or point this one at another store."
+                ) from None
+            time.sleep(0.05)
+
+
 class SQLiteStore(Store):
     """Resolution happens in memory under `batch`; writing happens in a committer process.
 
@@ -133,11 +152,13 @@ class SQLiteStore(Store):
         *,
         checkpoint_interval: float = 0.5,
         max_commit_events: int = 5000,
+        lock_timeout: float = 30.0,
     ):
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _writer_lock(self.path, lock_timeout)
             self._conn = _connect(self.path)
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except (OSError, sqlite3.Error) as err:
@@ -229,7 +250,10 @@ class SQLiteStore(Store):
                     str(to_parent),
                     str(self.max_commit_events),
                 ],
-                pass_fds=(from_parent, to_parent),
+                # The child inherits the writer lock too: the lock lasts as long as either
+                # process, so a new engine cannot load the graph while an old committer of a
+                # killed engine still writes.
+                pass_fds=(from_parent, to_parent, self._lock_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
             )
@@ -335,6 +359,7 @@ class SQLiteStore(Store):
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._conn.close()
+        os.close(self._lock_fd)
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()

@@ -125,7 +125,7 @@ class App:
             headers.append((b"request-id", self._request_id()))
             body = profile_body(err, status)
         else:
-            body = tracking_body(err, status)
+            body = tracking_body(err)
         index = getattr(err, "index", None)
         # The code and index only: a message can quote the payload it rejects.
         self.rejections.event(
@@ -167,7 +167,7 @@ class App:
             return status
         if path == "/metrics":
             text = render(self.engine.metrics, self.http)
-            await send_bytes(send, 200, text.encode(), b"text/plain; version=0.0.4")
+            await send_bytes(send, 200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
         elif path == "/openapi.json":
             await send_bytes(send, 200, self._openapi, JSON)
         elif path == "/docs":

@@ -93,7 +93,7 @@ def retry_headers(status: int) -> list[tuple[bytes, bytes]]:
     return []
 
 
-def tracking_body(err: IdstitchError, status: int) -> dict[str, Any]:
+def tracking_body(err: IdstitchError) -> dict[str, Any]:
     body: dict[str, Any] = {"success": False, "code": err.code, "message": str(err)}
     if isinstance(err, InvalidMessage) and err.index is not None:
         body["index"] = err.index

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from idstitch import profiles
 from idstitch.config import Settings
@@ -29,20 +30,21 @@ ROUTE_HELP = (
 )
 
 
+@dataclass(frozen=True, slots=True)
 class Target:
     """A parsed Profile API request: which space, collection, reference and resource."""
 
-    __slots__ = ("collection", "ref", "resource", "space")
-
-    def __init__(self, space: str, collection: str, ref: str, resource: str):
-        self.space, self.collection, self.ref, self.resource = space, collection, ref, resource
+    space: str
+    collection: str
+    ref: str
+    resource: str
 
 
 def parse_path(scope: Scope) -> Target:
     """Split the raw path, so an encoded `/` (`%2F`) inside a reference stays in it."""
     raw: bytes | None = scope.get("raw_path")
-    path = raw.decode("latin-1") if raw is not None else scope["path"]
-    parts = path.split("?", 1)[0].split("/")
+    path = raw.split(b"?", 1)[0] if raw is not None else scope["path"].encode()
+    parts = [unquote_to_bytes(part).decode("utf-8", "replace") for part in path.split(b"/")]
     # "", "v1", "spaces", space, "collections", collection, "profiles", ref, resource
     if (
         len(parts) != 9
@@ -51,7 +53,7 @@ def parse_path(scope: Scope) -> Target:
         or (parts[6] != "profiles")
     ):
         raise NotFound(f"no route matches this path; {ROUTE_HELP}.")
-    space, collection, ref, resource = (unquote(parts[i]) for i in (3, 5, 7, 8))
+    space, collection, ref, resource = (parts[i] for i in (3, 5, 7, 8))
     if resource not in RESOURCES:
         raise NotFound(
             f"{resource!r} is not a profile resource; use one of {', '.join(RESOURCES)}."

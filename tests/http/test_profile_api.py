@@ -124,6 +124,11 @@ def test_url_encoded_references_find_the_profile(
     assert body["metadata"]["segment_id"] == canonical(engine, "user_id:ann")
 
 
+def test_a_non_ascii_reference_is_decoded_as_utf8(client: TestClient, engine: Engine) -> None:
+    engine.ingest({"type": "identify", "userId": "josé/ü", "traits": {"x": 2}}, source="web")
+    assert get(client, profile_url("user_id:jos%C3%A9%2F%C3%BC", "traits"))["traits"] == {"x": 2}
+
+
 def test_an_encoded_slash_stays_inside_the_reference(client: TestClient, engine: Engine) -> None:
     engine.ingest({"type": "identify", "userId": "team/ann", "traits": {"x": 1}}, source="web")
     assert get(client, profile_url("user_id:team%2Fann", "traits"))["traits"] == {"x": 1}

@@ -33,7 +33,10 @@ def timestamp_of(text: str) -> int:
         raise ValueError(f"a KSUID has {LENGTH} characters, got {len(text)}")
     number = 0
     for char in text:
-        number = number * 62 + _INDEX[char]
+        digit = _INDEX.get(char)
+        if digit is None:
+            raise ValueError(f"{char!r} is not a base-62 digit")
+        number = number * 62 + digit
     return (number >> 128) + EPOCH
 
 

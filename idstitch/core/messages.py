@@ -203,7 +203,7 @@ def validate(message: Message, type_: str) -> None:
     if type_ == "track":
         if message.event is None:
             raise InvalidMessage("track needs `event`; add the event name.", "event_not_defined")
-        if not isinstance(message.event, str) or not message.event.strip():
+        if not isinstance(message.event, str) or not message.event:
             raise InvalidMessage(
                 "field `event` must be a non-empty string; send the event name as text.",
                 "event_not_string",

@@ -196,9 +196,20 @@ class SQLiteStore(Store):
 
     # ---- startup -------------------------------------------------------------------------
     def _load(self) -> None:
-        """Rebuild the in-memory graph from the tables."""
+        """Rebuild the in-memory graph from the tables, in one read transaction."""
+        with self._snapshot() as c:
+            self._load_from(c)
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN")
+        try:
+            yield self._conn
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _load_from(self, c: sqlite3.Connection) -> None:
         graph = Graph()
-        c = self._conn
         max_id = 0
         for pid, segment_id, canonical, created_at, merges in c.execute(
             "SELECT id, segment_id, canonical_id, created_at, merges FROM profiles"

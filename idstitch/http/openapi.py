@@ -49,7 +49,7 @@ _MESSAGES: dict[str, Schema] = {
     "identify": {"properties": {"traits": _OBJECT}, "anyOf": _USER_OR_ANON},
     "track": {
         "properties": {
-            "event": {"type": "string", "minLength": 1, "pattern": r"\S"},
+            "event": {"type": "string", "minLength": 1},
             "properties": _OBJECT,
         },
         "required": ["event"],

@@ -286,7 +286,8 @@ class Engine:
             else StorageError(f"the batch could not be stored: {err}")
         )
         for ticket in tickets:
-            ticket.future.set_exception(failure)
+            if not ticket.future.done():  # a caller may have cancelled its future
+                ticket.future.set_exception(failure)
 
     def _acknowledge(
         self, tickets: list[Ticket], results: list[list[Plan]], fresh: list[Plan], started: float
@@ -295,7 +296,8 @@ class Engine:
         self._count(fresh, sum(len(r) for r in results), done - started)
         for ticket, plans in zip(tickets, results, strict=True):
             ticket.committed = done
-            ticket.future.set_result(plans)
+            if not ticket.future.done():
+                ticket.future.set_result(plans)
 
     def _count(self, fresh: Sequence[Plan], total: int, seconds: float) -> None:
         m = self.metrics

@@ -112,6 +112,11 @@ def _decode_error(err: msgspec.DecodeError) -> InvalidMessage:
     if field:
         problem = text.split(" - at ")[0]
         return InvalidMessage(f"field `{field}`: {problem}; fix the value and resend.", code)
+    if text.startswith("Expected `object`"):
+        return InvalidMessage(
+            f"the message is not a JSON object ({text}); send one object per message.",
+            "invalid_message",
+        )
     return InvalidMessage(f"the body is not valid JSON ({text}); send a JSON object.", code)
 
 

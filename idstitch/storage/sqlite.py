@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -114,6 +115,22 @@ class SQLiteTransaction(Transaction):
 
     def apply(self, plans: list[Plan]) -> None:
         self.rows, self.store.next_seq = rows_from_plans(plans, self.graph, self.store.next_seq)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reads(method: F) -> F:
+    """Report a failed read as StorageError (HTTP 503), naming the store."""
+
+    @functools.wraps(method)
+    def wrapper(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as err:
+            raise StorageError(f"reading the SQLite store at {self.path} failed: {err}") from None
+
+    return cast(F, wrapper)
 
 
 def _writer_lock(path: Path, timeout: float) -> int:
@@ -391,6 +408,7 @@ class SQLiteStore(Store):
             r[0] for r in conn.execute("SELECT id FROM profiles WHERE canonical_id = ?", (pid,))
         ]
 
+    @_reads
     def find_by_identifier(self, collection: str, type_: str, value: str) -> ProfileRow | None:
         row = (
             self._read()
@@ -404,6 +422,7 @@ class SQLiteStore(Store):
         )
         return ProfileRow(*row) if row else None
 
+    @_reads
     def find_by_segment_id(self, segment_id: str) -> ProfileRow | None:
         row = (
             self._read()
@@ -416,6 +435,7 @@ class SQLiteStore(Store):
         )
         return ProfileRow(*row) if row else None
 
+    @_reads
     def traits(self, pid: int) -> list[TraitRow]:
         conn = self._read()
         best: dict[str, tuple[float, int, str | None, str]] = {}
@@ -433,6 +453,7 @@ class SQLiteStore(Store):
             if v[2] is not None
         ]
 
+    @_reads
     def external_ids(self, pid: int) -> list[ExternalIdRow]:
         conn = self._read()
         rows: list[ExternalIdRow] = []
@@ -448,6 +469,7 @@ class SQLiteStore(Store):
         rows.sort(key=lambda r: (r.created_at, r.type, r.id))
         return rows
 
+    @_reads
     def events(
         self,
         pid: int,
@@ -500,6 +522,7 @@ class SQLiteStore(Store):
             for r in conn.execute(sql, args)
         ]
 
+    @_reads
     def links(self, pid: int) -> list[ProfileRow]:
         conn = self._read()
         row = conn.execute("SELECT collection FROM profiles WHERE id = ?", (pid,)).fetchone()
@@ -520,6 +543,7 @@ class SQLiteStore(Store):
             )
         ]
 
+    @_reads
     def merges(self, pid: int) -> list[MergeRow]:
         conn = self._read()
         members = self._members(conn, pid)
@@ -534,6 +558,7 @@ class SQLiteStore(Store):
             )
         ]
 
+    @_reads
     def violations(self, limit: int = 100) -> list[ViolationRow]:
         return [
             ViolationRow(*r)
@@ -544,6 +569,7 @@ class SQLiteStore(Store):
             )
         ]
 
+    @_reads
     def stats(self) -> Stats:
         conn = self._read()
 
@@ -565,6 +591,7 @@ class SQLiteStore(Store):
             return False
         return True
 
+    @_reads
     def import_offset(self, name: str) -> int:
         row = (
             self._read()

@@ -185,7 +185,7 @@ def test_non_json_body_without_basic_is_400(client: TestClient) -> None:
         ("page", {"userId": "u1", "name": ""}, "name_not_string"),
         ("identify", {"userId": "u1", "timestamp": "yesterday"}, "invalid_timestamp"),
         ("identify", {"userId": {"nested": 1}}, "invalid_message"),
-        ("identify", [1, 2], "invalid_json"),
+        ("identify", [1, 2], "invalid_message"),
     ],
 )
 def test_invalid_single_message_is_400_and_names_the_problem(

@@ -23,7 +23,7 @@ from idstitch import profiles
 from idstitch.config import Settings
 from idstitch.core.identifiers import Extracted, Extractor
 from idstitch.core.ksuid import segment_id as new_segment_id
-from idstitch.core.messages import Prepared, encode, prepare
+from idstitch.core.messages import MAX_MESSAGE_BYTES, Prepared, encode, prepare
 from idstitch.core.plan import Plan, Violation
 from idstitch.core.planner import apply_plan, keys_of, plan_message
 from idstitch.errors import IdstitchError, InvalidMessage, Overloaded, StorageError
@@ -128,6 +128,7 @@ class Engine:
         sent_at: str | None = None,
         keep_received_at: bool = False,
         fallback_id: Callable[[], str] | None = None,
+        max_bytes: int | None = MAX_MESSAGE_BYTES,
     ) -> Item:
         """Validate one message (raises InvalidMessage) and extract its identifiers."""
         if isinstance(message, dict):
@@ -147,6 +148,7 @@ class Engine:
             sent_at=sent_at,
             keep_received_at=keep_received_at,
             fallback_id=fallback_id,
+            max_bytes=max_bytes,
         )
         return prepared, self.extractor.extract(prepared.message, prepared.type)
 

@@ -254,15 +254,17 @@ def prepare(
     sent_at: str | None = None,
     keep_received_at: bool = False,
     fallback_id: Callable[[], str] | None = None,
+    max_bytes: int | None = MAX_MESSAGE_BYTES,
 ) -> Prepared:
     """Decode and validate one message. `type_` comes from the route for single calls.
 
     With `keep_received_at` (imports of exported data), a message's own `receivedAt` wins.
     `fallback_id` names a message that has no `messageId` (default: a random id).
+    `max_bytes=None` skips the size check (for an item already checked as received).
     """
-    if len(raw) > MAX_MESSAGE_BYTES:
+    if max_bytes is not None and len(raw) > max_bytes:
         raise PayloadTooLarge(
-            f"a message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES} bytes per message."
+            f"a message is {len(raw)} bytes; the limit is {max_bytes} bytes per message."
         )
     message = decode_message(raw)
     kind = type_ or message.type

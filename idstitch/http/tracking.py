@@ -130,9 +130,11 @@ def prepare_batch(
                     "the message is not a JSON object; send each batch item as an object.",
                     "invalid_message",
                 )
-            if shared:
+            if shared:  # the limit applies to the item as received, checked above
                 item = merge_batch_defaults(message, batch)
-            items.append(engine.prepare(item, received_at=received_at, sent_at=batch.sentAt))
+            items.append(
+                engine.prepare(item, received_at=received_at, sent_at=batch.sentAt, max_bytes=None)
+            )
         except InvalidMessage as err:
             raise err.at_index(index) from None
     return source, items

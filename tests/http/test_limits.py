@@ -174,3 +174,13 @@ def test_other_content_encodings_are_415(client: TestClient) -> None:
     response = client.post("/v1/track", content=b"...", headers=headers)
     assert response.status_code == 415
     assert "gzip" in response.json()["message"]
+
+
+def test_the_item_limit_applies_to_items_as_received(client: TestClient, engine: Engine) -> None:
+    """A batch's shared `context` is merged into each item after the 32 KiB check, so items
+    under the limit as sent are accepted even when the merged message is larger."""
+    item = json.loads(padded({"type": "identify", "userId": "big-context"}, 30_000))
+    body = {"batch": [item], "context": {"note": "y" * 20_000}}
+    response = client.post("/v1/batch", content=json.dumps(body).encode(), headers=JSON)
+    assert response.status_code == 200, response.text
+    assert engine.profile("user_id:big-context")["segment_id"].startswith("use_")

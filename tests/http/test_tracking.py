@@ -380,3 +380,26 @@ def test_tracking_routes_take_post_only(client: TestClient) -> None:
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
     assert response.json()["success"] is False
+
+
+# ---- browsers ------------------------------------------------------------------------------
+def test_browsers_may_post_events_from_any_origin(client: TestClient) -> None:
+    """analytics.js posts from web pages: the Tracking API answers CORS preflights and marks
+    every answer, errors included, as readable from any origin."""
+    preflight = client.options(
+        "/v1/track",
+        headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert "Authorization" in preflight.headers["access-control-allow-headers"]
+    ok = client.post(
+        "/v1/track",
+        content=f'{{"event": "E", "userId": "u-cors", "writeKey": "{WRITE_KEY}"}}',
+        headers={"Content-Type": "text/plain", "Origin": "https://shop.example"},
+    )
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "*"
+    refused = client.post("/v1/track", content=b'{"event": "E", "userId": "u"}')
+    assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "*"
+    assert "access-control-allow-origin" not in client.get("/healthz").headers

@@ -200,7 +200,7 @@ def check_graph(engine: Engine) -> None:
             assert owner is state, f"{ident}: the graph says {owner}, the store {state}"
             stamps[ext.type].append(ext.created_at)
         assert {t: sorted(s) for t, s in stamps.items()} == {
-            t: sorted(s) for t, s in state.stamps.items() if s
+            t: sorted(s) for t, s in state.stamp_lists().items() if s
         }
     assert len(owners) == engine.store.stats().identifiers
     assert len(graph.owners) == len(owners)

@@ -21,24 +21,34 @@ class ProfileState:
         self.created_at = created_at
         self.merges = merges
         self.n_ids = 0
-        # type -> event times at which each of its values was first attached
-        self.stamps: dict[str, list[float]] = {}
+        # type -> the event time(s) at which each of its values was first attached: a bare
+        # float while the profile holds one value of the type (most do), else a list.
+        self.stamps: dict[str, float | list[float]] = {}
 
     def count(self, type_: str, at: float, window: float | None) -> int:
-        stamps = self.stamps.get(type_)
-        if not stamps:
+        held = self.stamps.get(type_)
+        if held is None:
             return 0
+        if isinstance(held, float):
+            return 1 if window is None or abs(held - at) < window else 0
         if window is None:
-            return len(stamps)
-        return sum(1 for s in stamps if abs(s - at) < window)
+            return len(held)
+        return sum(1 for s in held if abs(s - at) < window)
 
     def add(self, type_: str, stamp: float) -> None:
-        stamps = self.stamps.get(type_)
-        if stamps is None:
-            self.stamps[type_] = [stamp]
+        stamp = float(stamp)
+        held = self.stamps.get(type_)
+        if held is None:
+            self.stamps[type_] = stamp
+        elif isinstance(held, float):
+            self.stamps[type_] = [held, stamp]
         else:
-            stamps.append(stamp)
+            held.append(stamp)
         self.n_ids += 1
+
+    def stamp_lists(self) -> dict[str, list[float]]:
+        """The stamps as lists, whatever their compact form."""
+        return {t: [s] if isinstance(s, float) else list(s) for t, s in self.stamps.items()}
 
     def __repr__(self) -> str:
         return f"ProfileState({self.segment_id}, ids={self.n_ids}, merges={self.merges})"
@@ -92,12 +102,15 @@ class Graph:
 
     def merge(self, into: ProfileState, others: Iterable[ProfileState]) -> None:
         for other in others:
-            for type_, stamps in other.stamps.items():
+            for type_, held in other.stamps.items():
+                theirs = [held] if isinstance(held, float) else held
                 mine = into.stamps.get(type_)
                 if mine is None:
-                    into.stamps[type_] = list(stamps)
+                    into.stamps[type_] = held if isinstance(held, float) else list(held)
+                elif isinstance(mine, float):
+                    into.stamps[type_] = [mine, *theirs]
                 else:
-                    mine.extend(stamps)
+                    mine.extend(theirs)
             into.n_ids += other.n_ids
             into.merges += other.merges + 1
             self.parent[other.pid] = into.pid

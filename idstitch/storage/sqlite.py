@@ -167,7 +167,7 @@ class SQLiteStore(Store):
         self,
         path: Path | str,
         *,
-        checkpoint_interval: float = 0.5,
+        checkpoint_interval: float = 2.0,
         max_commit_events: int = 5000,
         lock_timeout: float = 30.0,
     ):
@@ -254,6 +254,8 @@ class SQLiteStore(Store):
         self.next_seq = row[0] + 1
 
     def _checkpoint_loop(self, interval: float) -> None:
+        # Every 2 s rather than more often: each checkpoint's writes and fsync compete with the
+        # commits' fsyncs, and pages rewritten between two checkpoints are copied only once.
         conn = _connect(self.path)
         try:
             while not self._closing.wait(interval):

@@ -24,7 +24,7 @@ def _violation(ident: Identifier, rule: str, detail: str) -> Violation:
 def _over_limit(
     matched: list[ProfileState], new: list[Identifier], rules: IdentityRules, at: float
 ) -> tuple[str, str] | None:
-    """The first type that this message makes grow past its limit, with the rule name."""
+    """(rule, detail) for the first type this message makes grow past its limit, or None."""
     if len(matched) > 1:
         types: set[str] = {i.type for i in new}
         for state in matched:
@@ -40,9 +40,7 @@ def _over_limit(
         would = sum(held) + sum(1 for i in new if i.type == type_)
         if would > limit.max and would > max(held, default=0):
             rule = "limit_exceeded" if window is None else "time_limit_exceeded"
-            return type_, f"{rule}: {type_} would hold {would} values, over its limit of " + (
-                limit.describe()
-            )
+            return rule, f"{type_} would hold {would} values, over its limit of {limit.describe()}"
     return None
 
 
@@ -151,8 +149,7 @@ def resolve_side(
         over = _over_limit(matched, new, rules, at)
         if over is not None:
             victim = live.pop()
-            rule, _, detail = over[1].partition(": ")
-            violations.append(_violation(victim, rule, detail))
+            violations.append(_violation(victim, *over))
             continue
         break
     used = [(i.type, i.value) for i in live]

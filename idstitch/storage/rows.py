@@ -120,16 +120,10 @@ def rows_from_plans(plans: list[Plan], graph: Graph, seq: int) -> tuple[BatchRow
                 rows.traits.append((owner, key, encoded, ts, seq, source))
         if user_pid is not None and account_pid is not None:
             rows.links.append((user_pid, account_pid, source, plan.received_at))
-        for side in (users, accounts):
-            if side is not None:
-                for v in side.violations:
-                    rows.violations.append(
-                        (source, mid, v.collection, v.type, v.value, v.rule, v.detail, ts)
-                    )
-        for v in plan.violations:
-            rows.violations.append(
-                (source, mid, v.collection, v.type, v.value, v.rule, v.detail, ts)
-            )
+        rows.violations.extend(
+            (source, mid, v.collection, v.type, v.value, v.rule, v.detail, ts)
+            for v in plan.all_violations()
+        )
         seq += 1
     for pid in targets:
         state = graph.profiles.get(pid)

@@ -6,6 +6,7 @@ The 27-character text form sorts by creation second, like Segment's own ids.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 EPOCH = 1_400_000_000
@@ -15,10 +16,39 @@ _INDEX = {c: i for i, c in enumerate(ALPHABET)}
 LENGTH = 27
 
 
+class _RandomBytes:
+    """os.urandom in chunks: one system call per 256 ids instead of one each (a system call
+    in the writer thread lets other threads take the GIL). Emptied in a forked child, which
+    must not reuse its parent's bytes."""
+
+    CHUNK = 16 * 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._chunk = b""
+        self._at = 0
+
+    def take16(self) -> bytes:
+        with self._lock:
+            at = self._at
+            if at >= len(self._chunk):
+                self._chunk, at = os.urandom(self.CHUNK), 0
+            self._at = at + 16
+            return self._chunk[at : at + 16]
+
+    def forget(self) -> None:
+        self._lock = threading.Lock()
+        self._chunk, self._at = b"", 0
+
+
+_random = _RandomBytes()
+os.register_at_fork(after_in_child=_random.forget)
+
+
 def ksuid(now: float | None = None) -> str:
     """A new KSUID in its 27-character text form."""
     seconds = int(time.time() if now is None else now) - EPOCH
-    number = (max(seconds, 0) << 128) | int.from_bytes(os.urandom(16), "big")
+    number = (max(seconds, 0) << 128) | int.from_bytes(_random.take16(), "big")
     chunks = []
     # Two base-62 digits per step: 14 steps cover 28 digits; the top one is always zero.
     for _ in range(14):

@@ -45,6 +45,7 @@ from idstitch.storage.base import (
 )
 from idstitch.storage.migrations import SQLITE as MIGRATIONS
 from idstitch.storage.rows import BatchRows, identifier_hash, message_hash, rows_from_plans
+from idstitch.storage.seen_filter import SeenFilter
 
 _ext_decoder = msgspec.json.Decoder(list[tuple[str, str, str]])
 _PROFILE_COLUMNS = (
@@ -97,9 +98,20 @@ class SQLiteTransaction(Transaction):
 
     def seen(self, source_id: str, message_ids: list[str]) -> set[str]:
         # Batches still on their way to disk first, then the table: a batch leaves the
-        # in-flight set only after its commit, so nothing falls between the two checks.
-        found = {m for m in message_ids if (source_id, m) in self.store.inflight}
-        by_hash = {message_hash(source_id, m): m for m in message_ids}
+        # in-flight set only after its commit, so nothing falls between the two checks. The
+        # table is asked only about what the in-memory filter cannot rule out.
+        inflight, maybe = self.store.inflight, self.store.stored.may_contain
+        found: set[str] = set()
+        by_hash: dict[int, str] = {}
+        for m in message_ids:
+            if (source_id, m) in inflight:
+                found.add(m)
+            else:
+                h = message_hash(source_id, m)
+                if maybe(h):
+                    by_hash[h] = m
+        if not by_hash:
+            return found
         hashes = list(by_hash)
         conn = self.store._read()
         for start in range(0, len(hashes), 500):
@@ -192,6 +204,7 @@ class SQLiteStore(Store):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self.graph = Graph()
+        self.stored: SeenFilter  # the messages already stored, set by _load
         self.next_seq = 1
         self._load()
         self.inflight: set[tuple[str, str]] = set()
@@ -250,8 +263,13 @@ class SQLiteStore(Store):
             owners[key_of(coll, type_, value)] = state.pid
             state.add(types.setdefault(type_, type_), created_at)
         self.graph = graph
-        row = c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-        self.next_seq = row[0] + 1
+        count, last = c.execute("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM events").fetchone()
+        stored = SeenFilter(max(1 << 20, 2 * count))
+        add = stored.add
+        for (h,) in c.execute("SELECT msg_hash FROM events"):
+            add(h)
+        self.stored = stored
+        self.next_seq = last + 1
 
     def _checkpoint_loop(self, interval: float) -> None:
         # Every 2 s rather than more often: each checkpoint's writes and fsync compete with the
@@ -369,6 +387,9 @@ class SQLiteStore(Store):
             # acknowledged before the batch holding the originals is on disk.
             rows = tx.rows if tx.rows is not None else BatchRows()
             self.inflight.update(rows.message_keys)
+            add = self.stored.add
+            for event in rows.events:
+                add(event[1])  # its msg_hash
             tx.done = self._send("rows", sqlite_committer.payload_of(rows), rows.message_keys)
 
     def close(self) -> None:

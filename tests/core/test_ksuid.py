@@ -7,6 +7,7 @@ The decoder below is written from that description, independently of `idstitch.c
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from types import SimpleNamespace
@@ -41,8 +42,8 @@ def decode(text: str) -> tuple[int, bytes]:
 
 
 def with_payload(monkeypatch: pytest.MonkeyPatch, payload: bytes) -> None:
-    """Make the module's random source return `payload` (its own `os` name only)."""
-    monkeypatch.setattr(ksuid, "os", SimpleNamespace(urandom=lambda n: payload[:n]))
+    """Make the module's random source return `payload`."""
+    monkeypatch.setattr(ksuid, "_random", SimpleNamespace(take16=lambda: payload[:16]))
 
 
 @pytest.mark.parametrize("collection,prefix", [("users", "use_"), ("accounts", "acc_")])
@@ -60,6 +61,22 @@ def test_segment_ids_are_unique() -> None:
     made = {ksuid.segment_id("users") for _ in range(2000)}
     assert len(made) == 2000
     assert len({decode(m[4:])[1] for m in made}) == 2000  # the payloads differ, not only the text
+
+
+def test_a_forked_child_does_not_reuse_its_parents_random_bytes() -> None:
+    ksuid.ksuid()  # the parent now holds a chunk of random bytes
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one id down the pipe, then leave at once
+        os.write(write, ksuid.ksuid().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    parent = ksuid.ksuid()  # the next id the parent's chunk gives
+    assert len(child) == 27
+    assert decode(child)[1] != decode(parent)[1]
 
 
 @pytest.mark.parametrize("text,seconds,payload", KNOWN)

@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -54,6 +55,22 @@ VENV_BIN = Path(sys.executable).parent
 
 
 # ---- statistics --------------------------------------------------------------------------------
+class Timing(NamedTuple):
+    """A settled ticket's times. The benchmark keeps these, not the tickets: a ticket holds its
+    messages and plans, which a server lets go of once it has answered, and holding on to
+    hundreds of thousands of them would make the garbage collector walk them again and again."""
+
+    arrived: float
+    resolved: float
+    committed: float
+    count: int
+
+    @classmethod
+    def of(cls, ticket: Ticket) -> Timing:
+        ticket.future.result()
+        return cls(ticket.arrived, ticket.resolved, ticket.committed, len(ticket.items))
+
+
 def percentiles(pairs: Iterable[tuple[float, int]], qs: Sequence[float]) -> list[float]:
     """Weighted percentiles (nearest rank) of (value, weight) pairs."""
     ordered = sorted(pairs)
@@ -86,10 +103,10 @@ class Latency:
     ack: list[float]
 
     @classmethod
-    def of(cls, tickets: Sequence[Ticket]) -> Latency:
+    def of(cls, tickets: Sequence[Timing]) -> Latency:
         qs = (0.50, 0.95, 0.99)
-        resolve = [((t.resolved - t.arrived) * 1e3, len(t.items)) for t in tickets]
-        ack = [((t.committed - t.arrived) * 1e3, len(t.items)) for t in tickets]
+        resolve = [((t.resolved - t.arrived) * 1e3, t.count) for t in tickets]
+        ack = [((t.committed - t.arrived) * 1e3, t.count) for t in tickets]
         return cls(percentiles(resolve, qs), percentiles(ack, qs))
 
     @classmethod
@@ -123,12 +140,12 @@ class EngineRun:
 
 
 def _finish(
-    engine: Engine, tickets: Sequence[Ticket], seconds: float, lag: float, rejected: int
+    engine: Engine, tickets: Sequence[Timing], seconds: float, lag: float, rejected: int
 ) -> EngineRun:
     m = engine.metrics
     graph = getattr(engine.store, "graph", None)
     return EngineRun(
-        rate=sum(len(t.items) for t in tickets) / seconds,
+        rate=sum(t.count for t in tickets) / seconds,
         latency=Latency.of(tickets),
         events=m.events,
         commits=m.commits,
@@ -157,7 +174,7 @@ def closed_loop(
     if profiles is not None:
         profiles["writer"] = _profile_writer(engine)
         profile = profiles["submitting"] = cProfile.Profile()
-    tickets: list[Ticket] = []
+    tickets: list[Timing] = []
     inflight: deque[Ticket] = deque()
     prepare, submit = engine.prepare, engine.submit
     try:
@@ -166,13 +183,12 @@ def closed_loop(
         started = time.perf_counter()
         for start in range(0, len(messages), ticket_size):
             items = [prepare(raw) for raw in messages[start : start + ticket_size]]
-            ticket = submit(items, SOURCE)
-            tickets.append(ticket)
-            inflight.append(ticket)
+            inflight.append(submit(items, SOURCE))
+            del items
             if len(inflight) >= window:
-                inflight.popleft().future.result()
-        for ticket in inflight:
-            ticket.future.result()
+                tickets.append(Timing.of(inflight.popleft()))
+        while inflight:
+            tickets.append(Timing.of(inflight.popleft()))
         seconds = time.perf_counter() - started
         if profile is not None:
             profile.disable()
@@ -184,7 +200,8 @@ def closed_loop(
 def open_loop(messages: Sequence[bytes], db: Path, rate: float, ticket_size: int) -> EngineRun:
     """Submit a ticket every `ticket_size / rate` seconds, on schedule, whatever the backlog."""
     engine = Engine(settings_for(db))
-    tickets: list[Ticket] = []
+    tickets: list[Timing] = []
+    inflight: deque[Ticket] = deque()
     lags: list[tuple[float, int]] = []
     rejected = 0
     interval = ticket_size / rate
@@ -202,10 +219,13 @@ def open_loop(messages: Sequence[bytes], db: Path, rate: float, ticket_size: int
             except Overloaded:
                 rejected += len(items)
                 continue
-            tickets.append(ticket)
+            inflight.append(ticket)
             lags.append(((ticket.arrived - due) * 1e3, len(items)))
-        for ticket in tickets:
-            ticket.future.result()
+            del ticket, items
+            while inflight and inflight[0].future.done():  # let go of what was answered
+                tickets.append(Timing.of(inflight.popleft()))
+        while inflight:
+            tickets.append(Timing.of(inflight.popleft()))
         seconds = time.perf_counter() - started
         return _finish(engine, tickets, seconds, percentiles(lags, (0.99,))[0], rejected)
     finally:

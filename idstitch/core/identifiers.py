@@ -174,9 +174,13 @@ class Extractor:
                     dropped.append(drop)
         if len(out) > 1:
             rank = self.rules.rank
-            ranks = [rank(i.type) for i in out]
-            if any(a > b for a, b in itertools.pairwise(ranks)):
-                out.sort(key=lambda i: rank(i.type))  # stable: ties keep extraction order
+            last = rank(out[0].type)
+            for ident in out:
+                here = rank(ident.type)
+                if here < last:
+                    out.sort(key=lambda i: rank(i.type))  # stable: ties keep extraction order
+                    break
+                last = here
         return out
 
     def _judge(self, collection: str, prefix: str, type_: str, raw: Any) -> Identifier | Dropped:

@@ -9,6 +9,7 @@ completes the callers' futures: that is group commit, and an acknowledged messag
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
 from collections import deque
@@ -95,7 +96,7 @@ class Engine:
         *,
         max_batch: int = 1000,
         max_pending: int = 200_000,
-        tune_gc: bool = True,
+        tune_gc: bool = True,  # also the thread switch interval (process-wide settings)
     ):
         self.settings = settings
         self.rules = settings.rules
@@ -115,6 +116,10 @@ class Engine:
             gc.collect()
             gc.freeze()
             gc.set_threshold(50_000, 50, 100)
+            # A message crosses threads (request -> writer -> acknowledgement): a woken thread
+            # waits for the GIL up to the switch interval, 5 ms by default, which is the
+            # latency tail. 0.5 ms lowered /v1/track's P95 and P99 at no cost in throughput.
+            sys.setswitchinterval(0.0005)
         self._writer = threading.Thread(target=self._run, name="idstitch-writer", daemon=True)
         self._writer.start()
 

@@ -163,11 +163,8 @@ def _metadata(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, 
 
 def _links(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
     position = decode_cursor(o.next, (float, int))
-    linked = [
-        p
-        for p in store.links(row.pid)
-        if position is None or (p.created_at, p.pid) > (position[0], position[1])
-    ]
+    after = None if position is None else (float(position[0]), int(position[1]))
+    linked = store.links(row.pid, after=after, limit=o.limit + 1)  # one more: is there a next?
     page = linked[: o.limit]
     has_more = len(linked) > o.limit
     other = USERS if row.collection == ACCOUNTS else ACCOUNTS

@@ -152,8 +152,11 @@ class Store(ABC):
         (timestamp, seq); `after` is the last (timestamp, seq) of the previous page."""
 
     @abstractmethod
-    def links(self, pid: int) -> list[ProfileRow]:
-        """Canonical profiles of the other collection linked to this one."""
+    def links(
+        self, pid: int, *, after: tuple[float, int] | None = None, limit: int | None = None
+    ) -> list[ProfileRow]:
+        """Canonical profiles of the other collection linked to this one, by (created_at, pid);
+        `after` continues past a (created_at, pid) position, `limit` caps the rows."""
 
     @abstractmethod
     def merges(self, pid: int) -> list[MergeRow]: ...

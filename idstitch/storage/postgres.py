@@ -323,20 +323,27 @@ class PostgresStore(Store):
             for r in self._all(sql, args)
         ]
 
-    def links(self, pid: int) -> list[ProfileRow]:
+    def links(
+        self, pid: int, *, after: tuple[float, int] | None = None, limit: int | None = None
+    ) -> list[ProfileRow]:
         collection = self._collection(pid)
         if collection is None:
             return []
         mine, theirs = (
             ("account_id", "user_id") if collection == "accounts" else ("user_id", "account_id")
         )
+        args: dict[str, Any] = {"pid": pid, "limit": limit}
+        where = f"l.{mine} IN {_MEMBERS}"
+        if after is not None:
+            where += " AND (p.created_at, p.id) > (%(at)s, %(after_id)s)"
+            args.update(at=after[0], after_id=after[1])
         return [
             ProfileRow(*r)
             for r in self._all(
                 f"SELECT DISTINCT {_PROFILE_COLUMNS} FROM links l "
                 f"JOIN profiles q ON q.id = l.{theirs} JOIN profiles p ON p.id = q.canonical_id "
-                f"WHERE l.{mine} IN {_MEMBERS} ORDER BY p.created_at, p.id",
-                {"pid": pid},
+                f"WHERE {where} ORDER BY p.created_at, p.id LIMIT %(limit)s",
+                args,
             )
         ]
 

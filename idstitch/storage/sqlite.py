@@ -546,7 +546,9 @@ class SQLiteStore(Store):
         ]
 
     @_reads
-    def links(self, pid: int) -> list[ProfileRow]:
+    def links(
+        self, pid: int, *, after: tuple[float, int] | None = None, limit: int | None = None
+    ) -> list[ProfileRow]:
         conn = self._read()
         row = conn.execute("SELECT collection FROM profiles WHERE id = ?", (pid,)).fetchone()
         if row is None:
@@ -556,13 +558,19 @@ class SQLiteStore(Store):
         )
         members = self._members(conn, pid)
         marks = ",".join("?" * len(members))
+        args: list[Any] = list(members)
+        where = f"l.{mine} IN ({marks})"
+        if after is not None:
+            where += " AND (p.created_at, p.id) > (?, ?)"
+            args.extend(after)
+        args.append(-1 if limit is None else limit)
         return [
             ProfileRow(*r)
             for r in conn.execute(
                 f"SELECT DISTINCT {_PROFILE_COLUMNS} FROM links l "
                 f"JOIN profiles q ON q.id = l.{theirs} JOIN profiles p ON p.id = q.canonical_id "
-                f"WHERE l.{mine} IN ({marks}) ORDER BY p.created_at, p.id",
-                members,
+                f"WHERE {where} ORDER BY p.created_at, p.id LIMIT ?",
+                args,
             )
         ]
 

@@ -106,6 +106,19 @@ def test_trait_and_identifier_pages_cover_everything_once(client: TestClient, li
     assert sorted(e["id"] for e in ids) == sorted(["u", *(f"x{i}" for i in range(8))])
 
 
+@pytest.mark.parametrize("limit", [1, 2, 5, 20])
+def test_link_pages_cover_every_linked_user_once(
+    engine: Engine, client: TestClient, limit: int
+) -> None:
+    engine.ingest_batch(
+        [{"type": "group", "groupId": "g1", "userId": f"u{i}"} for i in range(9)], source="web"
+    )
+    url = profile_url("group_id:g1", "links", collection="accounts")
+    linked = pages(client, url, "data", limit=limit)
+    ids = [d["external_ids"][0]["id"] for d in linked]
+    assert sorted(ids) == sorted(f"u{i}" for i in range(9))  # each once
+
+
 def test_pages_neither_skip_nor_repeat_while_events_arrive(
     client: TestClient, busy: Engine
 ) -> None:

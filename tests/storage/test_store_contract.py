@@ -98,6 +98,31 @@ def test_traits_keep_the_newest_value_across_a_merge(make_engine: MakeEngine) ->
     assert traits == {"plan": "pro", "city": "Oslo"}  # age: removed by the newer null
 
 
+def test_links_page_by_creation_with_a_position_and_a_limit(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    for i in range(7):
+        engine.ingest(msg("group", groupId="g1", userId=f"u{i}"))
+    engine.ingest(msg("track", event="x", userId="u2", anonymousId="a-u2"))  # not a new link
+    store = engine.store
+    found = store.find_by_identifier("accounts", "group_id", "g1")
+    assert found is not None
+    account = found.pid
+    everyone = store.links(account)
+    assert len(everyone) == 7
+    assert everyone == sorted(everyone, key=lambda p: (p.created_at, p.pid))
+    seen = []
+    after = None
+    while True:
+        page = store.links(account, after=after, limit=3)
+        assert len(page) <= 3
+        seen.extend(page)
+        if len(page) < 3:
+            break
+        after = (page[-1].created_at, page[-1].pid)
+    assert seen == everyone  # nothing skipped, nothing repeated
+    assert store.links(account, limit=0) == []
+
+
 def test_links_and_merges_follow_the_canonical_profile(make_engine: MakeEngine) -> None:
     engine = make_engine()
     first = engine.ingest(msg("track", event="A", anonymousId="a1"))

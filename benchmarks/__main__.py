@@ -1,4 +1,4 @@
-"""`python -m benchmarks [engine|http|postgres] [options]`: the engine benchmark by default.
+"""`python -m benchmarks [engine|http|postgres|growth] [options]`: the engine benchmark by default.
 
 Each benchmark is a module of this package with a `main(argv)`; `--help` after the name
 shows its options.
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "engine": "benchmarks.engine_bench",
     "http": "benchmarks.http_bench",
     "postgres": "benchmarks.postgres_bench",
+    "growth": "benchmarks.growth",
 }
 
 

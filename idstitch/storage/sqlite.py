@@ -89,6 +89,32 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     return applied
 
 
+Settled = Callable[[], None]
+INDEX_RANGES = 16  # a merge into message_index goes in this many hash ranges
+
+
+def _remember(recent: dict[int, int | list[int]], h: int, seq: int) -> None:
+    held = recent.get(h)
+    if held is None:
+        recent[h] = seq
+    elif isinstance(held, list):
+        held.append(seq)
+    else:  # two recent messages share a hash: keep both
+        recent[h] = [held, seq]
+
+
+def _latest(held: int | list[int]) -> int:
+    return max(held) if isinstance(held, list) else held
+
+
+def _hash_range(part: int) -> tuple[int, int]:
+    """The `part`-th of INDEX_RANGES equal ranges of signed 64-bit hashes, both ends in."""
+    width = (1 << 64) // INDEX_RANGES
+    low = -(1 << 63) + part * width
+    high = (1 << 63) - 1 if part == INDEX_RANGES - 1 else low + width - 1
+    return low, high
+
+
 class SQLiteTransaction(Transaction):
     def __init__(self, store: SQLiteStore):
         self.store = store
@@ -97,10 +123,12 @@ class SQLiteTransaction(Transaction):
         self.done: Future[None] | None = None
 
     def seen(self, source_id: str, message_ids: list[str]) -> set[str]:
-        # Batches still on their way to disk first, then the table: a batch leaves the
-        # in-flight set only after its commit, so nothing falls between the two checks. The
-        # table is asked only about what the in-memory filter cannot rule out.
-        inflight, maybe = self.store.inflight, self.store.stored.may_contain
+        # Batches still on their way to disk first; then, for what the in-memory filter cannot
+        # rule out, the events stored since the last index merge (their hashes are in memory)
+        # and the merged index. A batch leaves the in-flight set only after its events are
+        # among the recent ones, and those leave only once merged: nothing falls in between.
+        store = self.store
+        inflight, maybe = store.inflight, store.stored.may_contain
         found: set[str] = set()
         by_hash: dict[int, str] = {}
         for m in message_ids:
@@ -112,17 +140,29 @@ class SQLiteTransaction(Transaction):
                     by_hash[h] = m
         if not by_hash:
             return found
+        recent = store.recent
+        seqs: list[int] = []
+        for h in by_hash:
+            held = recent.get(h)
+            if held is not None:
+                seqs.extend(held) if isinstance(held, list) else seqs.append(held)
         hashes = list(by_hash)
-        conn = self.store._read()
-        for start in range(0, len(hashes), 500):
-            chunk = hashes[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for h, source, mid in conn.execute(
-                f"SELECT msg_hash, source_id, message_id FROM events WHERE msg_hash IN ({marks})",
-                chunk,
-            ):
-                if source == source_id and by_hash.get(h) == mid:
-                    found.add(mid)
+        conn = store._read()
+        queries = [("SELECT msg_hash, source_id, message_id FROM events WHERE seq IN ", seqs)]
+        queries.append(
+            (
+                "SELECT e.msg_hash, e.source_id, e.message_id FROM message_index m "
+                "JOIN events e ON e.seq = m.seq WHERE m.msg_hash IN ",
+                hashes,
+            )
+        )
+        for sql, values in queries:
+            for start in range(0, len(values), 500):
+                chunk = values[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for h, source, mid in conn.execute(f"{sql}({marks})", chunk):
+                    if source == source_id and by_hash.get(h) == mid:
+                        found.add(mid)
         return found
 
     def apply(self, plans: list[Plan]) -> None:
@@ -182,6 +222,7 @@ class SQLiteStore(Store):
         checkpoint_interval: float = 2.0,
         max_commit_events: int = 5000,
         lock_timeout: float = 30.0,
+        index_every: int = 100_000,
     ):
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
@@ -205,12 +246,17 @@ class SQLiteStore(Store):
         self._readers_lock = threading.Lock()
         self.graph = Graph()
         self.stored: SeenFilter  # the messages already stored, set by _load
+        # Hashes (-> seq) of the events stored after `merged_seq`, the end of message_index.
+        self.recent: dict[int, int | list[int]]
+        self.merged_seq: int
+        self._merge: tuple[int, int, int] | None  # (after, up to, next range) while merging
+        self.index_every = index_every
         self.next_seq = 1
         self._load()
         self.inflight: set[tuple[str, str]] = set()
         self._broken: str | None = None
         self.max_commit_events = max_commit_events
-        self._pending: dict[int, tuple[Future[None], list[tuple[str, str]]]] = {}
+        self._pending: dict[int, tuple[Future[None], list[tuple[str, str]], Settled | None]] = {}
         self._pending_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._next_job = 0
@@ -263,12 +309,22 @@ class SQLiteStore(Store):
             owners[key_of(coll, type_, value)] = state.pid
             state.add(types.setdefault(type_, type_), created_at)
         self.graph = graph
-        count, last = c.execute("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM events").fetchone()
-        stored = SeenFilter(max(1 << 20, 2 * count))
+        last = c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        row = c.execute("SELECT seq FROM index_progress WHERE name = 'message_index'").fetchone()
+        merged = row[0] if row else 0
+        count = c.execute("SELECT COUNT(*) FROM message_index").fetchone()[0]
+        stored = SeenFilter(max(1 << 20, 2 * (count + last - merged)))
         add = stored.add
-        for (h,) in c.execute("SELECT msg_hash FROM events"):
+        for (h,) in c.execute("SELECT msg_hash FROM message_index"):
             add(h)
+        recent: dict[int, int | list[int]] = {}
+        for h, seq in c.execute("SELECT msg_hash, seq FROM events WHERE seq > ?", (merged,)):
+            add(h)
+            _remember(recent, h, seq)
         self.stored = stored
+        self.recent = recent
+        self.merged_seq = merged
+        self._merge = None
         self.next_seq = last + 1
 
     def _checkpoint_loop(self, interval: float) -> None:
@@ -325,7 +381,9 @@ class SQLiteStore(Store):
             status, job_ids = reply[0], reply[1]
             with self._pending_lock:
                 settled = [self._pending.pop(job_id) for job_id in job_ids]
-            for future, keys in settled:
+            for future, keys, on_ok in settled:
+                if status == "ok" and on_ok is not None:
+                    on_ok()  # before the keys leave the in-flight set (see `seen`)
                 if keys:
                     self.inflight.difference_update(keys)
                 if status == "ok":
@@ -340,12 +398,16 @@ class SQLiteStore(Store):
         with self._pending_lock:
             settled = list(self._pending.values())
             self._pending.clear()
-        for future, keys in settled:
+        for future, keys, _ in settled:
             self.inflight.difference_update(keys)
             future.set_exception(StorageError(f"the batch was not stored: {why}"))
 
     def _send(
-        self, kind: str, payload: Any, keys: list[tuple[str, str]] | None = None
+        self,
+        kind: str,
+        payload: Any,
+        keys: list[tuple[str, str]] | None = None,
+        on_ok: Settled | None = None,
     ) -> Future[None]:
         future: Future[None] = Future()
         with self._send_lock:
@@ -354,7 +416,7 @@ class SQLiteStore(Store):
             job_id = self._next_job
             self._next_job += 1
             with self._pending_lock:
-                self._pending[job_id] = (future, keys or [])
+                self._pending[job_id] = (future, keys or [], on_ok)
             try:
                 self._pipe.send((kind, job_id, payload))
             except (OSError, ValueError) as err:
@@ -388,9 +450,47 @@ class SQLiteStore(Store):
             rows = tx.rows if tx.rows is not None else BatchRows()
             self.inflight.update(rows.message_keys)
             add = self.stored.add
-            for event in rows.events:
-                add(event[1])  # its msg_hash
-            tx.done = self._send("rows", sqlite_committer.payload_of(rows), rows.message_keys)
+            marks = [(event[1], event[0]) for event in rows.events]  # (msg_hash, seq)
+            for h, _ in marks:
+                add(h)
+            tx.done = self._send(
+                "rows",
+                sqlite_committer.payload_of(rows),
+                rows.message_keys,
+                functools.partial(self._remember_all, marks) if marks else None,
+            )
+            self._advance_index()
+
+    # ---- the message index ------------------------------------------------------------------
+    def _remember_all(self, marks: list[tuple[int, int]]) -> None:
+        recent = self.recent
+        for h, seq in marks:
+            _remember(recent, h, seq)
+
+    def _advance_index(self) -> None:
+        """Send the next hash range of a merge into message_index, one range per batch so
+        no commit carries the whole merge; start a merge once enough events are recent."""
+        if self._merge is None:
+            if len(self.recent) < self.index_every:
+                return
+            self._merge = (self.merged_seq, self.next_seq - 1, 0)
+        after, up_to, part = self._merge
+        if part >= INDEX_RANGES:
+            return  # every range is sent; the last one's acknowledgement ends the merge
+        low, high = _hash_range(part)
+        last = part == INDEX_RANGES - 1
+        self._merge = (after, up_to, part + 1)
+        self._send(
+            "index",
+            (after, up_to, low, high, last),
+            on_ok=functools.partial(self._merged, up_to) if last else None,
+        )
+
+    def _merged(self, up_to: int) -> None:
+        # Runs on the acknowledgement thread, which is also the only one adding to `recent`.
+        self.recent = {h: s for h, s in self.recent.items() if _latest(s) > up_to}
+        self.merged_seq = up_to
+        self._merge = None
 
     def close(self) -> None:
         if self._closing.is_set():

@@ -12,10 +12,12 @@ engine's own `__main__`.
 
 Protocol (pickled tuples over two OS pipes, framed by `multiprocessing.connection`):
     engine -> committer   ("rows", job_id, RowsPayload) | ("offset", job_id, (name, offset, at))
+                          | ("index", job_id, (after_seq, up_to_seq, low_hash, high_hash, last))
                           | ("reset", job_id, None) | None (finish and exit)
     committer -> engine   ("ok", [job_id, ...]) | ("err", [job_id, ...], message)
-After a failed transaction every later "rows" job is refused until a "reset" arrives: those
-batches were resolved on top of the failed one and must not be stored without it.
+After a failed transaction every later "rows" and "index" job is refused until a "reset"
+arrives: those batches were resolved on top of the failed one and must not be stored without
+it, and an index range must not be recorded as complete over events that were lost.
 """
 
 from __future__ import annotations
@@ -117,6 +119,19 @@ def write_offset(c: sqlite3.Connection, item: tuple[str, int, float]) -> None:
     )
 
 
+def write_index(c: sqlite3.Connection, item: tuple[int, int, int, int, bool]) -> None:
+    """Merge one hash range of the events after `after_seq` into `message_index`, in hash
+    order (pages fill in order); the last range also records how far the index now reaches."""
+    after, up_to, low, high, last = item
+    c.execute(
+        "INSERT OR IGNORE INTO message_index (msg_hash, seq) SELECT msg_hash, seq FROM events "
+        "WHERE seq > ? AND seq <= ? AND msg_hash BETWEEN ? AND ? ORDER BY msg_hash, seq",
+        (after, up_to, low, high),
+    )
+    if last:
+        c.execute("UPDATE index_progress SET seq = ? WHERE name = 'message_index'", (up_to,))
+
+
 def _size(job: Any) -> int:
     return len(job[2][5]) if job[0] == "rows" else 1
 
@@ -163,13 +178,15 @@ def _commit(
         for kind, job_id, payload in jobs:
             if kind == "reset":
                 failed = None
-            elif failed is not None and kind == "rows":
+            elif failed is not None and kind in ("rows", "index"):
                 refused.append(job_id)
                 continue
             elif kind == "rows":
                 write_rows(conn, payload)
             elif kind == "offset":
                 write_offset(conn, payload)
+            elif kind == "index":
+                write_index(conn, payload)
             done.append(job_id)
         conn.execute("COMMIT")
     except Exception as err:  # the whole transaction is gone: report every job in it

@@ -223,6 +223,7 @@ class SQLiteStore(Store):
         max_commit_events: int = 5000,
         lock_timeout: float = 30.0,
         index_every: int = 100_000,
+        wal_pages: int = 16384,
     ):
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
@@ -256,6 +257,7 @@ class SQLiteStore(Store):
         self.inflight: set[tuple[str, str]] = set()
         self._broken: str | None = None
         self.max_commit_events = max_commit_events
+        self.wal_pages = wal_pages
         self._pending: dict[int, tuple[Future[None], list[tuple[str, str]], Settled | None]] = {}
         self._pending_lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -353,6 +355,7 @@ class SQLiteStore(Store):
                     str(from_parent),
                     str(to_parent),
                     str(self.max_commit_events),
+                    str(self.wal_pages),
                 ],
                 # The child inherits the writer lock too: the lock lasts as long as either
                 # process, so a new engine cannot load the graph while an old committer of a

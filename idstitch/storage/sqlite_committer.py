@@ -6,7 +6,8 @@ writes them, coalescing whatever is queued into one transaction, commits with
 job ids it made durable. Running SQLite's inserts in their own process takes them, and the
 binding of every row, off the engine's GIL, so both cores do useful work.
 
-It runs as a plain script (`python -I -S sqlite_committer.py PATH IN_FD OUT_FD MAX_EVENTS`)
+It runs as a plain script
+(`python -I -S sqlite_committer.py PATH IN_FD OUT_FD MAX_EVENTS WAL_PAGES`)
 that needs only the standard library, so it starts in milliseconds and never re-imports the
 engine's own `__main__`.
 
@@ -44,12 +45,18 @@ def payload_of(rows: Any) -> RowsPayload:
     )
 
 
-def open_writer(path: str) -> sqlite3.Connection:
+def open_writer(path: str, wal_pages: int = 16384) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA wal_autocheckpoint=0")
+    # The engine's checkpoint thread copies most of the WAL into the database in the
+    # background, but under steady writes it never catches up with the end, and only a
+    # checkpoint that does lets the WAL start over: without this one, run by the only writer
+    # right after a commit once the WAL holds `wal_pages` pages, the WAL grows without bound.
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.execute(f"PRAGMA wal_autocheckpoint={int(wal_pages)}")
+    conn.execute(f"PRAGMA journal_size_limit={int(wal_pages) * page_size}")
     conn.execute("PRAGMA cache_size=-262144")
     return conn
 
@@ -136,9 +143,11 @@ def _size(job: Any) -> int:
     return len(job[2][5]) if job[0] == "rows" else 1
 
 
-def main(path: str, pipe: Connection, replies: Connection, max_events: int) -> None:
+def main(
+    path: str, pipe: Connection, replies: Connection, max_events: int, wal_pages: int
+) -> None:
     """The committer process's whole life: write what arrives until told to stop."""
-    conn = open_writer(path)
+    conn = open_writer(path, wal_pages)
     failed: str | None = None
     try:
         while True:
@@ -212,10 +221,11 @@ def _reply(pipe: Connection, message: tuple[Any, ...]) -> None:
 if __name__ == "__main__":
     import sys
 
-    _path, _in, _out, _max = sys.argv[1:5]
+    _path, _in, _out, _max, _wal = sys.argv[1:6]
     main(
         _path,
         Connection(int(_in), writable=False),
         Connection(int(_out), readable=False),
         int(_max),
+        int(_wal),
     )

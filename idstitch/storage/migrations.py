@@ -104,7 +104,9 @@ SQLITE: list[tuple[str, str]] = [
     # on a store of a million events that index alone cost more than half of each commit. Now
     # message hashes since the last merge are held in memory (rebuilt from `events` at
     # startup), and the committer merges them into `message_index` in hash order, a range at a
-    # time, so each page takes many entries at once. `index_progress` says how far it got.
+    # time, so each page takes many entries at once; it reads them from `events_seq_hash`, a
+    # narrow index in insertion order (cheap to keep), not from the wide event rows.
+    # `index_progress` says how far it got.
     (
         "0002_message_index",
         """
@@ -116,6 +118,7 @@ SQLITE: list[tuple[str, str]] = [
         INSERT INTO message_index (msg_hash, seq)
             SELECT msg_hash, seq FROM events ORDER BY msg_hash, seq;
         DROP INDEX events_message;
+        CREATE INDEX events_seq_hash ON events (seq, msg_hash);
         CREATE TABLE index_progress (
             name TEXT PRIMARY KEY,
             seq INTEGER NOT NULL

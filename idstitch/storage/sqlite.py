@@ -335,7 +335,8 @@ class SQLiteStore(Store):
         for (h,) in c.execute("SELECT msg_hash FROM message_index"):
             add(h)
         recent: dict[int, int | list[int]] = {}
-        for h, seq in c.execute("SELECT msg_hash, seq FROM events WHERE seq > ?", (merged,)):
+        recent_rows = "SELECT msg_hash, seq FROM events INDEXED BY events_seq_hash WHERE seq > ?"
+        for h, seq in c.execute(recent_rows, (merged,)):
             add(h)
             _remember(recent, h, seq)
         self.stored = stored

@@ -131,12 +131,25 @@ def write_index(c: sqlite3.Connection, item: tuple[int, int, int, int, bool]) ->
     order (pages fill in order); the last range also records how far the index now reaches."""
     after, up_to, low, high, last = item
     c.execute(
-        "INSERT OR IGNORE INTO message_index (msg_hash, seq) SELECT msg_hash, seq FROM events "
+        "INSERT OR IGNORE INTO message_index (msg_hash, seq) SELECT msg_hash, seq "
+        "FROM events INDEXED BY events_seq_hash "
         "WHERE seq > ? AND seq <= ? AND msg_hash BETWEEN ? AND ? ORDER BY msg_hash, seq",
         (after, up_to, low, high),
     )
     if last:
         c.execute("UPDATE index_progress SET seq = ? WHERE name = 'message_index'", (up_to,))
+
+
+IDLE_CHECKPOINT_EVENTS = 20_000
+
+
+def _checkpoint(conn: sqlite3.Connection) -> bool:
+    """A full checkpoint between transactions; True when it reached the WAL's end."""
+    try:
+        busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    except sqlite3.Error:
+        return False
+    return bool(busy == 0 and log == done)
 
 
 def _size(job: Any) -> int:
@@ -147,8 +160,13 @@ def main(path: str, pipe: Connection, replies: Connection, max_events: int, wal_
     """The committer process's whole life: write what arrives until told to stop."""
     conn = open_writer(path, wal_pages)
     failed: str | None = None
+    written = 0  # events committed since the WAL last started over
     try:
         while True:
+            # Nothing is waiting: the moment to let the WAL start over, so that the checkpoint
+            # after a commit (at `wal_pages`) is rarely needed under load.
+            if written >= IDLE_CHECKPOINT_EVENTS and not pipe.poll() and _checkpoint(conn):
+                written = 0
             try:
                 first = pipe.recv()
             except (EOFError, OSError):  # the engine process is gone
@@ -169,6 +187,7 @@ def main(path: str, pipe: Connection, replies: Connection, max_events: int, wal_
                 jobs.append(job)
                 size += _size(job)
             failed = _commit(conn, replies, jobs, failed)
+            written += size
             if stop:
                 return
     finally:

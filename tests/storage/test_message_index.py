@@ -89,7 +89,7 @@ def test_a_store_made_before_the_index_is_migrated(tmp_path: Path) -> None:
     # Turn it back into a store as the first schema made it: events carry their own hash index.
     with sqlite3.connect(db) as conn:
         conn.executescript(
-            "DROP TABLE message_index; DROP TABLE index_progress; "
+            "DROP TABLE message_index; DROP TABLE index_progress; DROP INDEX events_seq_hash; "
             "CREATE INDEX events_message ON events (msg_hash); "
             "DELETE FROM schema_migrations WHERE name = '0002_message_index';"
         )

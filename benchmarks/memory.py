@@ -85,8 +85,8 @@ def memory_probe(db: Path, mode: str) -> dict[str, float]:
         held = tracemalloc.get_traced_memory()[0] - before
         # The dedupe structures grow with events, not identifiers: weigh them apart, by
         # what letting go of them frees.
-        recent = len(store.recent)
-        store.recent, store.stored = {}, SeenFilter(1)
+        recent = len(store.messages.recent)
+        store.messages.recent, store.messages.filter = {}, SeenFilter(1)
         dedupe = held - (tracemalloc.get_traced_memory()[0] - before)
         tracemalloc.stop()
         result: dict[str, float] = {

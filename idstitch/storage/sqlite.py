@@ -45,7 +45,7 @@ from idstitch.storage.base import (
 )
 from idstitch.storage.migrations import SQLITE as MIGRATIONS
 from idstitch.storage.rows import BatchRows, identifier_hash, message_hash, rows_from_plans
-from idstitch.storage.seen_filter import SeenFilter
+from idstitch.storage.sqlite_messages import StoredMessages
 
 _ext_decoder = msgspec.json.Decoder(list[tuple[str, str, str]])
 _PROFILE_COLUMNS = (
@@ -90,7 +90,6 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
 
 
 Settled = Callable[[], None]
-INDEX_RANGES = 16  # a merge into message_index goes in this many hash ranges
 
 
 def _widen(fd: int) -> None:
@@ -108,28 +107,6 @@ def _widen(fd: int) -> None:
             continue
 
 
-def _remember(recent: dict[int, int | list[int]], h: int, seq: int) -> None:
-    held = recent.get(h)
-    if held is None:
-        recent[h] = seq
-    elif isinstance(held, list):
-        held.append(seq)
-    else:  # two recent messages share a hash: keep both
-        recent[h] = [held, seq]
-
-
-def _latest(held: int | list[int]) -> int:
-    return max(held) if isinstance(held, list) else held
-
-
-def _hash_range(part: int) -> tuple[int, int]:
-    """The `part`-th of INDEX_RANGES equal ranges of signed 64-bit hashes, both ends in."""
-    width = (1 << 64) // INDEX_RANGES
-    low = -(1 << 63) + part * width
-    high = (1 << 63) - 1 if part == INDEX_RANGES - 1 else low + width - 1
-    return low, high
-
-
 class SQLiteTransaction(Transaction):
     def __init__(self, store: SQLiteStore):
         self.store = store
@@ -138,46 +115,22 @@ class SQLiteTransaction(Transaction):
         self.done: Future[None] | None = None
 
     def seen(self, source_id: str, message_ids: list[str]) -> set[str]:
-        # Batches still on their way to disk first; then, for what the in-memory filter cannot
-        # rule out, the events stored since the last index merge (their hashes are in memory)
-        # and the merged index. A batch leaves the in-flight set only after its events are
-        # among the recent ones, and those leave only once merged: nothing falls in between.
+        # Batches still on their way to disk first; then the stored messages, asked only about
+        # what their filter cannot rule out. A batch leaves the in-flight set only after
+        # `messages` knows it as committed: nothing falls in between.
         store = self.store
-        inflight, maybe = store.inflight, store.stored.may_contain
+        inflight, maybe = store.inflight, store.messages.may_contain
         found: set[str] = set()
-        by_hash: dict[int, str] = {}
+        candidates: dict[int, str] = {}
         for m in message_ids:
             if (source_id, m) in inflight:
                 found.add(m)
             else:
                 h = message_hash(source_id, m)
                 if maybe(h):
-                    by_hash[h] = m
-        if not by_hash:
-            return found
-        recent = store.recent
-        seqs: list[int] = []
-        for h in by_hash:
-            held = recent.get(h)
-            if held is not None:
-                seqs.extend(held) if isinstance(held, list) else seqs.append(held)
-        hashes = list(by_hash)
-        conn = store._read()
-        queries = [("SELECT msg_hash, source_id, message_id FROM events WHERE seq IN ", seqs)]
-        queries.append(
-            (
-                "SELECT e.msg_hash, e.source_id, e.message_id FROM message_index m "
-                "JOIN events e ON e.seq = m.seq WHERE m.msg_hash IN ",
-                hashes,
-            )
-        )
-        for sql, values in queries:
-            for start in range(0, len(values), 500):
-                chunk = values[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for h, source, mid in conn.execute(f"{sql}({marks})", chunk):
-                    if source == source_id and by_hash.get(h) == mid:
-                        found.add(mid)
+                    candidates[h] = m
+        if candidates:
+            found |= store.messages.find(store._read(), source_id, candidates)
         return found
 
     def apply(self, plans: list[Plan]) -> None:
@@ -261,12 +214,7 @@ class SQLiteStore(Store):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self.graph = Graph()
-        self.stored: SeenFilter  # the messages already stored, set by _load
-        # Hashes (-> seq) of the events stored after `merged_seq`, the end of message_index.
-        self.recent: dict[int, int | list[int]]
-        self.merged_seq: int
-        self._merge: tuple[int, int, int] | None  # (after, up to, next range) while merging
-        self.index_every = index_every
+        self.messages = StoredMessages(index_every)  # rebuilt by _load
         self.next_seq = 1
         self._load()
         self.inflight: set[tuple[str, str]] = set()
@@ -327,22 +275,7 @@ class SQLiteStore(Store):
             state.add(types.setdefault(type_, type_), created_at)
         self.graph = graph
         last = c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-        row = c.execute("SELECT seq FROM index_progress WHERE name = 'message_index'").fetchone()
-        merged = row[0] if row else 0
-        count = c.execute("SELECT COUNT(*) FROM message_index").fetchone()[0]
-        stored = SeenFilter(max(1 << 20, 2 * (count + last - merged)))
-        add = stored.add
-        for (h,) in c.execute("SELECT msg_hash FROM message_index"):
-            add(h)
-        recent: dict[int, int | list[int]] = {}
-        recent_rows = "SELECT msg_hash, seq FROM events INDEXED BY events_seq_hash WHERE seq > ?"
-        for h, seq in c.execute(recent_rows, (merged,)):
-            add(h)
-            _remember(recent, h, seq)
-        self.stored = stored
-        self.recent = recent
-        self.merged_seq = merged
-        self._merge = None
+        self.messages.load(c, last)
         self.next_seq = last + 1
 
     def _checkpoint_loop(self, interval: float) -> None:
@@ -471,48 +404,20 @@ class SQLiteStore(Store):
             # acknowledged before the batch holding the originals is on disk.
             rows = tx.rows if tx.rows is not None else BatchRows()
             self.inflight.update(rows.message_keys)
-            add = self.stored.add
-            marks = [(event[1], event[0]) for event in rows.events]  # (msg_hash, seq)
-            for h, _ in marks:
-                add(h)
+            messages = self.messages
+            marks = messages.sending(rows.events)
             tx.done = self._send(
                 "rows",
                 sqlite_committer.payload_of(rows),
                 rows.message_keys,
-                functools.partial(self._remember_all, marks) if marks else None,
+                functools.partial(messages.committed, marks) if marks else None,
             )
-            self._advance_index()
-
-    # ---- the message index ------------------------------------------------------------------
-    def _remember_all(self, marks: list[tuple[int, int]]) -> None:
-        recent = self.recent
-        for h, seq in marks:
-            _remember(recent, h, seq)
-
-    def _advance_index(self) -> None:
-        """Send the next hash range of a merge into message_index, one range per batch so
-        no commit carries the whole merge; start a merge once enough events are recent."""
-        if self._merge is None:
-            if len(self.recent) < self.index_every:
-                return
-            self._merge = (self.merged_seq, self.next_seq - 1, 0)
-        after, up_to, part = self._merge
-        if part >= INDEX_RANGES:
-            return  # every range is sent; the last one's acknowledgement ends the merge
-        low, high = _hash_range(part)
-        last = part == INDEX_RANGES - 1
-        self._merge = (after, up_to, part + 1)
-        self._send(
-            "index",
-            (after, up_to, low, high, last),
-            on_ok=functools.partial(self._merged, up_to) if last else None,
-        )
-
-    def _merged(self, up_to: int) -> None:
-        # Runs on the acknowledgement thread, which is also the only one adding to `recent`.
-        self.recent = {h: s for h, s in self.recent.items() if _latest(s) > up_to}
-        self.merged_seq = up_to
-        self._merge = None
+            job = messages.next_index_job(self.next_seq)
+            if job is not None:
+                last = job[4]
+                self._send(
+                    "index", job, on_ok=functools.partial(messages.merged, job[1]) if last else None
+                )
 
     def close(self) -> None:
         if self._closing.is_set():

@@ -11,8 +11,8 @@ import pytest
 
 from idstitch.config import settings_from
 from idstitch.engine import Engine
-from idstitch.storage import sqlite as sqlite_store
-from idstitch.storage.sqlite import INDEX_RANGES, SQLiteStore
+from idstitch.storage.sqlite import SQLiteStore
+from idstitch.storage.sqlite_messages import INDEX_RANGES, hash_range
 
 
 def track(i: int) -> dict[str, object]:
@@ -50,13 +50,15 @@ def test_merges_fill_the_index_and_every_old_message_stays_a_duplicate(tmp_path:
         # Once 50 messages are recent, each batch carries one hash range of a merge, until
         # the last range is acknowledged: send until two merges are done.
         sent = 0
-        while store.merged_seq < 100 and sent < 2000:
+        while store.messages.merged_seq < 100 and sent < 2000:
             assert "duplicate" not in ingest(engine, range(sent, sent + 10))
             sent += 10
-        assert store.merged_seq >= 100
-        merged = store.merged_seq
+        assert store.messages.merged_seq >= 100
+        merged = store.messages.merged_seq
         assert all(
-            s > merged for h in store.recent.values() for s in ([h] if isinstance(h, int) else h)
+            s > merged
+            for h in store.messages.recent.values()
+            for s in ([h] if isinstance(h, int) else h)
         )
         again = ingest(engine, range(0, sent, 3), per_batch=7)
         assert set(again) == {"duplicate"}
@@ -73,7 +75,7 @@ def test_a_restart_in_the_middle_of_a_merge_loses_no_message(tmp_path: Path) -> 
         ingest(engine, range(60, 100))  # ...and sends a few of its ranges, not all
         store = engine.store
         assert isinstance(store, SQLiteStore)
-        assert store._merge is not None and 0 < store._merge[2] < INDEX_RANGES
+        assert store.messages.merging is not None and 0 < store.messages.merging[2] < INDEX_RANGES
     rows, done = indexed(db)
     assert done == 0 and rows > 0  # some ranges are in, the merge is not recorded as done
     with engine_on(db, index_every=40) as engine:
@@ -104,14 +106,14 @@ def test_a_store_made_before_the_index_is_migrated(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("part", [0, 1, INDEX_RANGES - 1])
 def test_hash_ranges_cover_every_64_bit_hash_once(part: int) -> None:
-    low, high = sqlite_store._hash_range(part)
+    low, high = hash_range(part)
     assert low <= high
     if part == 0:
         assert low == -(1 << 63)
     if part == INDEX_RANGES - 1:
         assert high == (1 << 63) - 1
     else:
-        assert sqlite_store._hash_range(part + 1)[0] == high + 1
+        assert hash_range(part + 1)[0] == high + 1
 
 
 def test_the_wal_starts_over_under_steady_writes(tmp_path: Path) -> None:

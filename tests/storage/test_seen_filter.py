@@ -42,8 +42,10 @@ def test_the_store_rebuilds_it_from_the_events_table(tmp_path: Path) -> None:
         )
     store = SQLiteStore(tmp_path / "x.db")
     try:
-        assert len(store.stored) == 50
-        assert all(store.stored.may_contain(message_hash("web", f"m{i}")) for i in range(50))
+        assert len(store.messages.filter) == 50
+        assert all(
+            store.messages.filter.may_contain(message_hash("web", f"m{i}")) for i in range(50)
+        )
     finally:
         store.close()
     with Engine(settings) as engine:  # and a restarted engine still drops the duplicates

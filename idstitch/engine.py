@@ -118,7 +118,8 @@ class Engine:
             gc.set_threshold(50_000, 50, 100)
             # A message crosses threads (request -> writer -> acknowledgement): a woken thread
             # waits for the GIL up to the switch interval, 5 ms by default, which is the
-            # latency tail. 0.5 ms lowered /v1/track's P95 and P99 at no cost in throughput.
+            # latency tail. Side by side in one run, 0.5 ms gave /v1/track a P95 of 1.64 ms
+            # (1.86 at 5 ms) with the same /v1/batch throughput.
             sys.setswitchinterval(0.0005)
         self._writer = threading.Thread(target=self._run, name="idstitch-writer", daemon=True)
         self._writer.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +49,14 @@ class BatchRows:
     message_keys: list[tuple[str, str]] = field(default_factory=list)  # (source, message id)
 
 
-def rows_from_plans(plans: list[Plan], graph: Graph, seq: int) -> tuple[BatchRows, int]:
+def rows_from_plans(
+    plans: list[Plan],
+    graph: Graph,
+    seq: int,
+    hashes: Mapping[tuple[str, str], int] | None = None,
+) -> tuple[BatchRows, int]:
     """Rows for `plans`, numbering events from `seq`; returns the rows and the next seq.
+    `hashes` holds message hashes the store already computed, by (source, message id).
 
     Column orders:
       events      (seq, msg_hash, source_id, message_id, type, event, timestamp, received_at,
@@ -96,10 +103,13 @@ def rows_from_plans(plans: list[Plan], graph: Graph, seq: int) -> tuple[BatchRow
         reason = None
         if user_pid is None and account_pid is None:
             reason = (users.reason if users is not None else None) or "no usable identifiers"
+        msg_hash = hashes.get((source, mid)) if hashes is not None else None
+        if msg_hash is None:
+            msg_hash = message_hash(source, mid)
         rows.events.append(
             (
                 seq,
-                message_hash(source, mid),
+                msg_hash,
                 source,
                 mid,
                 plan.type,

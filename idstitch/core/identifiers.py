@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
+import msgspec
+
 from idstitch.core.messages import Message, properties_of
 from idstitch.core.rules import MAX_VALUE_LENGTH, IdentityRules
 
@@ -18,7 +20,9 @@ def key_of(collection: str, type_: str, value: str) -> str:
     return ("a" if collection == ACCOUNTS else "u") + type_ + "\x1f" + value
 
 
-class Identifier(NamedTuple):
+# Identifiers and refusals live on in the extractor's verdict cache: Structs the cyclic garbage
+# collector does not track (they refer only to strings), so its collections never walk them.
+class Identifier(msgspec.Struct, frozen=True, gc=False):
     collection: str
     type: str
     value: str
@@ -35,7 +39,7 @@ class Identifier(NamedTuple):
 VERDICT_CACHE_SIZE = 200_000
 
 
-class Dropped(NamedTuple):
+class Dropped(msgspec.Struct, frozen=True, gc=False):
     identifier: Identifier
     rule: str
     detail: str

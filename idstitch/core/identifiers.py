@@ -129,12 +129,13 @@ class Extractor:
                 pair = (item.type.strip().lower(), item.id)
                 (accounts if item.collection == "accounts" else users).append(pair)
         if self.custom:
-            if kind == "identify":
-                users.extend(self._custom_from(message.traits))
-            elif kind == "group":
+            # SPEC 1: `traits`, `properties` and `context.traits` of any call; a group call's
+            # traits describe the account.
+            if kind == "group":
                 accounts.extend(self._custom_from(message.traits))
             else:
-                users.extend(self._custom_from(properties_of(message)))
+                users.extend(self._custom_from(message.traits))
+            users.extend(self._custom_from(properties_of(message)))
             users.extend(self._custom_from(ctx_traits))
         if kind == "group" and message.groupId is not None:
             accounts.insert(0, ("group_id", message.groupId))

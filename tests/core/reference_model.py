@@ -247,18 +247,17 @@ class Model:
         for item in context.get("externalIds") or []:
             pair = (str(item["type"]).lower(), item.get("id"))
             (accounts if item.get("collection") == "accounts" else users).append(pair)
-        # Configured custom types. Assumption (reference 1.3): identify reads `traits`, group
-        # reads `traits` for the account, the other calls read `properties`; `context.traits`
-        # always describes the user.
-        for type_ in self.rules.custom_types:
-            for key in dict.fromkeys([type_, camel(type_)]):
-                if kind == "identify":
-                    users.append((type_, traits.get(key)))
-                elif kind == "group":
-                    accounts.append((type_, traits.get(key)))
-                users.append((type_, ctx_traits.get(key)))
-                if kind not in ("identify", "group"):
-                    users.append((type_, (msg.get("properties") or {}).get(key)))
+        # Configured custom types (SPEC 1): `traits`, `properties` and `context.traits` of any
+        # call, in that order; a group call's traits describe the account.
+        properties = msg.get("properties") or {}
+        for where, found in (
+            (accounts if kind == "group" else users, traits),
+            (users, properties),
+            (users, ctx_traits),
+        ):
+            for type_ in self.rules.custom_types:
+                for key in dict.fromkeys([type_, camel(type_)]):
+                    where.append((type_, found.get(key)))
         if kind == "group":
             accounts.insert(0, ("group_id", msg.get("groupId")))
         previous: list[tuple[str, Any]] = []

@@ -284,6 +284,30 @@ def test_configured_custom_types_are_read_from_traits_and_properties(
     assert ids(engine, "user_id:u2") == {"user_id:u2"}
 
 
+def test_custom_types_are_read_from_traits_and_properties_of_any_call(
+    make_engine: MakeEngine,
+) -> None:
+    engine = make_engine({"identity": {"custom_types": ["phone", "shop_id"]}})
+    # SPEC 1 lists `traits`, `properties` and `context.traits` with no call type: a track
+    # call's traits and an identify call's properties count too.
+    engine.ingest(msg("track", userId="ck1", event="E", traits={"phone": "p1", "shopId": "s1"}))
+    engine.ingest(msg("identify", userId="ck2", properties={"phone": "p2"}))
+    assert ids(engine, "user_id:ck1") == {"user_id:ck1", "phone:p1", "shop_id:s1"}
+    assert ids(engine, "user_id:ck2") == {"user_id:ck2", "phone:p2"}
+    # A group call's traits describe the account; its properties and context.traits the user.
+    engine.ingest(
+        msg(
+            "group",
+            userId="ck3",
+            groupId="g3",
+            traits={"shop_id": "acct-shop"},
+            properties={"phone": "p3"},
+        )
+    )
+    assert ids(engine, "user_id:ck3") == {"user_id:ck3", "phone:p3"}
+    assert engine.profile("shop_id:acct-shop")["collection"] == "accounts"
+
+
 def test_device_ids_by_type_and_ad_tracking(make_engine: MakeEngine) -> None:
     engine = make_engine()
     engine.ingest(

@@ -19,11 +19,14 @@ def sqlite_path(url: str) -> Path:
     return Path(rest)
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, read_only: bool = False) -> Store:
+    """The store `url` names. `read_only` asks for reads alone: the SQLite store then takes
+    no writer lock (so it opens beside a running service) and refuses writes; a PostgreSQL
+    store is shared by design and opens as usual."""
     if url.startswith("sqlite:"):
         from idstitch.storage.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url))
+        return SQLiteStore(sqlite_path(url), read_only=read_only)
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from idstitch.storage.postgres import PostgresStore

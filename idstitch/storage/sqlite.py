@@ -196,9 +196,18 @@ class SQLiteStore(Store):
         lock_timeout: float = 30.0,
         index_every: int = 100_000,
         wal_pages: int = 65536,
+        read_only: bool = False,
     ):
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
+        self.read_only = read_only
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closing = threading.Event()
+        if read_only:
+            self._open_read_only()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _writer_lock(self.path, lock_timeout)
@@ -214,9 +223,6 @@ class SQLiteStore(Store):
         self._conn.execute("PRAGMA synchronous=FULL")
         self.migrations_applied = migrate(self._conn)
         self._write_lock = threading.Lock()
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
         self.graph = Graph()
         self.messages = StoredMessages(index_every)  # rebuilt by _load
         self.next_seq = 1
@@ -229,7 +235,6 @@ class SQLiteStore(Store):
         self._pending_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._next_job = 0
-        self._closing = threading.Event()
         self._start_committer()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop,
@@ -240,6 +245,38 @@ class SQLiteStore(Store):
         self._checkpointer.start()
 
     # ---- startup -------------------------------------------------------------------------
+    def _open_read_only(self) -> None:
+        """Reads only: no writer lock, no committer, no graph, so it works beside a running
+        service (`idstitch profile` while `idstitch serve` writes)."""
+        if not self.path.is_file():
+            raise StorageError(
+                f"there is no idstitch store at {self.path} yet; check --config, or send "
+                "events first (idstitch serve, idstitch import)."
+            )
+        try:
+            names = {r[0] for r in self._read().execute("SELECT name FROM schema_migrations")}
+        except sqlite3.Error as err:
+            self.close()
+            raise StorageError(
+                f"{self.path} is not an idstitch store ({err}); check --config."
+            ) from None
+        missing = [name for name, _ in MIGRATIONS if name not in names]
+        if missing:
+            self.close()
+            raise StorageError(
+                f"the store at {self.path} lacks the migration(s) {', '.join(missing)}; "
+                "run `idstitch migrate` (or start the service once)."
+            )
+        self.migrations_applied = []
+        self.graph = Graph()
+
+    def _refuse_writes(self) -> None:
+        if self.read_only:
+            raise StorageError(
+                f"the store at {self.path} was opened read-only; open it without read_only "
+                "to write."
+            )
+
     def _load(self) -> None:
         """Rebuild the in-memory graph from the tables, in one read transaction."""
         with self._snapshot() as c:
@@ -394,6 +431,7 @@ class SQLiteStore(Store):
 
     @contextlib.contextmanager
     def batch(self, keys: Iterable[str]) -> Iterator[Transaction]:
+        self._refuse_writes()
         with self._write_lock:
             if self._broken is not None:
                 self._recover()
@@ -427,6 +465,10 @@ class SQLiteStore(Store):
     def close(self) -> None:
         if self._closing.is_set():
             return
+        if self.read_only:
+            self._closing.set()
+            self._close_readers()
+            return
         with self._write_lock, self._send_lock:
             self._closing.set()
             with contextlib.suppress(OSError, ValueError):
@@ -443,6 +485,9 @@ class SQLiteStore(Store):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._conn.close()
         os.close(self._lock_fd)
+        self._close_readers()
+
+    def _close_readers(self) -> None:
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -664,4 +709,5 @@ class SQLiteStore(Store):
         return int(row[0]) if row else 0
 
     def set_import_offset(self, name: str, offset: int) -> None:
+        self._refuse_writes()
         self._send("offset", (name, offset, time.time())).result()

@@ -125,6 +125,11 @@ def import_(
     Messages resolve exactly as live traffic does, in file order. An interrupted import
     resumes where it stopped when run again with the same paths and --source; messages
     already stored (same messageId and source) are skipped.
+
+    Exit status 0 when every line was imported (or was already stored); 1 when some lines
+    were invalid (they are skipped, the others imported) or a file is truncated or corrupt
+    (the lines before the damage are imported, the other files too); 2 on bad configuration
+    or a missing path.
     """
     from idstitch.engine import Engine
     from idstitch.importer import find_files, import_paths
@@ -177,6 +182,20 @@ def import_(
     Console().print(table)
     for line in summary.errors:
         err_console.print(f"[yellow]skipped[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if summary.invalid > len(summary.errors):
+        more = summary.invalid - len(summary.errors)
+        err_console.print(
+            f"[yellow]skipped[/] {more:,} more invalid line{'' if more == 1 else 's'}"
+            " (only the first ones are shown).",
+            highlight=False,
+        )
+    problems = list(summary.damaged)
+    if summary.invalid:
+        were = "line was" if summary.invalid == 1 else "lines were"
+        problems.append(f"{summary.invalid:,} {were} skipped as invalid (see above).")
+    for problem in problems:
+        err_console.print(f"[bold red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+    sys.exit(1 if problems else 0)
 
 
 @main.command()
@@ -200,7 +219,7 @@ def profile(config_path: str | None, as_json: bool, refs: tuple[str, ...]) -> No
     settings = _settings(config_path)
     missing = 0
     try:
-        store = open_store(settings.storage_url)
+        store = open_store(settings.storage_url, read_only=True)
     except IdstitchError as err:
         _fail(err)
     out = Console()

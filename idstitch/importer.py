@@ -3,7 +3,10 @@ resolution as live traffic, resumable after an interruption.
 
 Progress is recorded per file as the byte offset (in the decompressed stream) up to which
 every message has been durably acknowledged. A message without `messageId` gets one derived
-from its bytes, so a re-run deduplicates it like any other.
+from its bytes, so a re-run deduplicates it like any other. The offset only ever covers whole
+lines: when a file cannot be read to its end (a truncated or corrupt gzip stream, an I/O
+error), the lines read before the damage are imported, the offset stops after the last whole
+line, and a re-run on the repaired file continues from there.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import io
 import os
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +33,7 @@ from idstitch.storage.base import Store
 
 SUFFIXES = (".json", ".jsonl", ".ndjson", ".gz", ".log", ".txt")
 MAX_LINE_BYTES = 1024 * 1024
+MAX_REPORTED_LINES = 20  # invalid lines described one by one; the rest are only counted
 
 
 class ImportSummary(msgspec.Struct):
@@ -41,7 +46,8 @@ class ImportSummary(msgspec.Struct):
     invalid: int = 0
     skipped_bytes: int = 0
     seconds: float = 0.0
-    errors: list[str] = msgspec.field(default_factory=list)
+    errors: list[str] = msgspec.field(default_factory=list)  # the first invalid lines
+    damaged: list[str] = msgspec.field(default_factory=list)  # files not read to their end
 
     @property
     def events_per_second(self) -> float:
@@ -70,13 +76,22 @@ def find_files(paths: list[str | Path]) -> list[Path]:
     return found
 
 
+class _Unreadable(Exception):
+    """A file that cannot be opened as what its name or first bytes say it is."""
+
+
 def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     """(decompressed stream, raw file) — the raw file's position drives the progress bar."""
     raw = path.open("rb")
-    if raw.read(2) == b"\x1f\x8b":
-        raw.seek(0)
-        return cast(IO[bytes], gzip.GzipFile(fileobj=raw)), raw
+    magic = raw.read(2)
     raw.seek(0)
+    if magic == b"\x1f\x8b":
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw)), raw
+    if magic and path.name.lower().endswith(".gz"):
+        raw.close()
+        raise _Unreadable(
+            f"{path} is named .gz but is not gzip data; nothing was imported from it."
+        )
     return raw, raw
 
 
@@ -94,12 +109,60 @@ def _skip(stream: IO[bytes], offset: int) -> None:
         left -= len(chunk)
 
 
-def _lines(stream: IO[bytes], start: int) -> Iterator[tuple[int, bytes]]:
-    """(offset after the line, line) pairs."""
-    offset = start
-    for line in stream:
-        offset += len(line)
-        yield offset, line
+# What reading a damaged file raises: a truncated gzip stream (EOFError), a bad gzip header
+# or checksum (gzip.BadGzipFile, an OSError), corrupt deflate data (zlib.error), an I/O error.
+READ_ERRORS = (EOFError, OSError, zlib.error)
+_LINE_LIMIT = MAX_LINE_BYTES + 2  # the longest accepted line plus "\r\n"
+
+
+class _Lines:
+    """(offset after the line, line, line length) for each complete line of `stream` after
+    `start`; `line` is None for a line longer than MAX_LINE_BYTES (it is never held in memory
+    whole). A read error ends the iteration and is kept in `error`: the line being read when it
+    happened is not yielded, so the offsets only ever cover lines that were read whole."""
+
+    def __init__(self, stream: IO[bytes], start: int) -> None:
+        self.stream = stream
+        self.start = start
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, bytes | None, int]]:
+        offset = self.start
+        readline = self.stream.readline
+        try:
+            _skip(self.stream, self.start)
+            while True:
+                line = readline(_LINE_LIMIT)
+                if not line:
+                    return
+                length = len(line)
+                if length < _LINE_LIMIT or line.endswith(b"\n"):
+                    offset += length
+                    yield offset, line, length
+                    continue
+                while not line.endswith(b"\n"):  # too long: count it, do not keep it
+                    line = readline(_LINE_LIMIT)
+                    if not line:
+                        break
+                    length += len(line)
+                offset += length
+                yield offset, None, length
+        except READ_ERRORS as err:
+            self.error = err
+
+
+def _damage(path: Path, err: BaseException, imported: int) -> str:
+    """One sentence for a file that could not be read to its end."""
+    lines = f"{imported:,} line{'' if imported == 1 else 's'}"
+    if isinstance(err, EOFError | zlib.error | gzip.BadGzipFile):
+        problem = f"is truncated or corrupt (gzip: {err})"
+    else:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        problem = f"could not be read to its end ({reason})"
+    return (
+        f"{path} {problem}; the {lines} before the damage were imported"
+        " and a re-run resumes after them."
+    )
 
 
 Progress = Callable[[int], None]
@@ -118,59 +181,95 @@ def import_paths(
     window: int = 4,
     progress: Progress | None = None,
 ) -> ImportSummary:
-    """Import every message under `paths`; `progress(bytes_read)` is called as files advance."""
+    """Import every message under `paths`; `progress(bytes_read)` is called as files advance.
+
+    Invalid lines are counted and skipped (the first MAX_REPORTED_LINES are described in
+    `errors`). A file that cannot be read to its end (truncated or corrupt gzip, I/O error)
+    keeps what was read before the damage, records its resume offset there, is described in
+    `damaged`, and the other files are still imported.
+    """
     summary = ImportSummary()
     started = time.perf_counter()
     files = find_files(paths)
     summary.files = len(files)
-    store = engine.store
     for path in files:
-        name = f"{source}|{path.resolve()}"
-        resume = store.import_offset(name)
+        _import_file(engine, path, source, batch_size, window, progress, summary)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _import_file(
+    engine: Engine,
+    path: Path,
+    source: str,
+    batch_size: int,
+    window: int,
+    progress: Progress | None,
+    summary: ImportSummary,
+) -> None:
+    store = engine.store
+    name = f"{source}|{path.resolve()}"
+    resume = store.import_offset(name)
+    try:
         stream, raw = _open(path)
-        with raw, stream:
-            _skip(stream, resume)
-            summary.skipped_bytes += resume
-            inflight: deque[tuple[Ticket, int]] = deque()
-            items: list[tuple[Prepared, Extracted]] = []
-            line_no = 0
-            last_offset = resume
-            for offset, line in _lines(stream, resume):
-                line_no += 1
-                last_offset = offset
+    except _Unreadable as err:
+        summary.damaged.append(str(err))
+        return
+    except OSError as err:
+        reason = err.strerror or str(err)
+        summary.damaged.append(f"{path} cannot be opened ({reason}); nothing was imported from it.")
+        return
+    with raw, stream:
+        summary.skipped_bytes += resume
+        inflight: deque[tuple[Ticket, int]] = deque()
+        items: list[tuple[Prepared, Extracted]] = []
+        line_no = 0
+        last_offset = resume
+        accepted = 0
+        lines = _Lines(stream, resume)
+        for offset, line, length in lines:
+            line_no += 1
+            last_offset = offset
+            try:
+                if line is None:
+                    raise InvalidMessage(
+                        f"the line is {length:,} bytes long; the limit is {MAX_LINE_BYTES:,}."
+                    )
                 text = line.strip()
                 if not text:
                     continue
-                try:
-                    if len(text) > MAX_LINE_BYTES:
-                        raise InvalidMessage(f"the line is {len(text)} bytes long")
-                    items.append(
-                        engine.prepare(
-                            text,
-                            keep_received_at=True,
-                            fallback_id=functools.partial(_content_id, text),
-                        )
+                if len(text) > MAX_LINE_BYTES:
+                    raise InvalidMessage(
+                        f"the line is {len(text):,} bytes long; the limit is {MAX_LINE_BYTES:,}."
                     )
-                except InvalidMessage as err:
-                    summary.invalid += 1
-                    if len(summary.errors) < 10:
-                        summary.errors.append(f"{path.name}:{line_no}: {err}")
-                if len(items) >= batch_size:
-                    inflight.append((engine.submit(items, source), offset))
-                    items = []
-                    if progress is not None:
-                        progress(raw.tell())
-                    while len(inflight) >= window:
-                        _settle(inflight.popleft(), summary, store, name)
-            if items:
-                inflight.append((engine.submit(items, source), last_offset))
-            while inflight:
-                _settle(inflight.popleft(), summary, store, name)
-            store.set_import_offset(name, last_offset)
-            if progress is not None:
-                progress(raw.tell())
-    summary.seconds = time.perf_counter() - started
-    return summary
+                items.append(
+                    engine.prepare(
+                        text,
+                        keep_received_at=True,
+                        fallback_id=functools.partial(_content_id, text),
+                    )
+                )
+                accepted += 1
+            except InvalidMessage as err:
+                summary.invalid += 1
+                if len(summary.errors) < MAX_REPORTED_LINES:
+                    summary.errors.append(f"{path}:{line_no}: {err}")
+            if len(items) >= batch_size:
+                inflight.append((engine.submit(items, source), offset))
+                items = []
+                if progress is not None:
+                    progress(raw.tell())
+                while len(inflight) >= window:
+                    _settle(inflight.popleft(), summary, store, name)
+        if items:
+            inflight.append((engine.submit(items, source), last_offset))
+        while inflight:
+            _settle(inflight.popleft(), summary, store, name)
+        store.set_import_offset(name, last_offset)
+        if progress is not None:
+            progress(raw.tell())
+        if lines.error is not None:
+            summary.damaged.append(_damage(path, lines.error, accepted))
 
 
 def _settle(entry: tuple[Ticket, int], summary: ImportSummary, store: Store, name: str) -> None:

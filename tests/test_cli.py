@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from pathlib import Path
 
 import pytest
@@ -151,9 +152,143 @@ def test_import_reports_invalid_lines_without_stopping(tmp_path: Path) -> None:
         + "\n"
     )
     result = CliRunner().invoke(main, ["import", "--config", str(cfg), str(path)])
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # the valid lines are imported, but some input was bad
     assert "invalid lines" in result.output
     assert "events.jsonl:2" in result.output and "events.jsonl:3" in result.output
+    rows = summary_rows(result.output)
+    assert rows["events"] == "2" and rows["invalid lines"] == "2"
+    assert result.output.strip().endswith("2 lines were skipped as invalid (see above).")
+    # The import went to the end of the file: a re-run resumes there and finds nothing new.
+    code, out = run("import", "--config", str(cfg), str(path))
+    assert code == 0 and summary_rows(out)["events"] == "0"
+
+
+def summary_rows(out: str) -> dict[str, str]:
+    return {
+        row.split("│")[1].strip(): row.split("│")[2].strip()
+        for row in out.splitlines()
+        if row.count("│") == 3
+    }
+
+
+def error_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("error:")]
+
+
+def test_import_of_clean_files_exits_0_without_messages(tmp_path: Path) -> None:
+    cfg = config_file(tmp_path)
+    path = tmp_path / "events.jsonl.gz"
+    write_lines(path, [track(i) for i in range(5)], compress=True)
+    for expected in ("5", "0"):  # the second run finds nothing new: still a success
+        code, out = run("import", "--config", str(cfg), "--source", "s", str(path))
+        assert code == 0, out
+        assert summary_rows(out)["events"] == expected
+        assert "error" not in out and "\nskipped" not in out
+
+
+def test_import_of_only_invalid_lines_exits_1_and_bounds_the_messages(tmp_path: Path) -> None:
+    cfg = config_file(tmp_path)
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(f"not json {i}\n" for i in range(500)))
+    code, out = run("import", "--config", str(cfg), str(path))
+    assert code == 1
+    assert "Traceback" not in out
+    assert summary_rows(out)["invalid lines"] == "500"
+    shown = [line for line in out.splitlines() if line.startswith(f"skipped {path}:")]
+    assert len(shown) == 20
+    assert "skipped 480 more invalid lines" in out
+    assert error_lines(out) == ["error: 500 lines were skipped as invalid (see above)."]
+    assert "not json 3" not in out  # never the line's content
+
+
+def test_import_reports_an_overlong_line_and_goes_on(tmp_path: Path) -> None:
+    cfg = config_file(tmp_path)
+    path = tmp_path / "long.jsonl"
+    long_line = json.dumps(track(1, properties={"blob": "x" * (1024 * 1024 + 10)}))
+    path.write_text(json.dumps(track(0)) + "\n" + long_line + "\n" + json.dumps(track(2)) + "\n")
+    code, out = run("import", "--config", str(cfg), str(path))
+    assert code == 1
+    assert f"{path}:2: the line is" in out and "xxxx" not in out
+    assert summary_rows(out)["events"] == "2"
+
+
+def truncated_gzip(path: Path, count: int) -> tuple[bytes, int]:
+    """Writes the first half of the gzip of `count` track lines; returns the whole gzip and the
+    number of complete lines in the readable half."""
+    data = "".join(
+        json.dumps({"type": "track", "event": "E", "userId": f"tg{i}", "messageId": f"m{i}"}) + "\n"
+        for i in range(count)
+    ).encode()
+    whole = gzip.compress(data)
+    path.write_bytes(whole[: len(whole) // 2])
+    readable = zlib.decompressobj(wbits=31).decompress(whole[: len(whole) // 2])
+    return whole, readable.count(b"\n")
+
+
+def test_import_of_a_truncated_gzip_keeps_the_readable_lines(tmp_path: Path) -> None:
+    cfg = config_file(tmp_path)
+    trunc = tmp_path / "trunc.jsonl.gz"
+    _, readable = truncated_gzip(trunc, 2000)
+    assert 0 < readable < 2000
+    other = tmp_path / "other.jsonl"  # named after the damaged file: still imported
+    write_lines(other, [track(i) for i in range(3)])
+    code, out = run("import", "--config", str(cfg), "--no-progress", str(trunc), str(other))
+    assert code == 1
+    assert "Traceback" not in out and "Aborted" not in out
+    assert summary_rows(out)["events"] == f"{readable + 3:,}"
+    assert error_lines(out) == [
+        f"error: {trunc} is truncated or corrupt (gzip: Compressed file ended before the"
+        f" end-of-stream marker was reached); the {readable:,} lines before the damage were"
+        " imported and a re-run resumes after them."
+    ]
+    code, out = run("profile", "--config", str(cfg), "user_id:tg0", f"user_id:tg{readable - 1}")
+    assert code == 0
+    code, out = run("profile", "--config", str(cfg), f"user_id:tg{readable}")
+    assert code == 1  # the line cut by the damage was not imported
+
+
+def test_import_resumes_after_a_truncated_gzip_is_replaced_by_the_whole_file(
+    tmp_path: Path,
+) -> None:
+    cfg = config_file(tmp_path)
+    path = tmp_path / "events.jsonl.gz"
+    whole, readable = truncated_gzip(path, 2000)
+    code, out = run("import", "--config", str(cfg), "--batch-size", "64", str(path))
+    assert code == 1 and summary_rows(out)["events"] == f"{readable:,}"
+    code, out = run("import", "--config", str(cfg), "--batch-size", "64", str(path))
+    assert code == 1 and summary_rows(out)["events"] == "0"  # still damaged, nothing new
+    path.write_bytes(whole)
+    code, out = run("import", "--config", str(cfg), "--batch-size", "64", str(path))
+    assert code == 0, out
+    rows = summary_rows(out)
+    assert rows["events"] == f"{2000 - readable:,}"  # exactly the rest: no line skipped...
+    assert rows["duplicates skipped"] == "0"  # ...and none read twice
+    assert rows["profiles created"] == f"{2000 - readable:,}"
+    code, out = run("profile", "--config", str(cfg), f"user_id:tg{readable}", "user_id:tg1999")
+    assert code == 0
+    code, out = run("import", "--config", str(cfg), str(path))
+    assert code == 0 and summary_rows(out)["events"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\x00garbage" + bytes(range(256)) * 20, "is named .gz but is not gzip data"),
+        (b"\x1f\x8b" + bytes(range(256)) * 20, "is truncated or corrupt (gzip: "),
+    ],
+)
+def test_import_of_a_garbage_gz_file_is_one_clear_sentence(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    cfg = config_file(tmp_path)
+    path = tmp_path / "garbage.jsonl.gz"
+    path.write_bytes(content)
+    code, out = run("import", "--config", str(cfg), "--no-progress", str(path))
+    assert code == 1
+    assert "Traceback" not in out and "Aborted" not in out and "\nskipped" not in out
+    (line,) = error_lines(out)
+    assert line.startswith(f"error: {path} {problem}")
+    assert summary_rows(out)["events"] == "0"
 
 
 @pytest.mark.parametrize(
@@ -191,3 +326,28 @@ def test_migrate_reports_applied_migrations(tmp_path: Path) -> None:
     assert code == 0 and "0001_initial" in out
     code, out = run("migrate", "--config", str(cfg))
     assert code == 0 and "up to date" in out
+
+
+def test_profile_reads_beside_a_running_writer(tmp_path: Path) -> None:
+    """`idstitch profile` while the service (here, an open engine) holds the writer lock:
+    it reads at once instead of waiting for the lock."""
+    import time
+
+    import idstitch
+
+    config = config_file(tmp_path)
+    with idstitch.open(str(config), tune_gc=False) as engine:
+        engine.ingest({"type": "identify", "userId": "busy1", "traits": {"plan": "pro"}})
+        started = time.monotonic()
+        code, out = run("profile", "--config", str(config), "--json", "user_id:busy1")
+        assert time.monotonic() - started < 10
+    assert code == 0, out
+    assert json.loads(out)["traits"] == {"plan": "pro"}
+
+
+def test_profile_of_a_store_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    config = config_file(tmp_path)
+    code, out = run("profile", "--config", str(config), "user_id:nobody")
+    assert code == 2
+    assert "no idstitch store" in out and "data.db" in out
+    assert not (tmp_path / "data.db").exists()

@@ -93,7 +93,7 @@ def event(e: EventRow) -> dict[str, Any]:
         if key not in _HIDDEN_BODY_KEYS and key not in out:
             out[key] = value
     if e.segment_id is not None:
-        out["related"] = {ACCOUNTS if e.segment_id.startswith("acc_") else USERS: e.segment_id}
+        out["related"] = {_collection_of(e.segment_id): e.segment_id}
     return out
 
 
@@ -107,7 +107,25 @@ def events(
     after: tuple[float, int] | None = None,
     limit: int = 10,
 ) -> list[EventRow]:
-    return store.events(row.pid, start=start, end=end, sort=sort, after=after, limit=limit)
+    """Events of the canonical profile `row`; their `segment_id` (`related`) names `row`.
+
+    The store stamps an event with the profile it was first stored on, which may since have
+    been merged into `row`. Every event the store returns belongs to `row` or to a profile
+    merged into it, so a stamp of `row`'s collection is replaced by `row.segment_id`, the
+    canonical id that `cursor.url` and `metadata` show too. This needs no read per event."""
+    found = store.events(row.pid, start=start, end=end, sort=sort, after=after, limit=limit)
+    return [_related_to(e, row) for e in found]
+
+
+def _related_to(e: EventRow, row: ProfileRow) -> EventRow:
+    stamped = e.segment_id
+    if stamped is None or stamped == row.segment_id or _collection_of(stamped) != row.collection:
+        return e
+    return msgspec.structs.replace(e, segment_id=row.segment_id)
+
+
+def _collection_of(segment_id: str) -> str:
+    return ACCOUNTS if segment_id.startswith("acc_") else USERS
 
 
 def links(store: Store, row: ProfileRow) -> list[dict[str, Any]]:

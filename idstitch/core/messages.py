@@ -101,6 +101,10 @@ _FIELD_CODES = {
     "$.traits": "traits_not_object",
     "$.properties": "properties_not_object",
     "$.context": "context_not_object",
+    "$.timestamp": "invalid_timestamp",
+    "$.originalTimestamp": "invalid_timestamp",
+    "$.sentAt": "invalid_timestamp",
+    "$.receivedAt": "invalid_timestamp",
 }
 
 
@@ -234,15 +238,28 @@ def validate(message: Message, type_: str) -> None:
                 )
 
 
+def _moment(value: str | None, field: str) -> float | None:
+    """A timestamp field in Unix seconds; None when absent (null or an empty string)."""
+    return parse_time(value, field) if value else None
+
+
 def compute_timestamp(message: Message, received_at: float, sent_at: str | None = None) -> float:
     """`receivedAt - (sentAt - originalTimestamp)` when sentAt is known, else the given
-    timestamp, else receivedAt."""
-    original = message.originalTimestamp or message.timestamp
-    sent = message.sentAt or sent_at
-    if sent and original:
-        return received_at - (parse_time(sent, "sentAt") - parse_time(original, "timestamp"))
-    if message.timestamp:
-        return parse_time(message.timestamp, "timestamp")
+    timestamp, else receivedAt. `sent_at` is a batch's sentAt, for items without their own.
+
+    Every timestamp present is parsed, whether the rule needs it or not, so an unparseable
+    one is refused (`invalid_timestamp`, naming the field) whatever else the message holds."""
+    timestamp = _moment(message.timestamp, "timestamp")
+    original = _moment(message.originalTimestamp, "originalTimestamp")
+    own_sent = _moment(message.sentAt, "sentAt")
+    batch_sent = _moment(sent_at, "sentAt")
+    sent = own_sent if own_sent is not None else batch_sent
+    if original is None:
+        original = timestamp
+    if sent is not None and original is not None:
+        return received_at - (sent - original)
+    if timestamp is not None:
+        return timestamp
     return received_at
 
 
@@ -264,7 +281,8 @@ def prepare(
     """
     if max_bytes is not None and len(raw) > max_bytes:
         raise PayloadTooLarge(
-            f"a message is {len(raw)} bytes; the limit is {max_bytes} bytes per message."
+            f"the message is {len(raw):,} bytes; the limit is {max_bytes:,} bytes per message. "
+            "Trim its properties or traits."
         )
     message = decode_message(raw)
     kind = type_ or message.type

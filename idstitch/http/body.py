@@ -16,15 +16,17 @@ from idstitch.http.errors import UnsupportedEncoding
 _GZIP_SLACK = 64 * 1024
 
 
-def _too_large(size: str, cap: int, single: bool) -> PayloadTooLarge:
+def _too_large(amount: str, cap: int, single: bool, *, compressed: bool = False) -> PayloadTooLarge:
+    """The 413 for a body of `amount` ("40,000 bytes", "more than 32,768 bytes after
+    decompression"); `compressed` when `amount` counts gzip bytes, refused before inflating."""
+    unit = "message" if single else "request"
+    limit = f"the limit is {cap:,} bytes per {unit}" + (
+        " after decompression" if compressed else ""
+    )
     if single:
-        return PayloadTooLarge(
-            f"the message is {size} bytes; the limit is {cap} bytes per message. "
-            "Trim its properties or traits."
-        )
+        return PayloadTooLarge(f"the message is {amount}; {limit}. Trim its properties or traits.")
     return PayloadTooLarge(
-        f"the request body is {size} bytes; the limit is {cap} bytes per request. "
-        "Send fewer messages per request."
+        f"the request body is {amount}; {limit}. Send fewer messages per request."
     )
 
 
@@ -42,7 +44,8 @@ async def read_body(scope: Scope, receive: Receive, cap: int, *, single: bool = 
     wire_cap = cap + _GZIP_SLACK if gzipped else cap
     length = header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > wire_cap:
-        raise _too_large(f"more than {cap}" if gzipped else length.decode(), cap, single)
+        sent = f"{int(length):,} bytes" + (" compressed" if gzipped else "")
+        raise _too_large(sent, cap, single, compressed=gzipped)
     chunks: list[bytes] = []
     size = 0
     more = True
@@ -53,7 +56,8 @@ async def read_body(scope: Scope, receive: Receive, cap: int, *, single: bool = 
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > wire_cap:
-            raise _too_large(f"more than {cap}", cap, single)
+            over = f"more than {wire_cap:,} bytes" + (" compressed" if gzipped else "")
+            raise _too_large(over, cap, single, compressed=gzipped)
         chunks.append(chunk)
         more = message.get("more_body", False)
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -72,7 +76,7 @@ def gunzip(data: bytes, cap: int, single: bool = False) -> bytes:
             "invalid_gzip",
         ) from None
     if len(out) > cap or inflater.unconsumed_tail:
-        raise _too_large(f"more than {cap} after decompression", cap, single)
+        raise _too_large(f"more than {cap:,} bytes after decompression", cap, single)
     if not inflater.eof:
         raise InvalidMessage(
             "the gzip body is truncated; send the complete compressed body.", "invalid_gzip"

@@ -228,7 +228,8 @@ def _tracking_operation(path: str, kind: str | None) -> Schema:
                 "Answers 200 once every message is resolved and fsync'd. Validation covers the "
                 "whole request first: a 400 or 413 applies nothing. Bodies may be gzip "
                 "(`Content-Encoding: gzip`); limits apply after decompression: "
-                f"{MAX_MESSAGE_BYTES} bytes per message, {MAX_REQUEST_BYTES} bytes per request."
+                f"{MAX_MESSAGE_BYTES:,} bytes per message, {MAX_REQUEST_BYTES:,} bytes per "
+                "request."
             ),
             "security": [{"writeKey": []}, {}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},

@@ -21,13 +21,14 @@ from idstitch.http.errors import ParameterError
 Resource = Literal["traits", "external_ids", "events", "metadata", "links"]
 RESOURCES: tuple[Resource, ...] = ("traits", "external_ids", "events", "metadata", "links")
 
-# (default, maximum) of `limit` per resource; traits allow 200 as Segment's do.
+# (default, maximum) of `limit` per resource (SPEC section 5): the default is 10 everywhere, as
+# Segment's; the maximum is 100, except traits, which allow 200 as Segment's do.
 LIMITS: dict[str, tuple[int, int]] = {
     "traits": (10, 200),
     "external_ids": (10, 100),
     "events": (10, 100),
     "metadata": (10, 100),
-    "links": (20, 100),
+    "links": (10, 100),
 }
 
 

@@ -21,6 +21,7 @@ from idstitch.core.messages import (
     MAX_REQUEST_BYTES,
     decode_batch,
     merge_batch_defaults,
+    parse_time,
 )
 from idstitch.engine import Engine, Item
 from idstitch.errors import AuthenticationError, InvalidMessage, PayloadTooLarge
@@ -111,18 +112,23 @@ def prepare_batch(
         )
     if len(messages) > MAX_BATCH_ITEMS:
         raise PayloadTooLarge(
-            f"the batch holds {len(messages)} messages; the limit is {MAX_BATCH_ITEMS} per "
-            "request. Split it into smaller batches.",
+            f"the batch holds {len(messages):,} messages; the limit is {MAX_BATCH_ITEMS:,} "
+            "per request. Split it into smaller batches.",
             "too_many_messages",
         )
+    if batch.sentAt:  # checked even when every item carries its own sentAt
+        try:
+            parse_time(batch.sentAt, "sentAt")
+        except InvalidMessage as err:
+            raise InvalidMessage(f"top level of the batch: {err}", err.code) from None
     shared = bool(batch.context or batch.integrations)
     items: list[Item] = []
     for index, message in enumerate(messages):
         try:
             if len(message) > MAX_MESSAGE_BYTES:
                 raise PayloadTooLarge(
-                    f"a message is {len(message)} bytes; the limit is {MAX_MESSAGE_BYTES} "
-                    "bytes per message. Trim its properties or traits."
+                    f"the message is {len(message):,} bytes; the limit is "
+                    f"{MAX_MESSAGE_BYTES:,} bytes per message. Trim its properties or traits."
                 )
             item = bytes(message)
             if not item.lstrip().startswith(b"{"):

@@ -73,6 +73,9 @@ INVALID = [
     ("alias", {"userId": "u1", "previousId": True}, "previousId"),
     ("identify", {"userId": "u1", "timestamp": "yesterday"}, "timestamp"),
     ("identify", {"userId": "u1", "timestamp": "2025-01-15", "sentAt": "noon"}, "sentAt"),
+    ("identify", {"userId": "u1", "sentAt": "noon"}, "sentAt"),
+    ("identify", {"userId": "u1", "originalTimestamp": "noon"}, "originalTimestamp"),
+    ("identify", {"userId": "u1", "sentAt": 5}, "sentAt"),
     (None, {"userId": "u1"}, "type"),
     (None, {"type": "purchase", "userId": "u1"}, "type"),
 ]
@@ -215,6 +218,31 @@ def test_without_sent_at_the_given_timestamp_then_received_at() -> None:
     assert timestamp({"timestamp": None, "sentAt": None}) == RECEIVED.timestamp()
     # sentAt alone says nothing about when the event happened
     assert timestamp({"sentAt": "2025-01-15T11:00:00Z"}) == RECEIVED.timestamp()
+
+
+GOOD = "2025-01-15T11:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    ("body", "sent_at", "field"),
+    [
+        ({"sentAt": "noon"}, None, "sentAt"),
+        ({"sentAt": "noon", "timestamp": GOOD}, None, "sentAt"),
+        ({"sentAt": "noon", "originalTimestamp": GOOD}, None, "sentAt"),
+        ({"timestamp": GOOD}, "noon", "sentAt"),
+        ({"sentAt": GOOD, "timestamp": GOOD}, "noon", "sentAt"),  # a batch's, overridden
+        ({"originalTimestamp": "noon", "timestamp": GOOD}, None, "originalTimestamp"),
+        ({"timestamp": "noon", "originalTimestamp": GOOD, "sentAt": GOOD}, None, "timestamp"),
+    ],
+)
+def test_every_timestamp_field_present_is_checked(
+    body: dict[str, Any], sent_at: str | None, field: str
+) -> None:
+    """An unparseable timestamp is refused whether or not the rule would use it."""
+    with pytest.raises(InvalidMessage) as caught:
+        timestamp(body, sent_at=sent_at)
+    assert caught.value.code == "invalid_timestamp"
+    assert f"field `{field}`" in str(caught.value)
 
 
 MOMENTS = st.datetimes(

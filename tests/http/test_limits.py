@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import tracemalloc
 from collections.abc import Iterator
 from typing import Any
@@ -55,7 +56,7 @@ def test_a_message_over_32_kib_is_413(client: TestClient, engine: Engine, stream
     assert response.status_code == 413
     payload = response.json()
     assert payload["success"] is False and payload["code"] == "payload_too_large"
-    assert str(MAX_MESSAGE_BYTES) in payload["message"]
+    assert f"{MAX_MESSAGE_BYTES:,}" in payload["message"]
     assert engine.metrics.events == 0
 
 
@@ -81,8 +82,86 @@ def test_a_request_over_500_kib_is_413(client: TestClient, engine: Engine, strea
     raw = whitespace_padded(body, MAX_REQUEST_BYTES + 1)
     response = client.post("/v1/batch", content=chunks(raw) if streamed else raw, headers=JSON)
     assert response.status_code == 413
-    assert str(MAX_REQUEST_BYTES) in response.json()["message"]
+    assert f"{MAX_REQUEST_BYTES:,}" in response.json()["message"]
     assert engine.metrics.events == 0
+
+
+MESSAGE_413 = (
+    "the message is {}; the limit is 32,768 bytes per message{}. Trim its properties or traits."
+)
+REQUEST_413 = (
+    "the request body is {}; the limit is 512,000 bytes per request{}. "
+    "Send fewer messages per request."
+)
+NOISE = gzip.compress(bytes(range(256)) * 4000, 0)  # ~1 MB that gzip does not shrink
+
+
+@pytest.mark.parametrize(
+    ("route", "content", "headers", "want"),
+    [
+        (
+            "/v1/identify",
+            gzip.compress(padded({"userId": "u1"}, MAX_MESSAGE_BYTES + 1)),
+            GZIP,
+            MESSAGE_413.format("more than 32,768 bytes after decompression", ""),
+        ),
+        (
+            "/v1/batch",
+            gzip.compress(
+                whitespace_padded({"batch": [{"type": "identify", "userId": "u1"}]}, 512_001)
+            ),
+            GZIP,
+            REQUEST_413.format("more than 512,000 bytes after decompression", ""),
+        ),
+        (
+            "/v1/identify",
+            padded({"userId": "u1"}, MAX_MESSAGE_BYTES + 1),
+            JSON,
+            MESSAGE_413.format("32,769 bytes", ""),
+        ),
+        (
+            "/v1/identify",
+            chunks(padded({"userId": "u1"}, MAX_MESSAGE_BYTES + 1)),
+            JSON,
+            MESSAGE_413.format("more than 32,768 bytes", ""),
+        ),
+        (
+            "/v1/batch",
+            whitespace_padded({"batch": [{"type": "identify", "userId": "u1"}]}, 512_001),
+            JSON,
+            REQUEST_413.format("512,001 bytes", ""),
+        ),
+        (
+            "/v1/batch",
+            NOISE,
+            GZIP,
+            REQUEST_413.format(f"{len(NOISE):,} bytes compressed", " after decompression"),
+        ),
+        (
+            "/v1/batch",
+            chunks(NOISE),
+            GZIP,
+            REQUEST_413.format("more than 577,536 bytes compressed", " after decompression"),
+        ),
+    ],
+    ids=[
+        "gzip-message",
+        "gzip-batch",
+        "message",
+        "message-chunked",
+        "batch",
+        "gzip-wire",
+        "gzip-wire-chunked",
+    ],
+)
+def test_413_messages_read_as_sentences(
+    client: TestClient, route: str, content: Any, headers: dict[str, str], want: str
+) -> None:
+    response = client.post(route, content=content, headers=headers)
+    assert response.status_code == 413
+    message = response.json()["message"]
+    assert message == want
+    assert not re.search(r"decompression bytes|\d{5}", message), message
 
 
 def test_2500_messages_are_accepted_and_2501_are_413(client: TestClient, engine: Engine) -> None:

@@ -174,3 +174,73 @@ def test_cursors_round_trip(moment: float, text: str, seq: int) -> None:
 def test_tampered_cursors_are_refused(cursor: str) -> None:
     with pytest.raises(ParameterError):
         decode_cursor(cursor, (float, int))
+
+
+@pytest.fixture
+def crowded(engine: Engine) -> Engine:
+    """An account with 12 traits, 12 identifiers, 12 events and 12 linked users."""
+    engine.ingest_batch(
+        [
+            {
+                "type": "group",
+                "userId": f"u{i}",
+                "groupId": "g1",
+                "traits": {f"t{i:02d}": i},
+                "context": {
+                    "externalIds": [
+                        # four of each type: under the default limit of 5 values per type
+                        {
+                            "id": f"x{i}",
+                            "type": ("crm_id", "erp_id", "domain")[i % 3],
+                            "collection": "accounts",
+                        }
+                    ]
+                },
+            }
+            for i in range(12)
+        ],
+        source="web",
+    )
+    return engine
+
+
+@pytest.mark.usefixtures("crowded")
+@pytest.mark.parametrize(
+    ("resource", "key", "maximum"),
+    [
+        ("traits", "traits", 200),
+        ("external_ids", "data", 100),
+        ("events", "data", 100),
+        ("links", "data", 100),
+    ],
+)
+def test_every_resource_pages_10_by_default_within_its_bounds(
+    client: TestClient, resource: str, key: str, maximum: int
+) -> None:
+    """SPEC section 5: `limit` defaults to 10 as Segment's; 1 to 100, traits up to 200."""
+    url = profile_url("group_id:g1", resource, collection="accounts")
+    body = client.get(url, headers=READ).json()
+    assert len(body[key]) == 10 and body["cursor"]["has_more"] is True
+    assert len(client.get(url, params={"limit": 11}, headers=READ).json()[key]) == 11
+    for limit, status in ((1, 200), (maximum, 200), (0, 400), (maximum + 1, 400)):
+        assert client.get(url, params={"limit": limit}, headers=READ).status_code == status
+
+
+def test_openapi_states_the_same_limits(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    base = "/v1/spaces/{space_id}/collections/{collection}/profiles/{ref}/"
+    for resource, maximum in (
+        ("traits", 200),
+        ("external_ids", 100),
+        ("events", 100),
+        ("links", 100),
+    ):
+        [limit] = [
+            p for p in spec["paths"][base + resource]["get"]["parameters"] if p["name"] == "limit"
+        ]
+        assert limit["schema"] == {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": maximum,
+            "default": 10,
+        }, resource

@@ -198,6 +198,40 @@ def test_events_shape_sort_and_time_window(client: TestClient, engine: Engine) -
     assert [e["timestamp"] for e in window["data"]] == [at(3), at(4)]
 
 
+def test_events_relate_to_the_surviving_profile_after_a_merge(
+    client: TestClient, engine: Engine
+) -> None:
+    """`related` names the canonical segment_id, as `cursor.url` does, also for events first
+    stored on a profile that was merged away (users and accounts alike)."""
+    accounts = {"externalIds": [{"id": "rel.io", "type": "domain", "collection": "accounts"}]}
+    engine.ingest_batch(
+        [
+            {"type": "page", "anonymousId": "rel-a", "messageId": "m1"},
+            {"type": "identify", "userId": "rel-u", "messageId": "m2"},
+            {"type": "identify", "userId": "rel-u", "anonymousId": "rel-a", "messageId": "m3"},
+            {"type": "group", "userId": "rel-u", "groupId": "rel-g", "messageId": "m4"},
+            {"type": "track", "userId": "x", "event": "E", "messageId": "m5", "context": accounts},
+            {
+                "type": "group",
+                "userId": "x",
+                "groupId": "rel-g",
+                "messageId": "m6",
+                "context": accounts,
+            },
+        ],
+        source="web",
+    )
+    for collection, ref, events in (
+        ("users", "user_id:rel-u", ["m4", "m3", "m2", "m1"]),
+        ("accounts", "group_id:rel-g", ["m6", "m5", "m4"]),
+    ):
+        body = get(client, profile_url(ref, "events", collection), limit=100)
+        survivor = body["cursor"]["url"].split("/")[-2]
+        assert sorted(e["message_id"] for e in body["data"]) == sorted(events)
+        assert [e["related"] for e in body["data"]] == [{collection: survivor}] * len(events)
+        assert get(client, profile_url(ref, "metadata", collection))["metadata"]["merged_from"]
+
+
 @pytest.mark.usefixtures("ann")
 def test_events_include_and_exclude_event_names(client: TestClient) -> None:
     url = profile_url("user_id:ann", "events")

@@ -321,6 +321,122 @@ def test_timestamp_without_sent_at_is_kept_and_default_is_received_at(
     assert now["timestamp"] == now["received_at"]
 
 
+T = "2025-01-15T10:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field", "index"),
+    [
+        ("track", {"userId": "v_u1", "event": "E", "sentAt": "bad"}, "sentAt", None),
+        (
+            "track",
+            {"userId": "v_u1", "event": "E", "sentAt": "bad", "timestamp": T},
+            "sentAt",
+            None,
+        ),
+        (
+            "track",
+            {"userId": "v_u1", "event": "E", "sentAt": "bad", "originalTimestamp": T},
+            "sentAt",
+            None,
+        ),
+        ("track", {"userId": "v_u1", "event": "E", "sentAt": 17}, "sentAt", None),
+        (
+            "track",
+            {"userId": "v_u1", "event": "E", "originalTimestamp": "bad", "timestamp": T},
+            "originalTimestamp",
+            None,
+        ),
+        (
+            "batch",
+            {"batch": [{"type": "track", "userId": "v_u1", "event": "E"}], "sentAt": "bad"},
+            "sentAt",
+            None,
+        ),
+        (
+            "batch",
+            {
+                "batch": [{"type": "track", "userId": "v_u1", "event": "E", "sentAt": T}],
+                "sentAt": "bad",
+            },
+            "sentAt",
+            None,
+        ),
+        (
+            "batch",
+            {
+                "batch": [
+                    {"type": "track", "userId": "v_u1", "event": "E"},
+                    {"type": "track", "userId": "v_u1", "event": "E", "sentAt": "bad"},
+                ]
+            },
+            "sentAt",
+            1,
+        ),
+        (
+            "import",
+            {
+                "batch": [
+                    {"type": "track", "userId": "v_u1", "event": "E", "timestamp": T},
+                    {"type": "track", "userId": "v_u1", "event": "E", "sentAt": "bad"},
+                ],
+                "sentAt": T,
+            },
+            "sentAt",
+            1,
+        ),
+    ],
+    ids=[
+        "alone",
+        "with-timestamp",
+        "with-original",
+        "not-a-string",
+        "bad-original",
+        "batch-level",
+        "batch-level-unused",
+        "item",
+        "item-with-batch-sent-at",
+    ],
+)
+def test_an_unparseable_sent_at_is_400_whatever_else_is_present(
+    client: TestClient, engine: Engine, route: str, body: Any, field: str, index: int | None
+) -> None:
+    response = client.post(f"/v1/{route}", json=body, headers=WRITE)
+    assert response.status_code == 400, response.text
+    payload = response.json()
+    assert payload["code"] == "invalid_timestamp"
+    assert f"`{field}`" in payload["message"]
+    assert payload.get("index") == index
+    if index is not None:
+        assert f"batch item {index}" in payload["message"]
+    assert engine.metrics.events == 0
+
+
+@pytest.mark.parametrize(
+    "sent_at",
+    [
+        "2025-01-15T10:00:10.000Z",  # analytics.js, analytics-node, the mobile libraries
+        "2025-01-15T10:00:10.000+00:00",
+        "2025-01-15T10:00:10.000123+00:00",  # analytics-python: isoformat() with microseconds
+        "2025-01-15T12:00:10.000+02:00",
+        "2025-01-15T05:00:10-05:00",
+        "2025-01-15T10:00:10.000000000Z",  # Go: RFC 3339 with nanoseconds
+        "",  # an empty sentAt counts as absent
+    ],
+)
+def test_official_clients_sent_at_formats_are_accepted(client: TestClient, sent_at: str) -> None:
+    single = {"userId": "u1", "event": "E", "timestamp": T, "sentAt": sent_at}
+    assert client.post("/v1/track", json=single, headers=WRITE).status_code == 200
+    batch = {"batch": [{"type": "track", "userId": "u2", "event": "E", "timestamp": T}]}
+    response = client.post("/v1/batch", json={**batch, "sentAt": sent_at}, headers=WRITE)
+    assert response.status_code == 200
+    if sent_at:
+        for ref in ("user_id:u1", "user_id:u2"):
+            event = events_of(client, ref)[0]
+            skew = parse(event["received_at"]) - parse(event["timestamp"])
+            assert skew == pytest.approx(10.0, abs=0.01)
+
+
 # ---- acknowledgement and back-pressure ----------------------------------------------------
 def test_success_waits_for_the_durable_commit(
     client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from idstitch import __version__, config
 from idstitch.config import Settings
-from idstitch.errors import IdstitchError, ProfileNotFound
+from idstitch.errors import IdstitchError, ProfileNotFound, StoreNotFound
 
 F = TypeVar("F", bound=Callable[..., Any])
 err_console = Console(stderr=True)
@@ -214,18 +214,27 @@ def profile(config_path: str | None, as_json: bool, refs: tuple[str, ...]) -> No
     Exit status 0 when every REF was found, 1 when some were not.
     """
     from idstitch import profiles
-    from idstitch.storage import open_store
+    from idstitch.core.identifiers import parse_ref
+    from idstitch.storage import Store, open_store
 
     settings = _settings(config_path)
     missing = 0
+    store: Store | None = None
     try:
         store = open_store(settings.storage_url, read_only=True)
+    except StoreNotFound as err:
+        # Nothing was ever stored there: every REF is simply not found (said once, on stderr,
+        # so that --json output stays one object per REF).
+        err_console.print(f"note: {escape(str(err))}", highlight=False, soft_wrap=True)
     except IdstitchError as err:
         _fail(err)
     out = Console()
     try:
         for ref in refs:
             try:
+                if store is None:
+                    parse_ref(ref)  # a malformed REF is still an error
+                    raise ProfileNotFound(ref)
                 doc = profiles.document(store, ref)
             except ProfileNotFound:
                 missing += 1
@@ -241,7 +250,8 @@ def profile(config_path: str | None, as_json: bool, refs: tuple[str, ...]) -> No
     except IdstitchError as err:
         _fail(err)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
     sys.exit(1 if missing else 0)
 
 

@@ -8,6 +8,7 @@
       +-- ProfileNotFound      no profile for a reference (HTTP 404)
       +-- InvalidReference     a profile reference that cannot be parsed (HTTP 400)
       +-- StorageError         the store failed or is unreachable (HTTP 503)
+      |     +-- StoreNotFound     a store opened read-only does not exist yet
       +-- Overloaded           the ingest queue is full (HTTP 429)
 
 Refusals by identity rules are not exceptions: they are values (violations) in a resolution.
@@ -58,6 +59,12 @@ class InvalidReference(IdstitchError):
 
 class StorageError(IdstitchError):
     code = "storage_error"
+
+
+class StoreNotFound(StorageError):
+    """A store opened for reads only does not exist yet (nothing was ever written to it)."""
+
+    code = "store_not_found"
 
 
 class Overloaded(IdstitchError):

@@ -345,9 +345,12 @@ def test_profile_reads_beside_a_running_writer(tmp_path: Path) -> None:
     assert json.loads(out)["traits"] == {"plan": "pro"}
 
 
-def test_profile_of_a_store_that_does_not_exist_says_so(tmp_path: Path) -> None:
+def test_profile_of_a_store_that_does_not_exist_finds_nothing(tmp_path: Path) -> None:
     config = config_file(tmp_path)
-    code, out = run("profile", "--config", str(config), "user_id:nobody")
-    assert code == 2
-    assert "no idstitch store" in out and "data.db" in out
-    assert not (tmp_path / "data.db").exists()
+    result = CliRunner().invoke(main, ["profile", "--config", str(config), "--json", "user_id:x"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"ref": "user_id:x", "error": "not_found"}
+    assert "no idstitch store" in result.stderr and "data.db" in result.stderr
+    assert not (tmp_path / "data.db").exists()  # looking did not create it
+    bad = CliRunner().invoke(main, ["profile", "--config", str(config), "no-colon"])
+    assert bad.exit_code == 2 and "neither" in bad.output

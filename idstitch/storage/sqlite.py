@@ -29,7 +29,7 @@ import msgspec
 from idstitch.core.graph import Graph
 from idstitch.core.identifiers import key_of
 from idstitch.core.plan import Plan
-from idstitch.errors import StorageError
+from idstitch.errors import StorageError, StoreNotFound
 from idstitch.storage import sqlite_committer
 from idstitch.storage.base import (
     EventRow,
@@ -249,7 +249,7 @@ class SQLiteStore(Store):
         """Reads only: no writer lock, no committer, no graph, so it works beside a running
         service (`idstitch profile` while `idstitch serve` writes)."""
         if not self.path.is_file():
-            raise StorageError(
+            raise StoreNotFound(
                 f"there is no idstitch store at {self.path} yet; check --config, or send "
                 "events first (idstitch serve, idstitch import)."
             )

@@ -101,7 +101,7 @@ class App:
             send = _with_cors(send)  # analytics.js posts straight from browsers
         try:
             if path in tracking.ROUTES:
-                route = path[4:]
+                route = tracking.ROUTE_NAMES[path]
                 if method == "OPTIONS":
                     await send_bytes(send, 204, b"", b"text/plain", _PREFLIGHT)
                     status = 204

@@ -16,7 +16,7 @@ from idstitch.core.messages import (
     MAX_REQUEST_BYTES,
 )
 from idstitch.http.paging import LIMITS, RESOURCES
-from idstitch.http.tracking import ROUTES
+from idstitch.http.tracking import ROUTES, SHORT_ROUTES
 
 Schema = dict[str, Any]
 
@@ -218,6 +218,8 @@ def _tracking_operation(path: str, kind: str | None) -> Schema:
     else:
         body = _message(kind, typed=False)
         summary = f"Send one {kind} call."
+    if path in SHORT_ROUTES:  # what analytics.js posts to
+        summary += f" The short form of {SHORT_ROUTES[path]} that analytics.js uses."
     error = _json(_TRACKING_ERROR, "")
     return {
         "post": {

@@ -39,6 +39,22 @@ ROUTES: dict[str, str | None] = {
     "/v1/batch": None,
     "/v1/import": None,
 }
+# analytics.js (the browser library) posts to the first letter of the call's type, and to
+# `/v1/b` when it batches; these answer exactly as the long forms do.
+SHORT_ROUTES: dict[str, str] = {
+    "/v1/i": "/v1/identify",
+    "/v1/t": "/v1/track",
+    "/v1/p": "/v1/page",
+    "/v1/s": "/v1/screen",
+    "/v1/g": "/v1/group",
+    "/v1/a": "/v1/alias",
+    "/v1/b": "/v1/batch",
+}
+# The route's name in metrics and logs: the long form's, whichever path was used.
+ROUTE_NAMES: dict[str, str] = {path: path[4:] for path in ROUTES} | {
+    short: long[4:] for short, long in SHORT_ROUTES.items()
+}
+ROUTES.update({short: ROUTES[long] for short, long in SHORT_ROUTES.items()})
 
 SUCCESS = b'{"success":true}'
 

@@ -519,3 +519,57 @@ def test_browsers_may_post_events_from_any_origin(client: TestClient) -> None:
     refused = client.post("/v1/track", content=b'{"event": "E", "userId": "u"}')
     assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "*"
     assert "access-control-allow-origin" not in client.get("/healthz").headers
+
+
+def test_analytics_js_short_routes_and_plain_text_bodies(client: TestClient) -> None:
+    """analytics.js posts to /v1/<first letter of the type> (and /v1/b when it batches), with
+    `Content-Type: text/plain` (no CORS preflight for the type) and the write key both in a
+    Basic header and in the body."""
+    import json
+
+    preflight = client.options(
+        "/v1/t",
+        headers={
+            "Origin": "https://shop.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
+    assert preflight.status_code == 204
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    common = {"writeKey": WRITE_KEY, "sentAt": "2025-01-15T02:02:15.908Z"}
+    calls = {
+        "/v1/p": {"type": "page", "anonymousId": "ajs-a1", "name": "Home"},
+        "/v1/t": {"type": "track", "anonymousId": "ajs-a1", "event": "Viewed"},
+        "/v1/i": {"type": "identify", "anonymousId": "ajs-a1", "userId": "ajs-u1"},
+        "/v1/g": {"type": "group", "userId": "ajs-u1", "groupId": "ajs-g1"},
+        "/v1/a": {"type": "alias", "userId": "ajs-u1", "previousId": "ajs-old"},
+        "/v1/s": {"type": "screen", "userId": "ajs-u1", "name": "Cart"},
+    }
+    for n, (path, body) in enumerate(calls.items()):
+        message = {**body, **common, "messageId": f"ajs-next-{n}"}
+        response = client.post(
+            path,
+            content=json.dumps(message),
+            headers={**WRITE, "Content-Type": "text/plain", "Origin": "https://shop.example.com"},
+        )
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers["access-control-allow-origin"] == "*"
+    batch = {
+        "batch": [{"type": "track", "anonymousId": "ajs-a2", "userId": "ajs-u1", "event": "B"}],
+        **common,
+    }
+    response = client.post(
+        "/v1/b", content=json.dumps(batch), headers={**WRITE, "Content-Type": "text/plain"}
+    )
+    assert response.status_code == 200, response.text
+    types = sorted(e["type"] for e in events_of(client, "user_id:ajs-u1"))
+    assert types == ["alias", "group", "identify", "page", "screen", "track", "track"]
+    assert {
+        e["id"]
+        for e in client.get(
+            profile_url("user_id:ajs-u1", "external_ids"), params={"limit": 100}, headers=READ
+        ).json()["data"]
+    } >= {"ajs-u1", "ajs-a1", "ajs-a2", "ajs-old"}
+    # The long form is what metrics name, whichever path was used.
+    assert 'route="t"' not in client.get("/metrics").text

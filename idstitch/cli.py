@@ -8,6 +8,8 @@ idstitch migrate  apply the store's schema migrations
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -98,6 +100,13 @@ def serve(config_path: str | None, host: str, port: int) -> None:
         run_server(config_path, host, port)
     except IdstitchError as err:
         _fail(err)
+    except KeyboardInterrupt:
+        # Ctrl-C: the server has drained its requests and closed the store by now. End by the
+        # signal, as servers do (status 130 in a shell), not with click's "Aborted!".
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 @main.command("import")

@@ -355,6 +355,10 @@ class SQLiteStore(Store):
                 # process, so a new engine cannot load the graph while an old committer of a
                 # killed engine still writes.
                 pass_fds=(from_parent, to_parent, self._lock_fd),
+                # Its own session: a Ctrl-C in the terminal (SIGINT to the foreground process
+                # group) reaches the engine, which drains and then stops the committer, not
+                # the committer in the middle of a commit. It ignores SIGINT and SIGTERM too.
+                start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
             )
@@ -397,7 +401,14 @@ class SQLiteStore(Store):
             self._pending.clear()
         for future, keys, _ in settled:
             self.inflight.difference_update(keys)
-            future.set_exception(StorageError(f"the batch was not stored: {why}"))
+            # The committer may have committed it just before it went: say so, and that a
+            # retry is safe (the same messageIds are acknowledged, not stored twice).
+            future.set_exception(
+                StorageError(
+                    f"{why}; the batch may or may not be on disk. Retry it: messages with "
+                    "the same messageId are deduplicated."
+                )
+            )
 
     def _send(
         self,

@@ -23,6 +23,7 @@ it, and an index range must not be recorded as complete over events that were lo
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from multiprocessing.connection import Connection
 from typing import Any
@@ -158,6 +159,11 @@ def _size(job: Any) -> int:
 
 def main(path: str, pipe: Connection, replies: Connection, max_events: int, wal_pages: int) -> None:
     """The committer process's whole life: write what arrives until told to stop."""
+    # The engine decides when this process ends (None down the pipe, or the pipe's end when
+    # the engine is gone): a SIGTERM or SIGINT sent to every process of a service (systemd,
+    # a terminal's Ctrl-C) must not cut off the commits of requests still being answered.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = open_writer(path, wal_pages)
     failed: str | None = None
     written = 0  # events committed since the WAL last started over

@@ -80,26 +80,33 @@ class Server:
 
 
 def start(
-    config: Path | None, cwd: Path, log: Path, port: int | None = None, out: Path | None = None
+    config: Path | None,
+    cwd: Path,
+    log: Path,
+    port: int | None = None,
+    out: Path | None = None,
+    own_group: bool = False,
 ) -> Server:
-    """`idstitch serve` with stderr (the JSON logs) to `log`, stdout to `out` or `log`."""
+    """`idstitch serve` with stderr (the JSON logs) to `log`, stdout to `out` or `log`; with
+    `own_group`, in a process group of its own (as a shell's foreground job), so a test can
+    signal the whole group as a terminal's Ctrl-C does."""
     port = port or free_port()
     args = [sys.executable, "-m", "idstitch", "serve", "--port", str(port)]
     if config is not None:
         args += ["--config", str(config)]
     with log.open("ab") as err, (out or log).open("ab") as std:
-        proc = subprocess.Popen(args, cwd=cwd, stdout=std, stderr=err)
+        proc = subprocess.Popen(args, cwd=cwd, stdout=std, stderr=err, start_new_session=own_group)
     return Server(proc, port, log)
 
 
 @contextmanager
-def running(directory: Path, port: int | None = None) -> Iterator[Server]:
+def running(directory: Path, port: int | None = None, own_group: bool = False) -> Iterator[Server]:
     """A server on `directory`'s config (written if missing), stopped by SIGKILL if the test
     left it running."""
     config = directory / "idstitch.toml"
     if not config.exists():
         write_config(directory)
-    server = start(config, directory, directory / "server.log", port)
+    server = start(config, directory, directory / "server.log", port, own_group=own_group)
     try:
         server.wait_ready()
         yield server

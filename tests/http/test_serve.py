@@ -4,12 +4,15 @@ requests and closes the store cleanly."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -93,6 +96,63 @@ def test_sigterm_drains_an_in_flight_request_and_closes_the_store(tmp_path: Path
     with Engine(load(tmp_path / "idstitch.toml")) as engine:
         assert engine.traits("user_id:drained") == {"plan": "pro"}
         assert engine.settings.space_id == SPACE
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_process_group_drains_every_request(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A terminal's Ctrl-C (SIGINT) and a service manager's stop (SIGTERM) reach every process
+    of the group, the committer too: requests in flight are still answered 200 and stored,
+    and the server ends by the signal, with no traceback."""
+    acknowledged: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client(worker: int, url: str) -> None:
+        n = 0
+        while not stop.is_set():
+            ids = [f"w{worker}-{n}-{k}" for k in range(50)]
+            n += 1
+            batch = [
+                {"type": "track", "event": "E", "anonymousId": f"a-{m}", "messageId": m}
+                for m in ids
+            ]
+            try:
+                answer = httpx.post(
+                    f"{url}/v1/batch", json={"batch": batch}, headers=basic(WRITE_KEY), timeout=30
+                )
+            except httpx.TransportError:  # refused or reset once the listener is closed
+                return
+            if answer.status_code == 200:
+                acknowledged.extend(ids)
+            else:
+                failures.append(f"{answer.status_code} {answer.text}")
+
+    with running(tmp_path, own_group=True) as server:
+        workers = [
+            threading.Thread(target=client, args=(w, server.url), daemon=True) for w in range(4)
+        ]
+        for worker in workers:
+            worker.start()
+        time.sleep(1.0)
+        os.killpg(server.proc.pid, signum)
+        ended = server.proc.wait(timeout=60)
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+        output = server.output()
+    assert ended == -signum, output
+    assert not failures, failures[:3]
+    assert "Traceback" not in output and "Aborted!" not in output, output
+    assert len(acknowledged) >= 50
+    with Engine(load(tmp_path / "idstitch.toml")) as engine:
+        missing = [
+            m
+            for m in acknowledged
+            if engine.store.find_by_identifier("users", "anonymous_id", f"a-{m}") is None
+        ]
+    assert not missing, missing[:5]
 
 
 def test_a_taken_port_is_one_clear_sentence(tmp_path: Path) -> None:

@@ -9,7 +9,10 @@ from idstitch.engine import Engine, Resolution, open
 from idstitch.errors import (
     ConfigError,
     IdstitchError,
+    InvalidArgument,
     InvalidMessage,
+    InvalidReference,
+    Overloaded,
     ProfileNotFound,
     StorageError,
 )
@@ -21,8 +24,11 @@ __all__ = [
     "Engine",
     "IdentityRules",
     "IdstitchError",
+    "InvalidArgument",
     "InvalidMessage",
+    "InvalidReference",
     "Limit",
+    "Overloaded",
     "ProfileNotFound",
     "Resolution",
     "Settings",

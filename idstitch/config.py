@@ -9,10 +9,11 @@ import os
 import re
 import secrets
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlsplit
 
 from idstitch.core.rules import (
     BUILTIN_TYPES,
@@ -22,6 +23,7 @@ from idstitch.core.rules import (
     IdentityRules,
     Limit,
     SourceRules,
+    WindowName,
 )
 from idstitch.errors import ConfigError
 
@@ -129,29 +131,83 @@ def _positive_int(value: Any, key: str) -> int:
     return value
 
 
+# ---- identity rules: each check below serves both the TOML file and a Python IdentityRules --
+
+
+def _priority(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise _fail(
+            "identity.priority", f"must be a list, not {value!r}", 'write e.g. ["user_id", "email"]'
+        )
+    priority = tuple(_type_name(t, "identity.priority") for t in value)
+    if len(set(priority)) != len(priority):
+        raise _fail("identity.priority", "names a type twice", "list each type once")
+    return priority
+
+
+def _limit(type_: Any, max_: Any, window: Any) -> tuple[str, Limit]:
+    key = f"identity.limits.{type_}"
+    name = _type_name(type_, key)
+    if not isinstance(window, str) or window not in WINDOWS:
+        raise _fail(f"{key}.window", f"is {window!r}", "use one of " + ", ".join(WINDOWS))
+    return name, Limit(_positive_int(max_, f"{key}.max"), cast(WindowName, window))
+
+
+def _source_rules(source_id: Any, flags: Mapping[str, Any]) -> SourceRules:
+    key = f"identity.sources.{source_id}"
+    if not isinstance(source_id, str) or not source_id:
+        raise _fail(key, "is not keyed by a source id", "key each entry by a non-empty source id")
+    return SourceRules(
+        _bool(flags, "create", key), _bool(flags, "add", key), _bool(flags, "merge", key)
+    )
+
+
+def _assemble(
+    priority: tuple[str, ...],
+    limits: dict[str, Limit],
+    blocked: BlockList,
+    by_type: dict[str, BlockList],
+    sources: dict[str, SourceRules],
+    custom_raw: Any,
+    max_merges: Any,
+    max_identifiers: Any,
+) -> IdentityRules:
+    if not isinstance(custom_raw, list | tuple):
+        raise _fail(
+            "identity.custom_types", f"must be a list, not {custom_raw!r}", 'write e.g. ["phone"]'
+        )
+    declared = [_type_name(t, "identity.custom_types") for t in custom_raw]
+    # A custom type is declared by naming it anywhere in the identity rules.
+    declared += [t for t in (*priority, *limits, *by_type) if t not in BUILTIN_TYPES]
+    custom = tuple(dict.fromkeys(t for t in declared if t not in BUILTIN_TYPES))
+    return IdentityRules(
+        priority=priority,
+        limits=limits,
+        blocked=blocked,
+        blocked_by_type=by_type,
+        sources=sources,
+        custom_types=custom,
+        max_merges=_positive_int(max_merges, "identity.max_merges"),
+        max_identifiers=_positive_int(max_identifiers, "identity.max_identifiers"),
+    )
+
+
 def rules_from(identity: Mapping[str, Any]) -> IdentityRules:
+    """The [identity] table of a config file -> IdentityRules (raises ConfigError)."""
     if not isinstance(identity, dict):
         raise _fail("identity", "must be a table", "write [identity]")
     _check_keys(identity, _IDENTITY_KEYS, "identity")
-    priority_raw = identity.get("priority", [])
-    if not isinstance(priority_raw, list):
-        raise _fail("identity.priority", "must be a list", 'write e.g. ["user_id", "email"]')
-    priority = tuple(_type_name(t, "identity.priority") for t in priority_raw)
-    if len(set(priority)) != len(priority):
-        raise _fail("identity.priority", "names a type twice", "list each type once")
     limits: dict[str, Limit] = {}
     limits_raw = identity.get("limits", {})
     if not isinstance(limits_raw, dict):
         raise _fail("identity.limits", "must be a table", "write [identity.limits]")
     for type_, spec in limits_raw.items():
-        key = f"identity.limits.{type_}"
-        name = _type_name(type_, key)
         if not isinstance(spec, dict) or not set(spec) <= {"max", "window"} or "max" not in spec:
-            raise _fail(key, f"is {spec!r}", 'write { max = 5, window = "weekly" }')
-        window = spec.get("window", "ever")
-        if window not in WINDOWS:
-            raise _fail(f"{key}.window", f"is {window!r}", "use one of " + ", ".join(WINDOWS))
-        limits[name] = Limit(_positive_int(spec["max"], f"{key}.max"), window)
+            raise _fail(
+                f"identity.limits.{type_}", f"is {spec!r}", 'write { max = 5, window = "weekly" }'
+            )
+        name, limit = _limit(type_, spec["max"], spec.get("window", "ever"))
+        limits[name] = limit
     blocked = DEFAULT_BLOCKLIST | _blocklist(
         identity.get("blocked_values", []), "identity.blocked_values"
     )
@@ -177,46 +233,192 @@ def rules_from(identity: Mapping[str, Any]) -> IdentityRules:
         if not isinstance(spec, dict):
             raise _fail(key, "must be a table", "write create/add/merge = true or false")
         _check_keys(spec, {"create", "add", "merge"}, key)
-        sources[sid] = SourceRules(
-            _bool(spec, "create", key), _bool(spec, "add", key), _bool(spec, "merge", key)
-        )
-    custom_raw = identity.get("custom_types", [])
-    if not isinstance(custom_raw, list):
-        raise _fail("identity.custom_types", "must be a list", 'write e.g. ["phone"]')
-    declared = [_type_name(t, "identity.custom_types") for t in custom_raw]
-    # A custom type is declared by naming it anywhere in the identity rules.
-    declared += [t for t in (*priority, *limits, *by_type) if t not in BUILTIN_TYPES]
-    custom = tuple(dict.fromkeys(t for t in declared if t not in BUILTIN_TYPES))
-    return IdentityRules(
-        priority=priority,
-        limits=limits,
-        blocked=blocked,
-        blocked_by_type=by_type,
-        sources=sources,
-        custom_types=custom,
-        max_merges=_positive_int(identity.get("max_merges", 100), "identity.max_merges"),
-        max_identifiers=_positive_int(
-            identity.get("max_identifiers", 1000), "identity.max_identifiers"
-        ),
+        sources[sid] = _source_rules(sid, spec)
+    return _assemble(
+        _priority(identity.get("priority", [])),
+        limits,
+        blocked,
+        by_type,
+        sources,
+        identity.get("custom_types", []),
+        identity.get("max_merges", 100),
+        identity.get("max_identifiers", 1000),
     )
 
 
+def check_rules(rules: IdentityRules) -> IdentityRules:
+    """An IdentityRules built in Python, checked by the rules a config file's [identity]
+    table is checked by (same ConfigError messages, named by the TOML key), and normalized
+    the same way: type names trimmed and lower-cased, custom types declared by use."""
+    if not isinstance(rules, IdentityRules):
+        raise _fail(
+            "identity",
+            f"is {type(rules).__name__}, not IdentityRules",
+            "pass idstitch.IdentityRules(...) as Settings(rules=...)",
+        )
+    limits: dict[str, Limit] = {}
+    if not isinstance(rules.limits, Mapping):
+        raise _fail(
+            "identity.limits", f"is {rules.limits!r}", 'pass a dict, e.g. {"phone": Limit(5)}'
+        )
+    for type_, spec in rules.limits.items():
+        if not isinstance(spec, Limit):
+            raise _fail(
+                f"identity.limits.{type_}", f"is {spec!r}", 'pass a Limit, e.g. Limit(5, "weekly")'
+            )
+        name, limit = _limit(type_, spec.max, spec.window)
+        limits[name] = limit
+    if not isinstance(rules.blocked, BlockList):
+        raise _fail(
+            "identity.blocked_values",
+            f"is {rules.blocked!r}",
+            "pass a BlockList, e.g. DEFAULT_BLOCKLIST | BlockList.build([...])",
+        )
+    if not isinstance(rules.blocked_by_type, Mapping):
+        raise _fail(
+            "identity.blocked_values_by_type",
+            f"is {rules.blocked_by_type!r}",
+            "pass a dict of type -> BlockList",
+        )
+    by_type: dict[str, BlockList] = {}
+    for t, blocklist in rules.blocked_by_type.items():
+        key = f"identity.blocked_values_by_type.{t}"
+        if not isinstance(blocklist, BlockList):
+            raise _fail(key, f"is {blocklist!r}", "pass a BlockList, e.g. BlockList.build([...])")
+        by_type[_type_name(t, key)] = blocklist
+    if not isinstance(rules.sources, Mapping):
+        raise _fail(
+            "identity.sources", f"is {rules.sources!r}", "pass a dict of source id -> SourceRules"
+        )
+    sources: dict[str, SourceRules] = {}
+    for sid, flags in rules.sources.items():
+        if not isinstance(flags, SourceRules):
+            raise _fail(
+                f"identity.sources.{sid}",
+                f"is {flags!r}",
+                "pass SourceRules(create=..., add=..., merge=...)",
+            )
+        sources[sid] = _source_rules(sid, vars(flags))
+    return _assemble(
+        _priority(rules.priority),
+        limits,
+        rules.blocked,
+        by_type,
+        sources,
+        rules.custom_types,
+        rules.max_merges,
+        rules.max_identifiers,
+    )
+
+
+# ---- the rest of the settings ----------------------------------------------------------------
+
+
+def _space_id(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9_\-]{1,64}$", value):
+        raise _fail("space_id", f"is {value!r}", "use letters, digits, '_' or '-'")
+    return value
+
+
+def _redacted(url: str) -> str:
+    """`url` without a password, for error messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if sep and at and ":" in credentials:
+        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
+    rest = re.sub(r"(?i)(password=)[^&]*", r"\1***", rest)
+    return f"{scheme}{sep}{rest}"
+
+
+def _storage_url(url: Any, from_env: bool = False) -> str:
+    """A storage URL: any `scheme://...` (the store checks its own form when it opens), and a
+    PostgreSQL URL must name its database, or libpq would pick one by its defaults."""
+
+    def fail(problem: str) -> ConfigError:
+        fix = 'write "sqlite:///path/to/file.db" or "postgresql://user@host/dbname"'
+        if from_env:
+            return ConfigError(
+                f"environment variable {ENV_STORAGE_URL} (it overrides config key `storage.url`) "
+                f"{problem}; {fix}, or unset {ENV_STORAGE_URL} to use the config file's."
+            )
+        return _fail("storage.url", problem, fix)
+
+    if not isinstance(url, str) or "://" not in url:
+        raise fail(f"is {url!r}")
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            parts = urlsplit(url)
+        except ValueError as err:
+            raise fail(f"is {_redacted(url)!r}, which is not a valid URL ({err})") from None
+        named = parts.path[1:] or any(k == "dbname" and v for k, v in parse_qsl(parts.query))
+        if not named:
+            raise fail(
+                f"is {_redacted(url)!r}, which names no database (expected "
+                "postgresql://user@host/dbname, or postgresql:///dbname for the local socket)"
+            )
+    return url
+
+
+def _source(source_id: Any, write_key: Any, key: str) -> Source:
+    if not isinstance(source_id, str) or not source_id:
+        raise _fail(f"{key}.id", f"is {source_id!r}", "give each source a non-empty id")
+    if not isinstance(write_key, str) or len(write_key) < 8:
+        raise _fail(
+            f"{key}.write_key",
+            "is missing or shorter than 8 characters",
+            "set a long random write key",
+        )
+    return Source(source_id, write_key)
+
+
+def _token(token: Any, key: str) -> str:
+    if not isinstance(token, str) or len(token) < 8:
+        raise _fail(
+            f"{key}.token", "is missing or shorter than 8 characters", "set a long random token"
+        )
+    return token
+
+
+def _check_secrets(sources: Sequence[Source], tokens: Sequence[str]) -> None:
+    """Each source id, write key and access token once, and no token that is a write key."""
+    if len({s.id for s in sources}) != len(sources):
+        raise _fail("sources", "repeats a source id", "give each source its own id")
+    if len({s.write_key for s in sources}) != len(sources):
+        raise _fail("sources", "repeats a write key", "give each source its own write key")
+    first: dict[str, int] = {}
+    for i, token in enumerate(tokens):
+        if token in first:
+            raise _fail(
+                f"access_tokens[{i}].token",
+                f"repeats access_tokens[{first[token]}].token",
+                "list each token once",
+            )
+        first[token] = i
+        for j, source in enumerate(sources):
+            if token == source.write_key:
+                raise _fail(
+                    f"access_tokens[{i}].token",
+                    f"is the write key of source {source.id!r} (sources[{j}].write_key); a write "
+                    "key ships in browser code, so anyone could read profiles with it",
+                    "set a different long random token",
+                )
+
+
 def settings_from(data: Mapping[str, Any], path: Path | None = None) -> Settings:
+    """A parsed config file -> Settings (raises ConfigError naming the key and the fix).
+
+    The environment variable IDSTITCH_STORAGE_URL, when set, overrides `storage.url`."""
     _check_keys(data, _TOP_KEYS, "")
-    space_id = data.get("space_id", "default")
-    if not isinstance(space_id, str) or not re.match(r"^[A-Za-z0-9_\-]{1,64}$", space_id):
-        raise _fail("space_id", f"is {space_id!r}", "use letters, digits, '_' or '-'")
+    space_id = _space_id(data.get("space_id", "default"))
     storage = data.get("storage", {})
     if not isinstance(storage, dict):
         raise _fail("storage", "must be a table", 'write [storage] url = "sqlite:///..."')
     _check_keys(storage, {"url"}, "storage")
-    url = os.environ.get(ENV_STORAGE_URL) or storage.get("url", DEFAULT_DB_URL)
-    if not isinstance(url, str) or "://" not in url:
-        raise _fail(
-            "storage.url",
-            f"is {url!r}",
-            'write "sqlite:///path/to/file.db" or "postgresql://user@host/dbname"',
-        )
+    env_url = os.environ.get(ENV_STORAGE_URL)
+    if env_url:
+        url = _storage_url(env_url, from_env=True)
+    else:
+        url = _storage_url(storage.get("url", DEFAULT_DB_URL))
     sources_raw = data.get("sources", [])
     if not isinstance(sources_raw, list):
         raise _fail("sources", "must be an array of tables", 'write [[sources]] id = "web"')
@@ -226,20 +428,7 @@ def settings_from(data: Mapping[str, Any], path: Path | None = None) -> Settings
         if not isinstance(spec, dict):
             raise _fail(key, "must be a table", 'write id = "web" and write_key = "..."')
         _check_keys(spec, {"id", "write_key"}, key)
-        sid, wkey = spec.get("id"), spec.get("write_key")
-        if not isinstance(sid, str) or not sid:
-            raise _fail(f"{key}.id", f"is {sid!r}", "give each source a non-empty id")
-        if not isinstance(wkey, str) or len(wkey) < 8:
-            raise _fail(
-                f"{key}.write_key",
-                "is missing or shorter than 8 characters",
-                "set a long random write key",
-            )
-        sources.append(Source(sid, wkey))
-    if len({s.id for s in sources}) != len(sources):
-        raise _fail("sources", "repeats a source id", "give each source its own id")
-    if len({s.write_key for s in sources}) != len(sources):
-        raise _fail("sources", "repeats a write key", "give each source its own write key")
+        sources.append(_source(spec.get("id"), spec.get("write_key"), key))
     tokens_raw = data.get("access_tokens", [])
     if not isinstance(tokens_raw, list):
         raise _fail("access_tokens", "must be an array of tables", "write [[access_tokens]]")
@@ -249,12 +438,8 @@ def settings_from(data: Mapping[str, Any], path: Path | None = None) -> Settings
         if not isinstance(spec, dict):
             raise _fail(key, "must be a table", 'write token = "..."')
         _check_keys(spec, {"token"}, key)
-        token = spec.get("token")
-        if not isinstance(token, str) or len(token) < 8:
-            raise _fail(
-                f"{key}.token", "is missing or shorter than 8 characters", "set a long random token"
-            )
-        tokens.append(token)
+        tokens.append(_token(spec.get("token"), key))
+    _check_secrets(sources, tokens)
     return Settings(
         space_id=space_id,
         storage_url=url,
@@ -262,6 +447,54 @@ def settings_from(data: Mapping[str, Any], path: Path | None = None) -> Settings
         access_tokens=tuple(tokens),
         rules=rules_from(data.get("identity", {})),
         path=path,
+    )
+
+
+def check(settings: Settings) -> Settings:
+    """A Settings built in Python, checked by the rules `settings_from` applies to a config
+    file, with the same ConfigError messages (named by the TOML key); returns it normalized
+    as `settings_from` would have built it. The storage URL is taken as given: the
+    environment variable overrides a config file only."""
+    if not isinstance(settings, Settings):
+        what = type(settings).__name__
+        if isinstance(settings, str | Path):  # a path or URL: safe to show, and the likely slip
+            what += f" {_redacted(str(settings))!r}"
+        raise ConfigError(
+            f"the engine takes a Settings, not a {what}; pass a config path or storage URL to "
+            "idstitch.open(), or build one with idstitch.Settings(...) or config.load(path)."
+        )
+    space_id = _space_id(settings.space_id)
+    url = _storage_url(settings.storage_url)
+    sources = settings.sources
+    if not isinstance(sources, list | tuple):
+        raise _fail(
+            "sources",
+            f"is a {type(sources).__name__}",  # not shown: it may hold write keys
+            'pass a tuple of Source("web", "<write key>")',
+        )
+    for i, source in enumerate(sources):
+        if not isinstance(source, Source):
+            raise _fail(
+                f"sources[{i}]",
+                f"is a {type(source).__name__}, not a Source",
+                'pass Source("web", "<write key>")',
+            )
+        _source(source.id, source.write_key, f"sources[{i}]")
+    tokens = settings.access_tokens
+    if not isinstance(tokens, list | tuple):
+        raise _fail(
+            "access_tokens", f"is a {type(tokens).__name__}", "pass a tuple of token strings"
+        )
+    for i, token in enumerate(tokens):
+        _token(token, f"access_tokens[{i}]")
+    _check_secrets(sources, tokens)
+    return Settings(
+        space_id=space_id,
+        storage_url=url,
+        sources=tuple(sources),
+        access_tokens=tuple(tokens),
+        rules=check_rules(settings.rules),
+        path=settings.path,
     )
 
 

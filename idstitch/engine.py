@@ -27,12 +27,43 @@ from idstitch.core.ksuid import segment_id as new_segment_id
 from idstitch.core.messages import MAX_MESSAGE_BYTES, Prepared, encode, prepare
 from idstitch.core.plan import Plan, Violation
 from idstitch.core.planner import apply_plan, keys_of, plan_message
-from idstitch.errors import IdstitchError, InvalidMessage, Overloaded, StorageError
+from idstitch.errors import (
+    IdstitchError,
+    InvalidArgument,
+    InvalidMessage,
+    Overloaded,
+    StorageError,
+)
 from idstitch.metrics import Metrics
 from idstitch.storage import Store, open_store
 from idstitch.storage.base import SortOrder, Transaction
 
 Item = tuple[Prepared, Extracted]
+
+
+def _check_limit(limit: object) -> int:
+    """A read limit: a whole number from 1 up. The Python API sets no upper bound (a script
+    may read a whole history on purpose); the Profile API pages at most 100."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidArgument(f"limit {limit!r} is not allowed; pass a whole number from 1 up.")
+    return min(limit, 1 << 62)  # what a SQL LIMIT takes
+
+
+def _check_sort(sort: object) -> SortOrder:
+    if sort == "asc":
+        return "asc"
+    if sort == "desc":
+        return "desc"
+    raise InvalidArgument(f'sort {sort!r} is not allowed; pass "asc" or "desc".')
+
+
+def _check_source(source: object) -> str:
+    if not isinstance(source, str) or not source:
+        raise InvalidMessage(
+            f'source {source!r} is not a source id; pass a non-empty string such as "api".',
+            "invalid_source",
+        )
+    return source
 
 
 class Resolution(msgspec.Struct, frozen=True):
@@ -98,6 +129,7 @@ class Engine:
         max_pending: int = 200_000,
         tune_gc: bool = True,  # also the thread switch interval (process-wide settings)
     ):
+        settings = config_module.check(settings)  # raises ConfigError, before the store opens
         self.settings = settings
         self.rules = settings.rules
         self.extractor = Extractor(settings.rules)
@@ -180,7 +212,8 @@ class Engine:
         source: str = "api",
         received_at: float | None = None,
     ) -> Resolution:
-        """Resolve and durably store one message."""
+        """Resolve and durably store one message. `source` is the id the message is stored
+        under (a non-empty string; identity rules per source key on it)."""
         return self.ingest_batch([message], source=source, received_at=received_at)[0]
 
     def ingest_batch(
@@ -192,9 +225,27 @@ class Engine:
         keep_received_at: bool = False,
     ) -> list[Resolution]:
         """Validate every message first (nothing is applied if one is invalid), then resolve
-        them in order and return once all are durably stored."""
+        them in order and return once all are durably stored.
+
+        `messages` is a list (or other iterable) of messages; one message, a dict, str or
+        bytes, is refused with InvalidMessage: pass `[message]` or use `ingest`."""
+        _check_source(source)
+        if isinstance(messages, dict | str | bytes | bytearray | memoryview):
+            raise InvalidMessage(
+                f"ingest_batch takes a list of messages, not one {type(messages).__name__}; "
+                "pass [message], or use ingest(message) for one message.",
+                "invalid_batch",
+            )
+        try:
+            iterator = iter(messages)
+        except TypeError:
+            raise InvalidMessage(
+                f"ingest_batch takes a list of messages, not {messages!r} "
+                f"({type(messages).__name__}); pass a list of dicts or JSON strings.",
+                "invalid_batch",
+            ) from None
         items = []
-        for index, message in enumerate(messages):
+        for index, message in enumerate(iterator):
             try:
                 items.append(
                     self.prepare(
@@ -341,6 +392,9 @@ class Engine:
     def events(
         self, ref: str, *, limit: int = 100, sort: SortOrder = "desc"
     ) -> list[dict[str, Any]]:
+        """The profile's events, newest first (`sort="asc"`: oldest first). `limit` is a whole
+        number from 1 up; anything else raises InvalidArgument."""
+        limit, sort = _check_limit(limit), _check_sort(sort)
         row = profiles.find(self.store, ref)
         return [profiles.event(e) for e in profiles.events(self.store, row, sort=sort, limit=limit)]
 
@@ -356,8 +410,9 @@ class Engine:
         return [profiles.merge(m) for m in self.store.merges(row.pid)]
 
     def violations(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest refusals: which identifier was dropped, by which rule, on which message."""
-        return [profiles.violation(v) for v in self.store.violations(limit)]
+        """The newest refusals: which identifier was dropped, by which rule, on which message.
+        `limit` is a whole number from 1 up; anything else raises InvalidArgument."""
+        return [profiles.violation(v) for v in self.store.violations(_check_limit(limit))]
 
     # ---- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
@@ -379,5 +434,6 @@ class Engine:
 
 
 def open(config: str | Settings | None = None, **options: Any) -> Engine:
-    """Open an engine from a Settings, a TOML path, a storage URL, or ./idstitch-data/."""
+    """Open an engine from a Settings, a TOML path, a storage URL, or ./idstitch-data/.
+    Every one is validated first: a bad setting raises ConfigError here, not at ingest."""
     return Engine(config_module.resolve(config), **options)

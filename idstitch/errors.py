@@ -7,6 +7,7 @@
       +-- AuthenticationError  missing or unknown write key / access token (HTTP 401)
       +-- ProfileNotFound      no profile for a reference (HTTP 404)
       +-- InvalidReference     a profile reference that cannot be parsed (HTTP 400)
+      |     +-- InvalidArgument   another argument of a profile read (limit, sort) (HTTP 400)
       +-- StorageError         the store failed or is unreachable (HTTP 503)
       |     +-- StoreNotFound     a store opened read-only does not exist yet
       +-- Overloaded           the ingest queue is full (HTTP 429)
@@ -54,6 +55,13 @@ class ProfileNotFound(IdstitchError):
 
 
 class InvalidReference(IdstitchError):
+    code = "validation_error"
+
+
+class InvalidArgument(InvalidReference):
+    """A read argument out of range, e.g. `Engine.events(ref, limit=0)`. A subclass of
+    InvalidReference so that the HTTP layer's mapping (400) covers it."""
+
     code = "validation_error"
 
 

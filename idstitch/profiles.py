@@ -11,7 +11,7 @@ import msgspec
 
 from idstitch.core.identifiers import ACCOUNTS, USERS, parse_ref
 from idstitch.core.messages import format_time
-from idstitch.errors import ProfileNotFound
+from idstitch.errors import InvalidReference, ProfileNotFound
 from idstitch.storage.base import (
     EventRow,
     ExternalIdRow,
@@ -30,6 +30,11 @@ def find(store: Store, ref: str, collection: str | None = None) -> ProfileRow:
     """The canonical profile for `type:value` or a segment_id; raises ProfileNotFound.
 
     Without a collection, `type:value` is looked up among users, then accounts."""
+    if not isinstance(ref, str):
+        raise InvalidReference(
+            f"profile reference {ref!r} is a {type(ref).__name__}, not a string; pass "
+            "`type:value` (e.g. user_id:u123) or a segment_id (use_... or acc_...)."
+        )
     parsed = parse_ref(ref, collection)
     if isinstance(parsed, str):
         row = store.find_by_segment_id(parsed)

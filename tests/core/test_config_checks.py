@@ -1,0 +1,111 @@
+"""Config checks: storage URLs, write keys and access tokens (each a ConfigError naming the key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from idstitch.config import ENV_STORAGE_URL, settings_from
+from idstitch.errors import ConfigError
+
+KEY_A = "wk-aaaaaaaaaaaa"
+KEY_B = "wk-bbbbbbbbbbbb"
+TOKEN = "tok-cccccccccccc"
+
+
+def _config(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "sources": [{"id": "web", "write_key": KEY_A}, {"id": "ios", "write_key": KEY_B}],
+        "access_tokens": [{"token": TOKEN}],
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.fixture(autouse=True)
+def _no_env_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_STORAGE_URL, raising=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://",
+        "postgres://",
+        "postgresql://db.internal",
+        "postgresql://app@db.internal:5432/",
+        "postgresql://app:s3cret@db.internal:5432",
+        "postgresql://db.internal?sslmode=require",
+    ],
+)
+def test_postgres_url_without_a_database_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from({"storage": {"url": url}})
+    message = str(caught.value)
+    assert "`storage.url`" in message
+    assert "names no database" in message
+    assert "postgresql://user@host/dbname" in message
+    assert "s3cret" not in message  # the password is not echoed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app@db.internal/idstitch",
+        "postgresql://app:s3cret@db.internal:5432/idstitch?sslmode=require",
+        "postgresql:///idstitch",  # the local socket
+        "postgres://db.internal/idstitch",
+        "postgresql://db.internal?dbname=idstitch",
+        "sqlite:///idstitch-data/idstitch.db",
+    ],
+)
+def test_storage_urls_naming_their_store_are_accepted(url: str) -> None:
+    assert settings_from({"storage": {"url": url}}).storage_url == url
+
+
+def test_an_invalid_url_from_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for bad in ("postgresql://", "idstitch.db"):
+        monkeypatch.setenv(ENV_STORAGE_URL, bad)
+        with pytest.raises(ConfigError) as caught:
+            settings_from({"storage": {"url": "sqlite:///fine.db"}})
+        message = str(caught.value)
+        assert f"environment variable {ENV_STORAGE_URL}" in message
+        assert "`storage.url`" in message
+        assert repr(bad) in message
+        assert "postgresql://user@host/dbname" in message
+    monkeypatch.setenv(ENV_STORAGE_URL, "postgresql:///idstitch")
+    assert settings_from({}).storage_url == "postgresql:///idstitch"
+
+
+def test_an_access_token_that_is_a_write_key_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from(_config(access_tokens=[{"token": TOKEN}, {"token": KEY_B}]))
+    message = str(caught.value)
+    assert "`access_tokens[1].token`" in message
+    assert "write key of source 'ios'" in message
+    assert "sources[1].write_key" in message
+    assert "different long random token" in message
+    assert KEY_B not in message  # the secret itself is not echoed
+
+
+def test_the_same_access_token_twice_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from(_config(access_tokens=[{"token": TOKEN}, {"token": TOKEN}]))
+    message = str(caught.value)
+    assert "`access_tokens[1].token`" in message
+    assert "repeats access_tokens[0].token" in message
+    assert "list each token once" in message
+    assert TOKEN not in message
+
+
+def test_distinct_tokens_and_keys_are_accepted() -> None:
+    settings = settings_from(_config(access_tokens=[{"token": TOKEN}, {"token": TOKEN + "2"}]))
+    assert settings.access_tokens == (TOKEN, TOKEN + "2")
+
+
+def test_a_limit_window_that_is_not_a_string_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"`identity\.limits\.email\.window` is \['weekly'\]"):
+        settings_from({"identity": {"limits": {"email": {"max": 2, "window": ["weekly"]}}}})

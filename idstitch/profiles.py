@@ -5,6 +5,7 @@ The CLI, the Python API and the HTTP Profile API all render from these functions
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgspec
@@ -77,8 +78,25 @@ def external_ids(store: Store, row: ProfileRow) -> list[dict[str, Any]]:
     return [external_id(r) for r in store.external_ids(row.pid)]
 
 
+def _body(raw: bytes) -> dict[str, Any]:
+    """A stored message's JSON. Ingest refuses what cannot be read back, but a body stored
+    before a check existed (or one with a number beyond a double, such as 1e400, which JSON
+    allows) must still not fail the whole page: such numbers read back as null, and a body
+    that cannot be read at all is left out."""
+    try:
+        body: dict[str, Any] = _body_decoder.decode(raw)
+        return body
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        pass
+    try:
+        loose = json.loads(raw.decode("utf-8", "replace"))  # 1e400 -> inf -> null on output
+    except (ValueError, RecursionError):
+        return {}
+    return loose if isinstance(loose, dict) else {}
+
+
 def event(e: EventRow) -> dict[str, Any]:
-    body = _body_decoder.decode(e.body) if e.body else {}
+    body = _body(e.body) if e.body else {}
     out: dict[str, Any] = {"type": e.type}
     if e.event is not None and e.type == "track":
         out["event"] = e.event

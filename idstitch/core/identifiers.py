@@ -124,10 +124,17 @@ class Extractor:
         ga = _ga_client_id(message)
         if ga is not None:
             users.append(("ga_client_id", ga))
+        dropped: list[Dropped] = []
         if context is not None and context.externalIds:
             for item in context.externalIds:
-                pair = (item.type.strip().lower(), item.id)
-                (accounts if item.collection == "accounts" else users).append(pair)
+                type_ = item.type.strip().lower()
+                collection = ACCOUNTS if item.collection == "accounts" else USERS
+                if not type_ or not type_.isprintable():
+                    # A control character (the key separator among them) would let two
+                    # different identifiers share one key.
+                    dropped.append(_bad_type(collection, type_, item.id))
+                    continue
+                (accounts if collection == ACCOUNTS else users).append((type_, item.id))
         if self.custom:
             # SPEC 1: `traits`, `properties` and `context.traits` of any call; a group call's
             # traits describe the account.
@@ -139,7 +146,6 @@ class Extractor:
             users.extend(self._custom_from(ctx_traits))
         if kind == "group" and message.groupId is not None:
             accounts.insert(0, ("group_id", message.groupId))
-        dropped: list[Dropped] = []
         return Extracted(
             self._clean("users", users, dropped) if users else [],
             self._clean("accounts", accounts, dropped) if accounts else [],
@@ -206,6 +212,15 @@ class Extractor:
         if hit is not None:
             return Dropped(ident, "blocked_value", f"matches blocked value {hit!r}")
         return ident
+
+
+def _bad_type(collection: str, type_: str, raw: Any) -> Dropped:
+    shown = repr(type_)[:100]
+    return Dropped(
+        Identifier.of(collection, shown, str(raw)[:100]),
+        "invalid_type",
+        f"type {shown} is empty or holds control characters; types are printable names",
+    )
 
 
 def _device_ids(device: Any) -> Iterator[tuple[str, Any]]:

@@ -124,11 +124,32 @@ def _decode_error(err: msgspec.DecodeError) -> InvalidMessage:
     return InvalidMessage(f"the body is not valid JSON ({text}); send a JSON object.", code)
 
 
+def _undecodable(err: Exception) -> InvalidMessage:
+    """JSON that the decoder cannot take although it may be well formed: nested deeper than
+    the interpreter allows, or bytes that are not UTF-8."""
+    if isinstance(err, RecursionError):
+        return InvalidMessage(
+            "the body is nested too deeply to read; keep objects and arrays under a few "
+            "hundred levels.",
+            "invalid_json",
+        )
+    return InvalidMessage(
+        f"the body is not valid UTF-8 ({err}); send JSON encoded as UTF-8.", "invalid_json"
+    )
+
+
 def decode_message(raw: bytes) -> Message:
     try:
-        return _message_decoder.decode(raw)
+        message = _message_decoder.decode(raw)
+        # `properties` is kept raw (decoded only when needed): its strings must be UTF-8
+        # too, or every later read of the event would fail. Checking the whole body is
+        # cheap: ASCII, the usual case, is a memory scan.
+        raw.decode()
     except msgspec.DecodeError as err:
         raise _decode_error(err) from None
+    except (RecursionError, UnicodeDecodeError) as err:
+        raise _undecodable(err) from None
+    return message
 
 
 def decode_batch(raw: bytes) -> Batch:
@@ -136,6 +157,8 @@ def decode_batch(raw: bytes) -> Batch:
         return _batch_decoder.decode(raw)
     except msgspec.DecodeError as err:
         raise _decode_error(err) from None
+    except (RecursionError, UnicodeDecodeError) as err:
+        raise _undecodable(err) from None
 
 
 def properties_of(message: Message) -> dict[str, Any] | None:
@@ -150,6 +173,22 @@ def encode(obj: Any) -> bytes:
     return _encoder.encode(obj)
 
 
+# The instants a stored timestamp may take: years 1 to 9999 in UTC, what ISO-8601 text (and
+# Python's datetime) can show. An offset can push a valid-looking text outside this range.
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+LATEST = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
+
+
+def _in_range(seconds: float, what: str) -> float:
+    if not EARLIEST <= seconds <= LATEST:
+        raise InvalidMessage(
+            f"{what} falls outside the years 1 to 9999 UTC; send a real date-time such as "
+            "2025-01-15T02:02:15.908Z.",
+            "invalid_timestamp",
+        )
+    return seconds
+
+
 def parse_time(value: str, field: str) -> float:
     """ISO-8601 to Unix seconds; a value without an offset is taken as UTC."""
     try:
@@ -158,7 +197,11 @@ def parse_time(value: str, field: str) -> float:
         moment = _lenient_time(value, field)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    try:
+        seconds = moment.timestamp()
+    except (OverflowError, ValueError):
+        seconds = float("inf")
+    return _in_range(seconds, f"field `{field}`: {value!r}")
 
 
 def _lenient_time(value: str, field: str) -> datetime:
@@ -176,9 +219,11 @@ def _lenient_time(value: str, field: str) -> datetime:
 
 
 def format_time(seconds: float) -> str:
-    """Unix seconds to ISO-8601 UTC with milliseconds and a `Z`."""
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """Unix seconds to ISO-8601 UTC with milliseconds and a `Z` (clamped to years 1-9999, so
+    that no stored value can make a read fail)."""
+    moment = datetime.fromtimestamp(min(max(seconds, EARLIEST), LATEST), UTC)
+    # isoformat pads the year to four digits (strftime's %Y does not, for years before 1000).
+    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 def _id_text(value: Id | None) -> str | None:
@@ -257,7 +302,10 @@ def compute_timestamp(message: Message, received_at: float, sent_at: str | None 
     if original is None:
         original = timestamp
     if sent is not None and original is not None:
-        return received_at - (sent - original)
+        return _in_range(
+            received_at - (sent - original),
+            "the timestamp computed as receivedAt - (sentAt - originalTimestamp)",
+        )
     if timestamp is not None:
         return timestamp
     return received_at
@@ -318,11 +366,22 @@ def prepare(
 
 
 def merge_batch_defaults(item: msgspec.Raw, batch: Batch) -> bytes:
-    """Apply a batch's top-level `context` and `integrations` to one item (item keys win)."""
-    body = _dict_decoder.decode(item)
+    """Apply a batch's top-level `context` and `integrations` to one item (item keys win);
+    raises InvalidMessage for an item that cannot be read or whose own key is not an object."""
+    try:
+        body = _dict_decoder.decode(item)
+    except msgspec.DecodeError as err:
+        raise _decode_error(err) from None
+    except (RecursionError, UnicodeDecodeError) as err:
+        raise _undecodable(err) from None
     for key in ("context", "integrations"):
         shared = getattr(batch, key)
         if shared:
             own = body.get(key)
-            body[key] = {**shared, **own} if isinstance(own, dict) else dict(shared)
+            if own is not None and not isinstance(own, dict):
+                raise InvalidMessage(
+                    f"field `{key}`: Expected `object`; send {key} as a JSON object.",
+                    f"{key}_not_object" if key == "context" else "invalid_message",
+                )
+            body[key] = {**shared, **own} if own else dict(shared)
     return _encoder.encode(body)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from idstitch.core.messages import MAX_MESSAGE_BYTES, prepare
+from idstitch.core.messages import MAX_MESSAGE_BYTES, format_time, prepare
 from idstitch.errors import InvalidMessage, PayloadTooLarge
 from tests.conftest import MakeEngine
 
@@ -280,3 +280,11 @@ def test_the_stored_event_carries_the_corrected_timestamp(make_engine: MakeEngin
     [event] = engine.events("user_id:u1")
     assert event["message_id"] == "m1"
     assert event["timestamp"] == "2025-01-15T11:59:40.000Z"
+
+
+def test_format_time_never_fails_on_a_stored_value() -> None:
+    """Reads render every stored instant; one outside what ISO-8601 can show is clamped to
+    the nearest one it can, rather than failing the whole page."""
+    assert format_time(1e20).startswith("9999-12-31T23:59:59.")
+    assert format_time(-1e20) == "0001-01-01T00:00:00.000Z"
+    assert format_time(0) == "1970-01-01T00:00:00.000Z"

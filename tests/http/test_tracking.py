@@ -573,3 +573,79 @@ def test_analytics_js_short_routes_and_plain_text_bodies(client: TestClient) -> 
     } >= {"ajs-u1", "ajs-a1", "ajs-a2", "ajs-old"}
     # The long form is what metrics name, whichever path was used.
     assert 'route="t"' not in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"timestamp": "9999-12-31T23:59:59-01:00"},
+        {"timestamp": "0001-01-01T00:00:00+14:00"},
+        {"originalTimestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T00:00:00Z"},
+    ],
+)
+def test_timestamps_outside_years_1_to_9999_are_refused(
+    client: TestClient, times: dict[str, str]
+) -> None:
+    """Such an instant cannot be shown as ISO-8601: stored, it made every later read of the
+    profile's events fail."""
+    client.post("/v1/track", json={"userId": "victim", "event": "ok"}, headers=WRITE)
+    sent = client.post("/v1/track", json={"userId": "victim", "event": "E", **times}, headers=WRITE)
+    assert sent.status_code == 400, sent.text
+    assert sent.json()["code"] == "invalid_timestamp"
+    assert "years 1 to 9999" in sent.json()["message"]
+    assert len(events_of(client, "user_id:victim")) == 1
+
+
+def test_bodies_that_could_not_be_read_back_are_refused(client: TestClient) -> None:
+    headers = {**WRITE, "Content-Type": "application/json"}
+    bad_utf8_in_properties = b'{"userId":"u1","event":"E","properties":{"k":"\xc3"}}'
+    bad_utf8_in_id = b'{"userId":"u\xff\xfe","event":"E"}'
+    deep = b'{"userId":"u1","event":"E","properties":{"a":' + b"[" * 3000 + b"]" * 3000 + b"}}"
+    for body in (bad_utf8_in_properties, bad_utf8_in_id, deep):
+        sent = client.post("/v1/track", content=body, headers=headers)
+        assert sent.status_code == 400, sent.text
+        assert sent.json()["code"] == "invalid_json"
+        batch = b'{"batch":[' + body[:-1] + b',"type":"track"}],"context":{"a":1}}'
+        sent = client.post("/v1/batch", content=batch, headers=headers)
+        assert sent.status_code == 400, sent.text
+    with pytest.raises(ProfileNotFound):
+        client.app.engine.profile("user_id:u1")  # type: ignore[attr-defined]
+
+
+def test_a_number_beyond_a_double_reads_back_as_null(client: TestClient) -> None:
+    body = b'{"userId":"u-f400","event":"E","properties":{"n":1e400,"m":2}}'
+    sent = client.post("/v1/track", content=body, headers=WRITE)
+    assert sent.status_code == 200, sent.text
+    [stored] = events_of(client, "user_id:u-f400")
+    assert stored["properties"] == {"n": None, "m": 2}
+
+
+def test_a_batch_item_context_that_is_not_an_object_is_refused_with_a_batch_context(
+    client: TestClient,
+) -> None:
+    batch = {
+        "batch": [{"type": "track", "userId": "u", "event": "E", "context": 5}],
+        "context": {"a": 1},
+    }
+    sent = client.post("/v1/batch", json=batch, headers=WRITE)
+    assert sent.status_code == 400, sent.text
+    assert sent.json()["code"] == "context_not_object"
+    assert sent.json()["index"] == 0
+
+
+def test_an_external_id_type_with_control_characters_is_dropped(client: TestClient) -> None:
+    """Identifier keys join the type and the value with a control character: a type holding
+    one could make two different identifiers share a key."""
+
+    def send(anonymous_id: str, id_: str, type_: str) -> None:
+        context = {"externalIds": [{"id": id_, "type": type_, "collection": "users"}]}
+        message = {"anonymousId": anonymous_id, "event": "E", "context": context}
+        assert client.post("/v1/track", json=message, headers=WRITE).status_code == 200
+
+    send("col-x", "1", "a\x1fb")
+    send("col-y", "b\x1f1", "a")
+    x = client.get(profile_url("anonymous_id:col-x", "metadata"), headers=READ).json()
+    y = client.get(profile_url("anonymous_id:col-y", "metadata"), headers=READ).json()
+    assert x["metadata"]["segment_id"] != y["metadata"]["segment_id"]
+    rules = {v["rule"] for v in client.app.engine.violations()}  # type: ignore[attr-defined]
+    assert "invalid_type" in rules

@@ -2,14 +2,24 @@
 
 Cursors are keyset positions (the sort key of the last item returned), never offsets, so a
 page boundary stays put while profiles grow: paging never skips or repeats an item that
-existed when the first page was read. Event and identifier cursors are opaque base64url
-JSON; the traits cursor is the next trait key, as Segment's is.
+existed when the first page was read. Event, identifier and link cursors are opaque base64url
+JSON, `[resource, profile tag, *position]`, bound to the resource and the profile that issued
+them (a merge keeps them valid: the tags of merged-away profiles still match); the traits
+cursor is the next trait key, as Segment's is.
+
+Every parameter and cursor a client can send is checked here, so a bad one is a 400
+`validation_error`, never a crash: `limit` takes ASCII digits only, and a cursor is bounded
+in length, decoded into a flat list of scalars (no nesting to recurse into), and its integers
+must fit a signed 64-bit column and its floats be finite.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import math
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -32,6 +42,21 @@ LIMITS: dict[str, tuple[int, int]] = {
 }
 
 
+# `limit` is ASCII digits, few enough that int() is cheap (str.isdigit() also passes "²" and
+# "٣", and int() of thousands of digits raises).
+_LIMIT_TEXT = re.compile(r"[0-9]{1,6}")
+
+# A legitimate cursor is well under this (an identifier cursor holds one type and one value
+# of at most 1,000 characters); anything longer is refused before it is decoded.
+MAX_CURSOR_LENGTH = 16_384
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Typed: nested arrays and objects are refused at depth one, so no input can recurse deeply.
+_cursor_items = msgspec.json.Decoder(list[int | float | str])
+_RESTART = "start without `next`"
+# How much of a bad value an error message repeats.
+_SHOWN = 40
+
+
 class Options(msgspec.Struct, frozen=True):
     limit: int
     include: frozenset[str] | None = None
@@ -44,7 +69,8 @@ class Options(msgspec.Struct, frozen=True):
 
 
 def _fail(name: str, value: str, fix: str) -> ParameterError:
-    return ParameterError(f"The parameter `{name}` has the invalid value {value!r}; {fix}.")
+    shown = value if len(value) <= _SHOWN else value[:_SHOWN] + "..."
+    return ParameterError(f"The parameter `{name}` has the invalid value {shown!r}; {fix}.")
 
 
 def _limit(params: dict[str, str], resource: str) -> int:
@@ -52,7 +78,7 @@ def _limit(params: dict[str, str], resource: str) -> int:
     text = params.get("limit")
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= maximum:
+    if _LIMIT_TEXT.fullmatch(text) is None or not 1 <= int(text) <= maximum:
         raise _fail("limit", text, f"use a whole number from 1 to {maximum}")
     return int(text)
 
@@ -100,27 +126,60 @@ def options(params: dict[str, str], resource: str) -> Options:
     )
 
 
-def encode_cursor(position: list[Any]) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode(position)).rstrip(b"=").decode()
+def profile_tag(segment_id: str) -> str:
+    """A short tag of a profile's segment_id, carried in the cursors of its pages."""
+    digest = hashlib.blake2b(segment_id.encode(), digest_size=6).digest()
+    return base64.urlsafe_b64encode(digest).decode()
 
 
-def decode_cursor(text: str, kinds: tuple[type, ...]) -> tuple[Any, ...] | None:
-    """The position in a `next` cursor (None for an empty cursor); its items must have the
-    given types, so a tampered cursor is a 400, not a crash."""
+def encode_cursor(resource: str, tag: str, position: list[Any]) -> str:
+    raw = msgspec.json.encode([resource, tag, *position])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return INT64_MIN <= value <= INT64_MAX
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
+
+
+def decode_cursor(
+    text: str, resource: str, kinds: tuple[type, ...]
+) -> tuple[str, tuple[Any, ...]] | None:
+    """The profile tag and the position in a `next` cursor of `resource` (None for an empty
+    cursor). The position's items must have the given types and ranges, so a tampered cursor
+    is a 400, not a crash; the caller checks the tag against the profile."""
     if not text:
         return None
+    unchanged = f"pass the `cursor.next` value of the previous page unchanged, or {_RESTART}"
+    if len(text) > MAX_CURSOR_LENGTH:
+        raise _fail(
+            "next", text, f"a cursor has at most {MAX_CURSOR_LENGTH} characters; {unchanged}"
+        )
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        position = msgspec.json.decode(raw)
-    except (binascii.Error, ValueError, msgspec.DecodeError):
-        position = None
+        items: list[Any] | None = _cursor_items.decode(raw)
+    except (binascii.Error, ValueError, msgspec.DecodeError, RecursionError):
+        items = None
     if (
-        not isinstance(position, list)
-        or len(position) != len(kinds)
-        or not all(
-            isinstance(v, k) and not isinstance(v, bool)
-            for v, k in zip(position, kinds, strict=True)
-        )
+        items is None
+        or len(items) < 2
+        or not isinstance(items[0], str)
+        or not isinstance(items[1], str)
     ):
-        raise _fail("next", text, "pass the `cursor.next` value of the previous page unchanged")
-    return tuple(position)
+        raise _fail("next", text, unchanged)
+    if items[0] != resource:
+        raise ParameterError(
+            f"The `next` cursor belongs to another resource, not {resource}; pass a cursor "
+            f"only to the resource whose page returned it, or {_RESTART}."
+        )
+    position = items[2:]
+    if len(position) != len(kinds) or not all(
+        _fits(v, k) for v, k in zip(position, kinds, strict=True)
+    ):
+        raise _fail("next", text, unchanged)
+    return items[1], tuple(position)

@@ -2,7 +2,8 @@
 
 Each resource renders from `idstitch.profiles` (the functions the CLI and the Python API
 use) and pages with keyset cursors (see `paging`). `cursor.url` always names the profile
-by its canonical segment_id, whichever reference found it.
+by its canonical segment_id, whichever reference found it. A cursor is bound to the resource
+and the profile whose page returned it; one used elsewhere is a 400.
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from idstitch.config import Settings
 from idstitch.core.identifiers import ACCOUNTS, USERS
 from idstitch.errors import AuthenticationError
 from idstitch.http.asgi import Scope, basic_user
-from idstitch.http.errors import NotFound
-from idstitch.http.paging import RESOURCES, Options, decode_cursor, encode_cursor, options
+from idstitch.http.errors import NotFound, ParameterError
+from idstitch.http.paging import (
+    RESOURCES,
+    Options,
+    decode_cursor,
+    encode_cursor,
+    options,
+    profile_tag,
+)
 from idstitch.storage.base import EventRow, ProfileRow, Store
 
 PREFIX = "/v1/spaces/"
@@ -95,6 +103,32 @@ def _cursor(url: str, has_more: bool, next_: str) -> dict[str, Any]:
     return {"url": url, "has_more": has_more, "next": next_}
 
 
+def _position(
+    store: Store, row: ProfileRow, o: Options, resource: str, kinds: tuple[type, ...]
+) -> tuple[Any, ...] | None:
+    """The position in `o.next`, refused unless it is a cursor of this resource and profile.
+
+    A cursor names its profile by a tag of the canonical segment_id when it was issued; after
+    a merge that profile may be merged away, so the tags of `merged_from` match too (looked
+    up only when the tag differs), and paging carries on across merges."""
+    cursor = decode_cursor(o.next, resource, kinds)
+    if cursor is None:
+        return None
+    tag, position = cursor
+    if tag != profile_tag(row.segment_id) and tag not in {
+        profile_tag(m.from_segment_id) for m in store.merges(row.pid)
+    }:
+        raise ParameterError(
+            "The `next` cursor belongs to another profile; pass a cursor only to the profile "
+            "whose page returned it, or start without `next`."
+        )
+    return position
+
+
+def _next(row: ProfileRow, resource: str, position: list[Any]) -> str:
+    return encode_cursor(resource, profile_tag(row.segment_id), position)
+
+
 def _traits(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
     items = [
         (key, value)
@@ -109,7 +143,7 @@ def _traits(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, An
 
 
 def _external_ids(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
-    after = decode_cursor(o.next, (float, str, str))
+    after = _position(store, row, o, "external_ids", (float, str, str))
     rows = sorted(store.external_ids(row.pid), key=lambda r: (r.created_at, r.type, r.id))
     chosen = [
         r
@@ -120,7 +154,11 @@ def _external_ids(store: Store, row: ProfileRow, o: Options, url: str) -> dict[s
     page = chosen[: o.limit]
     has_more = len(chosen) > o.limit
     last = page[-1] if page else None
-    next_ = encode_cursor([last.created_at, last.type, last.id]) if has_more and last else ""
+    next_ = (
+        _next(row, "external_ids", [last.created_at, last.type, last.id])
+        if has_more and last
+        else ""
+    )
     return {
         "data": [profiles.external_id(r) for r in page],
         "cursor": _cursor(url, has_more, next_),
@@ -134,7 +172,7 @@ def _event_matches(row: EventRow, o: Options) -> bool:
 
 
 def _events(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
-    position = decode_cursor(o.next, (float, int))
+    position = _position(store, row, o, "events", (float, int))
     after = (position[0], position[1]) if position is not None else None
     filtering = o.include is not None or o.exclude is not None
     fetch = max(o.limit + 1, 100) if filtering else o.limit + 1
@@ -153,7 +191,7 @@ def _events(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, An
         after = (chunk[-1].timestamp, chunk[-1].seq)
     page = chosen[: o.limit]
     has_more = len(chosen) > o.limit
-    next_ = encode_cursor([page[-1].timestamp, page[-1].seq]) if has_more else ""
+    next_ = _next(row, "events", [page[-1].timestamp, page[-1].seq]) if has_more else ""
     return {"data": [profiles.event(e) for e in page], "cursor": _cursor(url, has_more, next_)}
 
 
@@ -162,7 +200,7 @@ def _metadata(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, 
 
 
 def _links(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
-    position = decode_cursor(o.next, (float, int))
+    position = _position(store, row, o, "links", (float, int))
     after = None if position is None else (float(position[0]), int(position[1]))
     linked = store.links(row.pid, after=after, limit=o.limit + 1)  # one more: is there a next?
     page = linked[: o.limit]
@@ -176,7 +214,7 @@ def _links(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any
             if o.include is None or r.type in o.include
         ]
         data.append({"to_collection": other, "segment_id": p.segment_id, "external_ids": ids})
-    next_ = encode_cursor([page[-1].created_at, page[-1].pid]) if has_more else ""
+    next_ = _next(row, "links", [page[-1].created_at, page[-1].pid]) if has_more else ""
     return {"data": data, "cursor": _cursor(url, has_more, next_)}
 
 

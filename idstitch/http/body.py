@@ -6,6 +6,7 @@ unbounded amount of memory: decompression stops one byte past the cap.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 from idstitch.errors import InvalidMessage, PayloadTooLarge
@@ -14,6 +15,9 @@ from idstitch.http.errors import UnsupportedEncoding
 
 # gzip adds a few bytes per block to data that does not compress; allow for it.
 _GZIP_SLACK = 64 * 1024
+# A body must arrive within this long of the request head, or one client could hold a
+# request (and its memory) open forever by sending a declared body byte by byte.
+BODY_SECONDS = 60.0
 
 
 def _too_large(amount: str, cap: int, single: bool, *, compressed: bool = False) -> PayloadTooLarge:
@@ -49,17 +53,27 @@ async def read_body(scope: Scope, receive: Receive, cap: int, *, single: bool = 
     chunks: list[bytes] = []
     size = 0
     more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidMessage("the client closed the connection before sending the body.")
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > wire_cap:
-            over = f"more than {wire_cap:,} bytes" + (" compressed" if gzipped else "")
-            raise _too_large(over, cap, single, compressed=gzipped)
-        chunks.append(chunk)
-        more = message.get("more_body", False)
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise InvalidMessage(
+                        "the client closed the connection before sending the body."
+                    )
+                chunk: bytes = message.get("body", b"")
+                size += len(chunk)
+                if size > wire_cap:
+                    over = f"more than {wire_cap:,} bytes" + (" compressed" if gzipped else "")
+                    raise _too_large(over, cap, single, compressed=gzipped)
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+    except TimeoutError:
+        raise InvalidMessage(
+            f"the body did not arrive within {BODY_SECONDS:.0f} seconds; send it whole, or "
+            "in smaller requests.",
+            "body_timeout",
+        ) from None
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     return gunzip(body, cap, single) if gzipped else body
 

@@ -18,6 +18,7 @@ from idstitch.engine import Engine
 from idstitch.errors import ConfigError
 from idstitch.http import logs
 from idstitch.http.app import App
+from idstitch.http.protocol import GuardedHttpToolsProtocol
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8088
@@ -73,7 +74,7 @@ def server_for(app: App, host: str, port: int) -> uvicorn.Server:
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=GuardedHttpToolsProtocol,  # httptools, with a bound on request heads
         lifespan="on",
         access_log=False,
         log_config=None,

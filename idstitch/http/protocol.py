@@ -1,0 +1,75 @@
+"""uvicorn's httptools protocol with the two bounds it lacks: a request head must arrive
+whole within `HEAD_SECONDS` and hold at most `MAX_HEAD_BYTES`.
+
+Without them one client can hold a connection open forever by sending a head byte by byte,
+or make the server buffer a header of any size (a 100 MB header was accepted and held).
+A head over the size is refused as uvicorn refuses any malformed request (`400`, connection
+closed); a head that is too slow has its connection closed. Idle keep-alive connections
+are closed by uvicorn itself (`timeout_keep_alive`), and bodies have their own deadline
+(`body.BODY_SECONDS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+HEAD_SECONDS = 10.0
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
+
+
+class HeadTooLarge(Exception):
+    """Raised inside the parser's callback: httptools then reports a parse error, and uvicorn
+    answers 400 and closes the connection."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    _head_bytes = 0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._head_bytes = 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_too_slow)
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise HeadTooLarge(f"the request head is over {MAX_HEAD_BYTES:,} bytes")
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_timer()  # the next request on this connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)

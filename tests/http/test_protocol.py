@@ -1,0 +1,110 @@
+"""The bounds the HTTP server puts on a request before the app sees it: a head's size and
+how long it may take, and how long a body may take."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from idstitch.errors import InvalidMessage
+from idstitch.http import body, protocol
+from idstitch.http.app import App
+from idstitch.http.server import server_for
+from tests.http.conftest import WRITE
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def served(app: App, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The real server (uvicorn with idstitch's protocol) on a free port, in a thread."""
+    monkeypatch.setattr(protocol, "HEAD_SECONDS", 0.5)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server: uvicorn.Server = server_for(app, "127.0.0.1", port)
+    server.config.lifespan = "off"  # the app's engine belongs to the test
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    yield port
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+def _exchange(port: int, data: bytes, pause: float = 0.0, rest: bytes = b"") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(data)
+        if pause:
+            time.sleep(pause)
+            try:
+                conn.sendall(rest)
+            except OSError:
+                return b""  # closed already
+        received = b""
+        try:
+            while chunk := conn.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return received
+
+
+def test_a_normal_request_is_served(served: int) -> None:
+    reply = _exchange(served, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+
+
+def test_a_request_head_over_the_bound_is_refused(served: int) -> None:
+    big = b"x" * (protocol.MAX_HEAD_BYTES + 1)
+    reply = _exchange(served, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + big + b"\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    # A head under the bound is fine.
+    ok = b"x" * (protocol.MAX_HEAD_BYTES // 2)
+    reply = _exchange(
+        served,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Ok: " + ok + b"\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+
+
+def test_a_head_that_never_completes_is_closed(served: int) -> None:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", served), timeout=5) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        assert conn.recv(65536) == b""  # the server closed it
+    assert time.monotonic() - started < 4
+    with socket.create_connection(("127.0.0.1", served), timeout=5) as idle:
+        assert idle.recv(65536) == b""  # a connection that sends nothing is closed too
+
+
+def test_a_body_that_stops_arriving_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(body, "BODY_SECONDS", 0.2)
+    first = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b'{"userId"', "more_body": True}
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "headers": [(b"authorization", WRITE["Authorization"].encode())],
+    }
+    with pytest.raises(InvalidMessage) as caught:
+        asyncio.run(body.read_body(scope, receive, 1000))
+    assert caught.value.code == "body_timeout"

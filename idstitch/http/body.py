@@ -38,7 +38,10 @@ async def read_body(scope: Scope, receive: Receive, cap: int, *, single: bool = 
     """The decoded body, at most `cap` bytes after decompression (raises PayloadTooLarge).
 
     `single` words the 413 for a one-message route, where the body is the message."""
-    encoding = (header(scope, b"content-encoding") or b"identity").strip().lower()
+    # Every Content-Encoding header counts (a second one, or a list, is another encoding).
+    codings = b",".join(v for k, v in scope["headers"] if k == b"content-encoding")
+    tokens = [t.strip().lower() for t in codings.split(b",") if t.strip()]
+    encoding = tokens[0] if len(tokens) == 1 else (b"identity" if not tokens else codings)
     if encoding not in (b"identity", b"gzip", b"x-gzip"):
         raise UnsupportedEncoding(
             f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; send the body "
@@ -79,20 +82,36 @@ async def read_body(scope: Scope, receive: Receive, cap: int, *, single: bool = 
 
 
 def gunzip(data: bytes, cap: int, single: bool = False) -> bytes:
-    """Decompress a gzip body, refusing to produce more than `cap` bytes."""
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        out = inflater.decompress(data, cap + 1)
-    except zlib.error as err:
-        raise InvalidMessage(
-            f"the body is not valid gzip ({err}); compress it with gzip or drop "
-            "the Content-Encoding header.",
-            "invalid_gzip",
-        ) from None
-    if len(out) > cap or inflater.unconsumed_tail:
-        raise _too_large(f"more than {cap:,} bytes after decompression", cap, single)
-    if not inflater.eof:
-        raise InvalidMessage(
-            "the gzip body is truncated; send the complete compressed body.", "invalid_gzip"
-        )
-    return out
+    """Decompress a gzip body, refusing to produce more than `cap` bytes. Concatenated gzip
+    members (RFC 1952) are all read, as `gzip -d` does; bytes after the last member that do
+    not start another one are refused rather than dropped."""
+    parts: list[bytes] = []
+    size = 0
+    rest = data
+    while True:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            out = inflater.decompress(rest, cap + 1 - size)
+        except zlib.error as err:
+            raise InvalidMessage(
+                f"the body is not valid gzip ({err}); compress it with gzip or drop "
+                "the Content-Encoding header.",
+                "invalid_gzip",
+            ) from None
+        size += len(out)
+        if size > cap or inflater.unconsumed_tail:
+            raise _too_large(f"more than {cap:,} bytes after decompression", cap, single)
+        if not inflater.eof:
+            raise InvalidMessage(
+                "the gzip body is truncated; send the complete compressed body.", "invalid_gzip"
+            )
+        parts.append(out)
+        rest = inflater.unused_data
+        if not rest:
+            break
+        if not rest.startswith(b"\x1f\x8b"):
+            raise InvalidMessage(
+                f"{len(rest):,} bytes follow the gzip body; send only the compressed body.",
+                "invalid_gzip",
+            )
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -263,3 +263,32 @@ def test_the_item_limit_applies_to_items_as_received(client: TestClient, engine:
     response = client.post("/v1/batch", content=json.dumps(body).encode(), headers=JSON)
     assert response.status_code == 200, response.text
     assert engine.profile("user_id:big-context")["segment_id"].startswith("use_")
+
+
+def test_concatenated_gzip_members_are_all_read(client: TestClient, engine: Engine) -> None:
+    """`cat a.gz b.gz` is one valid gzip stream (RFC 1952); reading only the first member
+    lost data."""
+    text = json.dumps({"batch": [{"type": "identify", "userId": "gz-1"}]})
+    half = len(text) // 2
+    body = gzip.compress(text[:half].encode()) + gzip.compress(text[half:].encode())
+    sent = client.post("/v1/batch", content=body, headers=GZIP)
+    assert sent.status_code == 200, sent.text
+    assert engine.profile("user_id:gz-1")["segment_id"].startswith("use_")
+
+
+def test_bytes_after_the_gzip_body_are_refused(client: TestClient) -> None:
+    body = gzip.compress(json.dumps({"userId": "gz-2"}).encode()) + b"trailing junk"
+    sent = client.post("/v1/identify", content=body, headers=GZIP)
+    assert sent.status_code == 400, sent.text
+    assert sent.json()["code"] == "invalid_gzip"
+
+
+def test_every_content_encoding_header_counts(client: TestClient) -> None:
+    body = gzip.compress(json.dumps({"userId": "gz-3"}).encode())
+    headers = [
+        ("Authorization", WRITE["Authorization"]),
+        ("Content-Encoding", "gzip"),
+        ("Content-Encoding", "br"),
+    ]
+    sent = client.post("/v1/identify", content=body, headers=headers)
+    assert sent.status_code == 415, sent.text

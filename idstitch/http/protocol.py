@@ -64,9 +64,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        # A pipelined request whose head is already whole waits in `pipeline` (uvicorn starts
+        # it now): only when none waits is the next head still to come.
+        next_head_pending = not self.pipeline
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm_head_timer()  # the next request on this connection
+        if next_head_pending and not self.transport.is_closing():
+            self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._head_timer is not None:

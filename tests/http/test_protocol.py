@@ -4,6 +4,7 @@ how long it may take, and how long a body may take."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -108,3 +109,33 @@ def test_a_body_that_stops_arriving_is_refused(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(InvalidMessage) as caught:
         asyncio.run(body.read_body(scope, receive, 1000))
     assert caught.value.code == "body_timeout"
+
+
+def test_a_pipelined_request_is_not_cut_off_by_the_head_deadline(
+    served: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two batches sent back to back on one connection: the second one's head is whole before
+    the first is answered, so the head deadline must not run while it is being served."""
+    monkeypatch.setattr(protocol, "HEAD_SECONDS", 0.01)
+    requests = b""
+    for n in range(2):
+        batch = [
+            {"type": "track", "event": "E", "anonymousId": f"p{n}-{i}", "messageId": f"p{n}-{i}"}
+            for i in range(2000)
+        ]
+        content = json.dumps({"batch": batch}).encode()
+        requests += (
+            b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: {WRITE['Authorization']}\r\n".encode()
+            + f"Content-Length: {len(content)}\r\n\r\n".encode()
+            + content
+        )
+    with socket.create_connection(("127.0.0.1", served), timeout=20) as conn:
+        conn.sendall(requests)
+        received = b""
+        while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b"}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    assert received.count(b"HTTP/1.1 200") == 2, received[:300]

@@ -124,34 +124,29 @@ def resolve_side(
                 for ident in live:
                     violations.append(_violation(ident, "source_create_denied", reason))
                 return SidePlan(collection, "unresolved", violations=violations, reason=reason)
-        else:
-            if new and not source.add:
-                for ident in new:
-                    violations.append(
-                        _violation(
-                            ident,
-                            "source_add_denied",
-                            f"source {source_id!r} may not add identifiers to existing profiles",
-                        )
-                    )
-                    live.remove(ident)
-                new = []
-            if len(matched) > 1 and not source.merge:
-                victim = live.pop()
-                violations.append(
-                    _violation(
-                        victim,
-                        "source_merge_denied",
-                        f"source {source_id!r} may not merge profiles",
-                    )
+        elif len(matched) > 1 and not source.merge:
+            victim = live.pop()
+            violations.append(
+                _violation(
+                    victim, "source_merge_denied", f"source {source_id!r} may not merge profiles"
                 )
-                continue
+            )
+            continue
+        # The limits see the identifiers a source may not add too: a second user_id on a
+        # shared browser must still split the event off (the library problem), or a source
+        # denied `add` would attribute one person's events to another.
         over = _over_limit(matched, new, rules, at)
         if over is not None:
             victim = live.pop()
             violations.append(_violation(victim, *over))
             continue
         break
+    if matched and new and not source.add:
+        reason = f"source {source_id!r} may not add identifiers to existing profiles"
+        for ident in new:
+            violations.append(_violation(ident, "source_add_denied", reason))
+            live.remove(ident)
+        new = []
     used = [(i.type, i.value) for i in live]
     cap = rules.max_identifiers
     if not matched:

@@ -348,17 +348,20 @@ class Model:
                     side.dropped.append((live.pop(), LIMIT))
                     continue
                 return self.create(live, at, collection, side)
-            # Assumption: the source rules are checked before the limits, in this order.
-            if new and not self.rules.may(source, "add"):
-                side.dropped += [(i, NO_ADD) for i in new]
-                live = [i for i in live if i not in new]
-                new = []
+            # Assumption: a source denied `merge` drops identifiers until one profile matches;
+            # the limits then see every identifier, those a source may not add included (so
+            # a second user_id on a shared browser still splits the event off), and only then
+            # are the identifiers it may not add refused.
             if len(matched) > 1 and not self.rules.may(source, "merge"):
                 side.dropped.append((live.pop(), NO_MERGE))
                 continue
             if self.over_limit(matched, new, at):
                 side.dropped.append((live.pop(), LIMIT))
                 continue
+            if new and not self.rules.may(source, "add"):
+                side.dropped += [(i, NO_ADD) for i in new]
+                live = [i for i in live if i not in new]
+                new = []
             return self.attach(matched, new, at, side)
 
     def create(self, live: list[Ident], at: float, collection: str, side: Side) -> Side:

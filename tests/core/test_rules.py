@@ -224,6 +224,28 @@ def test_source_that_may_not_add_identifiers(make_engine: MakeEngine) -> None:
     assert len(engine.events("user_id:u1")) == 2
 
 
+def test_a_source_that_may_not_add_identifiers_still_keeps_people_apart(
+    make_engine: MakeEngine,
+) -> None:
+    """The library problem through a source denied `add`: Bob logs in on Alice's browser. His
+    user_id may not be added to her profile, but it still counts against the user_id limit, so
+    the shared anonymous id is dropped and Bob gets his own profile, as from any source."""
+    engine = make_engine({"identity": {"sources": {"crm": {"add": False}}}})
+    alice = engine.ingest(
+        msg("identify", userId="alice", anonymousId="shared", traits={"name": "Alice"}),
+        source="web",
+    )
+    bob = engine.ingest(
+        msg("identify", userId="bob", anonymousId="shared", traits={"name": "Bob"}),
+        source="crm",
+    )
+    assert bob.outcome == "created"
+    assert bob.segment_id != alice.segment_id
+    assert [(v.value, v.rule) for v in bob.violations] == [("shared", "limit_exceeded")]
+    assert engine.traits("user_id:alice") == {"name": "Alice"}
+    assert engine.traits("user_id:bob") == {"name": "Bob"}
+
+
 def test_source_that_may_not_merge(make_engine: MakeEngine) -> None:
     engine = make_engine({"identity": {"sources": {"crm": {"merge": False}}}})
     engine.ingest(msg("identify", userId="u1"), source="web")

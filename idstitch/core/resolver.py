@@ -101,13 +101,15 @@ def resolve_side(
             live.sort(key=lambda i: rules.rank(i.type))  # stable: ties keep extraction order
     violations: list[Violation] = []
     owners, parent, profiles = graph.owners, graph.parent, graph.profiles
+    matched: list[ProfileState] = []
+    new: list[Identifier] = []
     while True:
         if not live:
             return SidePlan(
                 collection, "unresolved", violations=violations, reason="no usable identifiers"
             )
-        matched: list[ProfileState] = []
-        new: list[Identifier] = []
+        matched = []
+        new = []
         for ident in live:
             pid = owners.get(ident.key)
             if pid is None:

@@ -166,6 +166,12 @@ def resolve_side(
         )
     target = min(matched, key=lambda s: (s.created_at, s.pid))
     others = [s for s in matched if s is not target]
+    # SPEC 2, system caps: once a profile holds `max_merges` merges, nothing further is merged
+    # into it or added to it; its events still resolve to it.
+    if target.merges >= rules.max_merges and new:
+        detail = f"the profile holds {target.merges} merges, the cap; nothing more is added"
+        violations.extend(_violation(ident, "merge_cap", detail) for ident in new)
+        new = []
     if others:
         merges = target.merges + sum(o.merges + 1 for o in others)
         held = target.n_ids + sum(o.n_ids for o in others)

@@ -380,6 +380,8 @@ class Model:
     def attach(self, matched: list[Profile], new: list[Ident], at: float, side: Side) -> Side:
         oldest = min(matched, key=lambda p: p.number)
         others = [p for p in matched if p is not oldest]
+        # SPEC 2, system caps: past the merge cap nothing further is added either.
+        at_merge_cap = oldest.merges >= self.rules.max_merges
         if others:
             merges = oldest.merges + sum(p.merges + 1 for p in others)
             size = sum(len(p.ids) for p in matched)
@@ -403,6 +405,9 @@ class Model:
             p.ids = {}
             p.merged_into = oldest.number
             side.merged.append(p.number)
+        if at_merge_cap:
+            side.dropped += [(i, MERGE_CAP) for i in new]
+            new = []
         room = max(self.rules.max_identifiers - len(oldest.ids), 0)
         for ident in new[:room]:
             oldest.ids[ident] = at

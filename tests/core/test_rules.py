@@ -269,6 +269,13 @@ def test_merge_cap(make_engine: MakeEngine) -> None:
     assert third.outcome == "attached"  # the event still resolves to the profile
     assert [v.rule for v in third.violations] == ["merge_cap"]
     assert sid(engine, "anonymous_id:a2") != sid(engine, "user_id:u")
+    # Past the cap nothing further is added either (SPEC 2): a new identifier stays unowned.
+    fourth = engine.ingest(msg("page", userId="u", anonymousId="a-new"))
+    assert fourth.outcome == "attached"
+    assert [(v.value, v.rule) for v in fourth.violations] == [("a-new", "merge_cap")]
+    assert "anonymous_id:a-new" not in ids(engine, "user_id:u")
+    with pytest.raises(ProfileNotFound):
+        engine.profile("anonymous_id:a-new")
 
 
 def test_identifier_cap(make_engine: MakeEngine) -> None:

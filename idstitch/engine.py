@@ -163,7 +163,7 @@ class Engine:
         *,
         type_: str | None = None,
         received_at: float | None = None,
-        sent_at: str | None = None,
+        sent_at: float | None = None,  # a batch's sentAt, in Unix seconds
         keep_received_at: bool = False,
         fallback_id: Callable[[], str] | None = None,
         max_bytes: int | None = MAX_MESSAGE_BYTES,

@@ -130,21 +130,9 @@ def events(
     after: tuple[float, int] | None = None,
     limit: int = 10,
 ) -> list[EventRow]:
-    """Events of the canonical profile `row`; their `segment_id` (`related`) names `row`.
-
-    The store stamps an event with the profile it was first stored on, which may since have
-    been merged into `row`. Every event the store returns belongs to `row` or to a profile
-    merged into it, so a stamp of `row`'s collection is replaced by `row.segment_id`, the
-    canonical id that `cursor.url` and `metadata` show too. This needs no read per event."""
-    found = store.events(row.pid, start=start, end=end, sort=sort, after=after, limit=limit)
-    return [_related_to(e, row) for e in found]
-
-
-def _related_to(e: EventRow, row: ProfileRow) -> EventRow:
-    stamped = e.segment_id
-    if stamped is None or stamped == row.segment_id or _collection_of(stamped) != row.collection:
-        return e
-    return msgspec.structs.replace(e, segment_id=row.segment_id)
+    """Events of the canonical profile `row`; their `segment_id` (`related`) names `row`, the
+    canonical id that `cursor.url` and `metadata` show too (the store follows merges)."""
+    return store.events(row.pid, start=start, end=end, sort=sort, after=after, limit=limit)
 
 
 def _collection_of(segment_id: str) -> str:

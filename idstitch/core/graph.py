@@ -52,10 +52,6 @@ class ProfileState(msgspec.Struct, gc=False):
             self.stamps[type_] = (*held, stamp)  # at most the type's limit (capped at 1,000)
         self.n_ids += 1
 
-    def stamp_lists(self) -> dict[str, list[float]]:
-        """The stamps as lists, whatever their compact form."""
-        return {t: [s] if isinstance(s, float) else list(s) for t, s in self.stamps.items()}
-
 
 class Graph:
     """Identifier keys -> profile ids, and canonical profile states."""

@@ -142,9 +142,10 @@ def decode_message(raw: bytes) -> Message:
     try:
         message = _message_decoder.decode(raw)
         # `properties` is kept raw (decoded only when needed): its strings must be UTF-8
-        # too, or every later read of the event would fail. Checking the whole body is
-        # cheap: ASCII, the usual case, is a memory scan.
-        raw.decode()
+        # too, or every later read of the event would fail. ASCII, the usual case, needs no
+        # decoding to know.
+        if not raw.isascii():
+            raw.decode()
     except msgspec.DecodeError as err:
         raise _decode_error(err) from None
     except (RecursionError, UnicodeDecodeError) as err:
@@ -179,14 +180,12 @@ EARLIEST = datetime(1, 1, 1, tzinfo=UTC).timestamp()
 LATEST = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
 
 
-def _in_range(seconds: float, what: str) -> float:
-    if not EARLIEST <= seconds <= LATEST:
-        raise InvalidMessage(
-            f"{what} falls outside the years 1 to 9999 UTC; send a real date-time such as "
-            "2025-01-15T02:02:15.908Z.",
-            "invalid_timestamp",
-        )
-    return seconds
+def _out_of_range(what: str) -> InvalidMessage:
+    return InvalidMessage(
+        f"{what} falls outside the years 1 to 9999 UTC; send a real date-time such as "
+        "2025-01-15T02:02:15.908Z.",
+        "invalid_timestamp",
+    )
 
 
 def parse_time(value: str, field: str) -> float:
@@ -201,7 +200,9 @@ def parse_time(value: str, field: str) -> float:
         seconds = moment.timestamp()
     except (OverflowError, ValueError):
         seconds = float("inf")
-    return _in_range(seconds, f"field `{field}`: {value!r}")
+    if not EARLIEST <= seconds <= LATEST:
+        raise _out_of_range(f"field `{field}`: {value!r}")
+    return seconds
 
 
 def _lenient_time(value: str, field: str) -> datetime:
@@ -288,27 +289,38 @@ def _moment(value: str | None, field: str) -> float | None:
     return parse_time(value, field) if value else None
 
 
-def compute_timestamp(message: Message, received_at: float, sent_at: str | None = None) -> float:
+def compute_timestamp(message: Message, received_at: float, sent_at: float | None = None) -> float:
     """`receivedAt - (sentAt - originalTimestamp)` when sentAt is known, else the given
-    timestamp, else receivedAt. `sent_at` is a batch's sentAt, for items without their own.
+    timestamp, else receivedAt. `sent_at` is a batch's sentAt (Unix seconds, parsed once per
+    batch), for items without their own.
 
     Every timestamp present is parsed, whether the rule needs it or not, so an unparseable
     one is refused (`invalid_timestamp`, naming the field) whatever else the message holds."""
     timestamp = _moment(message.timestamp, "timestamp")
     original = _moment(message.originalTimestamp, "originalTimestamp")
     own_sent = _moment(message.sentAt, "sentAt")
-    batch_sent = _moment(sent_at, "sentAt")
-    sent = own_sent if own_sent is not None else batch_sent
+    sent = own_sent if own_sent is not None else sent_at
     if original is None:
         original = timestamp
     if sent is not None and original is not None:
-        return _in_range(
-            received_at - (sent - original),
-            "the timestamp computed as receivedAt - (sentAt - originalTimestamp)",
-        )
+        computed = received_at - (sent - original)
+        if not EARLIEST <= computed <= LATEST:
+            raise _out_of_range(
+                "the timestamp computed as receivedAt - (sentAt - originalTimestamp)"
+            )
+        return computed
     if timestamp is not None:
         return timestamp
     return received_at
+
+
+def check_size(raw: bytes | msgspec.Raw, limit: int = MAX_MESSAGE_BYTES) -> None:
+    """Raises PayloadTooLarge for a message over `limit` bytes as received."""
+    if len(raw) > limit:
+        raise PayloadTooLarge(
+            f"the message is {len(raw):,} bytes; the limit is {limit:,} bytes per message. "
+            "Trim its properties or traits."
+        )
 
 
 def prepare(
@@ -316,7 +328,7 @@ def prepare(
     *,
     type_: str | None = None,
     received_at: float,
-    sent_at: str | None = None,
+    sent_at: float | None = None,
     keep_received_at: bool = False,
     fallback_id: Callable[[], str] | None = None,
     max_bytes: int | None = MAX_MESSAGE_BYTES,
@@ -326,12 +338,10 @@ def prepare(
     With `keep_received_at` (imports of exported data), a message's own `receivedAt` wins.
     `fallback_id` names a message that has no `messageId` (default: a random id).
     `max_bytes=None` skips the size check (for an item already checked as received).
+    `sent_at` is a batch's sentAt in Unix seconds.
     """
-    if max_bytes is not None and len(raw) > max_bytes:
-        raise PayloadTooLarge(
-            f"the message is {len(raw):,} bytes; the limit is {max_bytes:,} bytes per message. "
-            "Trim its properties or traits."
-        )
+    if max_bytes is not None:
+        check_size(raw, max_bytes)
     message = decode_message(raw)
     kind = type_ or message.type
     if kind is None:

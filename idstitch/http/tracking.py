@@ -19,6 +19,7 @@ from idstitch.core.messages import (
     MAX_BATCH_ITEMS,
     MAX_MESSAGE_BYTES,
     MAX_REQUEST_BYTES,
+    check_size,
     decode_batch,
     merge_batch_defaults,
     parse_time,
@@ -132,20 +133,17 @@ def prepare_batch(
             "per request. Split it into smaller batches.",
             "too_many_messages",
         )
-    if batch.sentAt:  # checked even when every item carries its own sentAt
+    sent_at = None
+    if batch.sentAt:  # parsed once for every item, and checked even if each has its own
         try:
-            parse_time(batch.sentAt, "sentAt")
+            sent_at = parse_time(batch.sentAt, "sentAt")
         except InvalidMessage as err:
             raise InvalidMessage(f"top level of the batch: {err}", err.code) from None
     shared = bool(batch.context or batch.integrations)
     items: list[Item] = []
     for index, message in enumerate(messages):
         try:
-            if len(message) > MAX_MESSAGE_BYTES:
-                raise PayloadTooLarge(
-                    f"the message is {len(message):,} bytes; the limit is "
-                    f"{MAX_MESSAGE_BYTES:,} bytes per message. Trim its properties or traits."
-                )
+            check_size(message)
             item = bytes(message)
             if not item.lstrip().startswith(b"{"):
                 raise InvalidMessage(
@@ -155,7 +153,7 @@ def prepare_batch(
             if shared:  # the limit applies to the item as received, checked above
                 item = merge_batch_defaults(message, batch)
             items.append(
-                engine.prepare(item, received_at=received_at, sent_at=batch.sentAt, max_bytes=None)
+                engine.prepare(item, received_at=received_at, sent_at=sent_at, max_bytes=None)
             )
         except InvalidMessage as err:
             raise err.at_index(index) from None

@@ -55,7 +55,7 @@ class EventRow(msgspec.Struct, frozen=True):
     event: str | None
     timestamp: float
     received_at: float
-    segment_id: str | None  # the profile it was stamped with at ingestion
+    segment_id: str | None  # the canonical profile it belongs to now (merges followed)
     external_ids: list[tuple[str, str, str]]
     body: bytes
 

@@ -304,7 +304,8 @@ class PostgresStore(Store):
         sql = (
             "SELECT e.seq, e.source_id, e.message_id, e.type, e.event, e.timestamp, "
             "e.received_at, p.segment_id, e.external_ids, e.body FROM events e "
-            f"LEFT JOIN profiles p ON p.id = e.{column} WHERE {' AND '.join(where)} "
+            f"LEFT JOIN profiles q ON q.id = e.{column} "
+            f"LEFT JOIN profiles p ON p.id = q.canonical_id WHERE {' AND '.join(where)} "
             f"ORDER BY e.timestamp {order}, e.seq {order} LIMIT %(limit)s"
         )
         return [

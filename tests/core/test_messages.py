@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from idstitch.core.messages import MAX_MESSAGE_BYTES, format_time, prepare
+from idstitch.core.messages import MAX_MESSAGE_BYTES, format_time, parse_time, prepare
 from idstitch.errors import InvalidMessage, PayloadTooLarge
 from tests.conftest import MakeEngine
 
@@ -183,11 +183,13 @@ def test_a_batch_with_one_invalid_message_names_its_index_and_applies_nothing(
 
 
 def timestamp(body: dict[str, Any], sent_at: str | None = None) -> float:
+    """`body`'s timestamp as a batch item whose batch carries `sent_at` (parsed once per
+    batch, as the Tracking API does, before its items are prepared)."""
     return prepare(
         raw({"userId": "u1", **body}),
         type_="identify",
         received_at=RECEIVED.timestamp(),
-        sent_at=sent_at,
+        sent_at=parse_time(sent_at, "sentAt") if sent_at else None,
     ).timestamp
 
 

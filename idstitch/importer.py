@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
-import io
 import os
 import time
 import zlib
@@ -95,18 +94,17 @@ def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     return raw, raw
 
 
-def _skip(stream: IO[bytes], offset: int) -> None:
-    if offset <= 0:
-        return
-    if isinstance(stream, io.BufferedReader):
-        stream.seek(offset)
-        return
-    left = offset
-    while left:
+def _skip(stream: IO[bytes], offset: int) -> int:
+    """Read past the first `offset` bytes (whole lines, as recorded); returns how many lines
+    they held, so that a resumed import still names lines by their number in the file."""
+    left, lines = offset, 0
+    while left > 0:
         chunk = stream.read(min(left, 1 << 20))
         if not chunk:
             break
         left -= len(chunk)
+        lines += chunk.count(b"\n")
+    return lines
 
 
 # What reading a damaged file raises: a truncated gzip stream (EOFError), a bad gzip header
@@ -116,29 +114,30 @@ _LINE_LIMIT = MAX_LINE_BYTES + 2  # the longest accepted line plus "\r\n"
 
 
 class _Lines:
-    """(offset after the line, line, line length) for each complete line of `stream` after
-    `start`; `line` is None for a line longer than MAX_LINE_BYTES (it is never held in memory
-    whole). A read error ends the iteration and is kept in `error`: the line being read when it
-    happened is not yielded, so the offsets only ever cover lines that were read whole."""
+    """(line number, offset after the line, line, line length) for each complete line of
+    `stream` after `start`; `line` is None for a line longer than MAX_LINE_BYTES (it is never
+    held in memory whole). A read error ends the iteration and is kept in `error`: the line
+    being read when it happened is not yielded, so the offsets only ever cover whole lines."""
 
     def __init__(self, stream: IO[bytes], start: int) -> None:
         self.stream = stream
         self.start = start
         self.error: BaseException | None = None
 
-    def __iter__(self) -> Iterator[tuple[int, bytes | None, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, bytes | None, int]]:
         offset = self.start
         readline = self.stream.readline
         try:
-            _skip(self.stream, self.start)
+            number = _skip(self.stream, self.start)
             while True:
                 line = readline(_LINE_LIMIT)
                 if not line:
                     return
+                number += 1
                 length = len(line)
                 if length < _LINE_LIMIT or line.endswith(b"\n"):
                     offset += length
-                    yield offset, line, length
+                    yield number, offset, line, length
                     continue
                 while not line.endswith(b"\n"):  # too long: count it, do not keep it
                     line = readline(_LINE_LIMIT)
@@ -146,7 +145,7 @@ class _Lines:
                         break
                     length += len(line)
                 offset += length
-                yield offset, None, length
+                yield number, offset, None, length
         except READ_ERRORS as err:
             self.error = err
 
@@ -223,12 +222,10 @@ def _import_file(
         summary.skipped_bytes += resume
         inflight: deque[tuple[Ticket, int]] = deque()
         items: list[tuple[Prepared, Extracted]] = []
-        line_no = 0
         last_offset = resume
         accepted = 0
         lines = _Lines(stream, resume)
-        for offset, line, length in lines:
-            line_no += 1
+        for line_no, offset, line, length in lines:
             last_offset = offset
             try:
                 if line is None:

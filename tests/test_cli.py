@@ -140,6 +140,29 @@ def test_import_resumes_and_skips_what_is_stored(tmp_path: Path) -> None:
     assert lines["events"] == "0"
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_a_resumed_import_names_invalid_lines_by_their_number_in_the_file(
+    tmp_path: Path, suffix: str
+) -> None:
+    cfg = config_file(tmp_path)
+    path = tmp_path / f"events{suffix}"
+    first = [json.dumps(track(i)) for i in range(30)]
+    more = [json.dumps(track(30)), "{broken", json.dumps(track(31))]
+
+    def write(lines: list[str]) -> None:
+        data = ("\n".join(lines) + "\n").encode()
+        path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+
+    write(first)
+    code, out = run("import", "--config", str(cfg), str(path))
+    assert code == 0, out
+    write(first + more)  # the file grew: the re-run resumes after line 30
+    code, out = run("import", "--config", str(cfg), str(path))
+    assert code == 1, out
+    assert f"skipped {path}:32:" in out, out
+    assert summary_rows(out)["events"] == "2"
+
+
 def test_import_reports_invalid_lines_without_stopping(tmp_path: Path) -> None:
     cfg = config_file(tmp_path)
     path = tmp_path / "events.jsonl"

@@ -67,6 +67,13 @@ class Settings:
                 return source
         return None
 
+    def unmatched_source_rules(self) -> list[str]:
+        """The ids of `[identity.sources.ID]` tables that no `[[sources]]` entry carries: over
+        HTTP their rules never apply (a typo, most likely); imports and Python calls can still
+        name such a source."""
+        known = {source.id for source in self.sources}
+        return [sid for sid in self.rules.sources if sid not in known]
+
 
 def _fail(key: str, problem: str, fix: str) -> ConfigError:
     return ConfigError(f"config key `{key}` {problem}; {fix}.")

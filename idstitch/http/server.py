@@ -106,6 +106,14 @@ def serve(config_path: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT
         sources=[s.id for s in settings.sources],
         config=str(settings.path) if settings.path else None,
     )
+    for sid in settings.unmatched_source_rules():
+        logs.event(
+            "source rules match no write key",
+            logging.WARNING,
+            source=sid,
+            fix=f"[identity.sources.{sid}] applies only to a [[sources]] entry with id "
+            f"{sid!r} (or to `idstitch import --source {sid}`); correct the id if it is a typo",
+        )
     try:
         server_for(app, host, port).run(sockets=[sock])
     finally:

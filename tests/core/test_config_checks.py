@@ -109,3 +109,13 @@ def test_distinct_tokens_and_keys_are_accepted() -> None:
 def test_a_limit_window_that_is_not_a_string_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"`identity\.limits\.email\.window` is \['weekly'\]"):
         settings_from({"identity": {"limits": {"email": {"max": 2, "window": ["weekly"]}}}})
+
+
+def test_source_rules_without_a_write_key_are_listed() -> None:
+    settings = settings_from(
+        {
+            "sources": [{"id": "web", "write_key": "k" * 24}],
+            "identity": {"sources": {"web": {"merge": False}, "ios": {"create": False}}},
+        }
+    )
+    assert settings.unmatched_source_rules() == ["ios"]

@@ -179,3 +179,25 @@ def test_a_taken_port_is_one_clear_sentence(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_source_rules_that_match_no_write_key_are_named_at_start(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(
+        config.read_text()
+        + "\n[identity.sources.web]\nmerge = false\n"
+        + "\n[identity.sources.wbe]\ncreate = false\n"
+    )
+    log = tmp_path / "stderr.txt"
+    server = start(config, tmp_path, log)
+    try:
+        server.wait_ready()
+    finally:
+        assert server.stop() in STOPPED_BY_SIGTERM
+    warnings = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if '"source rules match no write key"' in line
+    ]
+    assert [(w["level"], w["source"]) for w in warnings] == [("warning", "wbe")]
+    assert "[identity.sources.wbe]" in warnings[0]["fix"]

@@ -288,25 +288,30 @@ class PostgresStore(Store):
         if collection is None:
             return []
         column = "account_id" if collection == "accounts" else "profile_id"
-        where = [f"e.{column} IN {_MEMBERS}"]
+        where = [f"{column} = m.id"]
         args: dict[str, Any] = {"pid": pid, "limit": limit}
         if start is not None:
-            where.append("e.timestamp >= %(start)s")
+            where.append("timestamp >= %(start)s")
             args["start"] = start
         if end is not None:
-            where.append("e.timestamp < %(end)s")
+            where.append("timestamp < %(end)s")
             args["end"] = end
         if after is not None:
             op = "<" if sort == "desc" else ">"
-            where.append(f"(e.timestamp, e.seq) {op} (%(after_ts)s, %(after_seq)s)")
+            where.append(f"(timestamp, seq) {op} (%(after_ts)s, %(after_seq)s)")
             args["after_ts"], args["after_seq"] = after
         order = "DESC" if sort == "desc" else "ASC"
+        # One index range per member profile, each cut at `limit`, then merged: a single
+        # `IN (members)` query would sort every event of a merged profile for each page.
         sql = (
             "SELECT e.seq, e.source_id, e.message_id, e.type, e.event, e.timestamp, "
-            "e.received_at, p.segment_id, e.external_ids, e.body FROM events e "
-            f"LEFT JOIN profiles q ON q.id = e.{column} "
-            f"LEFT JOIN profiles p ON p.id = q.canonical_id WHERE {' AND '.join(where)} "
-            f"ORDER BY e.timestamp {order}, e.seq {order} LIMIT %(limit)s"
+            "e.received_at, p.segment_id, e.external_ids, e.body FROM profiles m "
+            "CROSS JOIN LATERAL (SELECT seq, timestamp FROM events "
+            f"WHERE {' AND '.join(where)} ORDER BY timestamp {order}, seq {order} "
+            "LIMIT %(limit)s) k "
+            "JOIN events e ON e.seq = k.seq JOIN profiles p ON p.id = m.canonical_id "
+            f"WHERE m.canonical_id = %(pid)s ORDER BY k.timestamp {order}, k.seq {order} "
+            "LIMIT %(limit)s"
         )
         return [
             EventRow(

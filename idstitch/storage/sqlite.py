@@ -175,6 +175,10 @@ def _writer_lock(path: Path, timeout: float) -> int:
             time.sleep(0.05)
 
 
+# Member profiles (a profile and those merged into it) per query of `events`.
+MEMBERS_PER_QUERY = 200
+
+
 class SQLiteStore(Store):
     """Resolution happens in memory under `batch`; writing happens in a committer process.
 
@@ -596,28 +600,46 @@ class SQLiteStore(Store):
         if row is None:
             return []
         column = "account_id" if row[0] == "accounts" else "profile_id"
-        members = self._members(conn, pid)
-        marks = ",".join("?" * len(members))
-        where = [f"e.{column} IN ({marks})"]
-        args: list[Any] = list(members)
+        where = [f"{column} = ?"]
+        filters: list[Any] = []
         if start is not None:
-            where.append("e.timestamp >= ?")
-            args.append(start)
+            where.append("timestamp >= ?")
+            filters.append(start)
         if end is not None:
-            where.append("e.timestamp < ?")
-            args.append(end)
+            where.append("timestamp < ?")
+            filters.append(end)
         if after is not None:
-            where.append("(e.timestamp, e.seq) " + ("<" if sort == "desc" else ">") + " (?, ?)")
-            args.extend(after)
+            where.append("(timestamp, seq) " + ("<" if sort == "desc" else ">") + " (?, ?)")
+            filters.extend(after)
         order = "DESC" if sort == "desc" else "ASC"
-        args.append(limit)
-        sql = (
-            "SELECT e.seq, e.source_id, e.message_id, e.type, e.event, e.timestamp, "
-            f"e.received_at, p.segment_id, e.external_ids, e.body FROM events e "
-            f"LEFT JOIN profiles q ON q.id = e.{column} "
-            f"LEFT JOIN profiles p ON p.id = q.canonical_id WHERE {' AND '.join(where)} "
-            f"ORDER BY e.timestamp {order}, e.seq {order} LIMIT ?"
+        # One index range per member profile, each cut at `limit`, then merged: a single
+        # `IN (members)` query would sort every event of a merged profile for each page.
+        one = (
+            f"SELECT * FROM (SELECT seq, timestamp FROM events WHERE {' AND '.join(where)} "
+            f"ORDER BY timestamp {order}, seq {order} LIMIT ?)"
         )
+        members = self._members(conn, pid)
+        rows: list[Any] = []
+        # SQLite caps a compound SELECT at 500 terms: a long merge history goes in parts.
+        for at in range(0, len(members), MEMBERS_PER_QUERY):
+            part = members[at : at + MEMBERS_PER_QUERY]
+            args: list[Any] = []
+            for member in part:
+                args.extend((member, *filters, limit))
+            args.append(limit)
+            sql = (
+                "SELECT e.seq, e.source_id, e.message_id, e.type, e.event, e.timestamp, "
+                f"e.received_at, p.segment_id, e.external_ids, e.body "
+                f"FROM ({' UNION ALL '.join([one] * len(part))}) k "
+                "JOIN events e ON e.seq = k.seq "
+                f"LEFT JOIN profiles q ON q.id = e.{column} "
+                "LEFT JOIN profiles p ON p.id = q.canonical_id "
+                f"ORDER BY k.timestamp {order}, k.seq {order} LIMIT ?"
+            )
+            rows.extend(conn.execute(sql, args))
+        if len(members) > MEMBERS_PER_QUERY:
+            rows.sort(key=lambda r: (r[5], r[0]), reverse=sort == "desc")
+            del rows[limit:]
         return [
             EventRow(
                 r[0],
@@ -631,7 +653,7 @@ class SQLiteStore(Store):
                 _ext_decoder.decode(r[8]),
                 bytes(r[9]),
             )
-            for r in conn.execute(sql, args)
+            for r in rows
         ]
 
     @_reads

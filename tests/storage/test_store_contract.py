@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from idstitch.cli import main as cli
+from idstitch.core.messages import parse_time
 from idstitch.engine import Engine
 from idstitch.storage import open_store
+from idstitch.storage import sqlite as sqlite_store
 from idstitch.storage.migrations import NAMES
 from tests.conftest import MakeEngine
 from tests.helpers import at, msg
+
+
+def _seconds(iso: str) -> float:
+    return parse_time(iso, "timestamp")
 
 
 def _pid(engine: Engine, ref: str) -> int:
@@ -63,6 +70,51 @@ def test_events_page_by_time_and_seq_in_both_directions(make_engine: MakeEngine)
     window = store.events(pid, start=desc[-1].timestamp + 0.5, end=desc[0].timestamp, limit=100)
     assert {e.timestamp for e in window} == {desc[-1].timestamp + 1}
     assert all(e.segment_id is not None and e.body for e in desc)
+
+
+@pytest.mark.parametrize("per_query", [200, 2])
+def test_events_of_a_merged_profile_page_in_one_order_across_its_members(
+    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch, per_query: int
+) -> None:
+    # per_query=2: the SQLite store reads a long merge history in parts, merged in order.
+    monkeypatch.setattr(sqlite_store, "MEMBERS_PER_QUERY", per_query)
+    engine = make_engine()
+    sent: list[tuple[float, int, str]] = []  # (timestamp, arrival, message id)
+    for n in range(24):
+        member, second = n % 5, (n * 7) % 6  # five profiles, interleaved and repeated times
+        mid = f"m{n}"
+        engine.ingest(
+            msg("track", anonymousId=f"a{member}", messageId=mid, timestamp=at(seconds=second))
+        )
+        sent.append((second, n, mid))
+    for member in range(5):  # one person after all: merge the five into one profile
+        engine.ingest(
+            msg("identify", userId="u1", anonymousId=f"a{member}", messageId=f"i{member}")
+        )
+    pid = _pid(engine, "user_id:u1")
+    store = engine.store
+    newest_first = [mid for _, _, mid in sorted(sent, reverse=True)]
+    for sort, expected in (("desc", newest_first), ("asc", newest_first[::-1])):
+        seen: list[str] = []
+        after = None
+        while True:
+            page = store.events(pid, sort=sort, limit=4, after=after)
+            seen.extend(e.message_id for e in page if e.message_id.startswith("m"))
+            if len(page) < 4:
+                break
+            after = (page[-1].timestamp, page[-1].seq)
+        assert seen == expected, sort
+    start, end = at(seconds=2), at(seconds=4)
+    window = engine.events("user_id:u1", limit=100)  # the Python API: newest first
+    assert [e["message_id"] for e in window if e["message_id"].startswith("m")] == newest_first
+    lo, hi = (_seconds(start), _seconds(end))
+    inside = store.events(pid, start=lo, end=hi, sort="asc", limit=3)
+    assert [e.message_id for e in inside] == [
+        mid for second, _, mid in sorted(sent) if 2 <= second < 4
+    ][:3]
+    assert {e.segment_id for e in store.events(pid, limit=100)} == {
+        engine.metadata("user_id:u1")["segment_id"]
+    }
 
 
 def test_traits_keep_the_newest_value_across_a_merge(make_engine: MakeEngine) -> None:

@@ -52,6 +52,14 @@ class Source:
     write_key: str
 
 
+def same_secret(expected: str, given: str) -> bool:
+    """A constant-time comparison of two secrets, whatever characters `given` holds (on str,
+    `compare_digest` refuses non-ASCII text with a TypeError)."""
+    return secrets.compare_digest(
+        expected.encode("utf-8", "surrogatepass"), given.encode("utf-8", "surrogatepass")
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     space_id: str = "default"
@@ -63,7 +71,7 @@ class Settings:
 
     def source_for_key(self, write_key: str) -> Source | None:
         for source in self.sources:
-            if secrets.compare_digest(source.write_key, write_key):
+            if same_secret(source.write_key, write_key):
                 return source
         return None
 

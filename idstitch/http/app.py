@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import secrets
 import time
-from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,7 +19,7 @@ import msgspec
 
 from idstitch.engine import Engine
 from idstitch.errors import IdstitchError
-from idstitch.http import docs, logs, openapi, profiles, tracking
+from idstitch.http import browser, docs, logs, openapi, profiles, tracking
 from idstitch.http.asgi import JSON, Receive, Scope, Send, query, send_bytes, send_json
 from idstitch.http.errors import (
     MethodNotAllowed,
@@ -37,26 +36,6 @@ _OPS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/")
 # run inline, because a thread hop costs more than they do: measured at 16 connections on
 # /traits, p95 3.5 ms inline against 6.5 ms through the pool, at 15 % more requests/s.
 _OFFLOADED = frozenset({"events", "links"})
-# CORS for the Tracking API: browsers may send events from any origin (as to Segment).
-_PREFLIGHT = [
-    (b"access-control-allow-methods", b"POST, OPTIONS"),
-    (b"access-control-allow-headers", b"Authorization, Content-Type, Content-Encoding"),
-    (b"access-control-max-age", b"86400"),
-]
-
-
-def _with_cors(send: Send) -> Send:
-    async def cors_send(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [
-                *message.get("headers", []),
-                (b"access-control-allow-origin", b"*"),
-            ]
-        await send(message)
-
-    return cors_send
-
-
 _INTERNAL = "the server failed on this request; the failure is logged. Retry later."
 
 
@@ -96,23 +75,41 @@ class App:
         method: str = scope["method"]
         route = "unknown"
         status = 500
-        profile_api = False
-        if path in tracking.ROUTES:
-            send = _with_cors(send)  # analytics.js posts straight from browsers
+        profile_api = path.startswith(profiles.PREFIX)
+        if not profile_api and path.startswith("/v1/"):
+            # analytics.js posts straight from browsers, from any origin (as to Segment);
+            # the Profile API is for servers, with tokens that never belong in a page.
+            send = browser.with_cors(send)
+            if method == "OPTIONS" and (
+                path in tracking.ROUTES
+                or path == browser.METRICS_PATH
+                or browser.settings_key(path) is not None
+            ):
+                allow = b"GET, OPTIONS" if browser.settings_key(path) else b"POST, OPTIONS"
+                await send_bytes(
+                    send, 204, b"", b"text/plain", browser.preflight_headers(scope, allow)
+                )
+                self.http.observe("preflight", 204, time.perf_counter() - started)
+                return
         try:
             if path in tracking.ROUTES:
                 route = tracking.ROUTE_NAMES[path]
-                if method == "OPTIONS":
-                    await send_bytes(send, 204, b"", b"text/plain", _PREFLIGHT)
-                    status = 204
-                    return
                 if method != "POST":
                     raise MethodNotAllowed(path, method, "POST")
                 status = await tracking.handle(
                     self.engine, scope, receive, send, tracking.ROUTES[path]
                 )
-            elif path.startswith(profiles.PREFIX):
-                profile_api = True
+            elif path == browser.METRICS_PATH:
+                route = "browser_metrics"
+                if method != "POST":
+                    raise MethodNotAllowed(path, method, "POST")
+                status = await browser.metrics(scope, receive, send)
+            elif (write_key := browser.settings_key(path)) is not None:
+                route = "browser_settings"
+                if method != "GET":
+                    raise MethodNotAllowed(path, method, "GET")
+                status = await browser.settings(self.engine, scope, send, write_key)
+            elif profile_api:
                 route = "profiles"
                 if method != "GET":
                     raise MethodNotAllowed("the Profile API", method, "GET")

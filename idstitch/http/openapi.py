@@ -345,6 +345,43 @@ def document() -> Schema:
         "required": ["status"],
         "properties": {"status": {"type": "string"}},
     }
+    paths["/v1/projects/{write_key}/settings"] = {
+        "get": {
+            "tags": ["Tracking API"],
+            "operationId": "browser_settings",
+            "summary": "Source settings for analytics.js, pointing it back at this server.",
+            "description": (
+                "What analytics.js loads from Segment's CDN before it sends anything: with "
+                "`cdnURL` set to this server, the library sends its events here. Remote "
+                "metrics are off (`metrics.sampleRate` 0)."
+            ),
+            "parameters": [
+                {
+                    "name": "write_key",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "A source's write key.",
+                }
+            ],
+            "responses": {
+                "200": _json({"type": "object"}, "Segment CDN settings."),
+                "401": {**_json(_TRACKING_ERROR, ""), "description": "Unknown write key."},
+            },
+        }
+    }
+    paths["/v1/m"] = {
+        "post": {
+            "tags": ["Tracking API"],
+            "operationId": "browser_metrics",
+            "summary": "analytics.js usage counters: accepted (up to 64 KiB) and dropped.",
+            "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+            "responses": {
+                "200": _json({"type": "object"}, "Accepted."),
+                "413": {**_json(_TRACKING_ERROR, ""), "description": "Over 64 KiB."},
+            },
+        }
+    }
     paths["/healthz"] = {
         "get": {
             "tags": ["Operations"],

@@ -8,14 +8,13 @@ and the profile whose page returned it; one used elsewhere is a 400.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from idstitch import profiles
-from idstitch.config import Settings
+from idstitch.config import Settings, same_secret
 from idstitch.core.identifiers import ACCOUNTS, USERS
 from idstitch.errors import AuthenticationError
 from idstitch.http.asgi import Scope, basic_user
@@ -92,7 +91,7 @@ def authenticate(settings: Settings, scope: Scope) -> None:
     # Compare with every token so the time taken does not reveal which one matched.
     matched = False
     for candidate in settings.access_tokens:
-        matched |= secrets.compare_digest(candidate, token)
+        matched |= same_secret(candidate, token)
     if not matched:
         raise AuthenticationError(
             "the access token is not configured; use a token from [[access_tokens]] in the config."

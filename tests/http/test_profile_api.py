@@ -324,6 +324,7 @@ def error(
         ({}, "no access token"),
         (basic("wrong-token-123456"), "not configured"),
         ({"Authorization": "Basic %%%"}, "not valid HTTP Basic"),
+        (basic("jeton-é"), "not configured"),
     ],
 )
 def test_missing_or_wrong_token_is_401(

@@ -141,8 +141,18 @@ def test_key_without_colon_is_accepted(client: TestClient) -> None:
         ({}, {"userId": "u1", "event": "E", "writeKey": 12345678}),
         (basic("unknown-key-123"), {"userId": "u1", "event": "E"}),
         ({"Authorization": "Basic not-base64!"}, {"userId": "u1", "event": "E"}),
+        ({}, {"userId": "u1", "event": "E", "writeKey": "clé-écrite"}),
+        (basic("clé-écrite"), {"userId": "u1", "event": "E"}),
     ],
-    ids=["missing", "unknown-body", "non-string-body", "unknown-basic", "malformed-basic"],
+    ids=[
+        "missing",
+        "unknown-body",
+        "non-string-body",
+        "unknown-basic",
+        "malformed-basic",
+        "non-ascii-body",
+        "non-ascii-basic",
+    ],
 )
 def test_missing_or_unknown_write_key_is_401(
     client: TestClient, engine: Engine, headers: dict[str, str], body: dict[str, Any]
@@ -155,6 +165,14 @@ def test_missing_or_unknown_write_key_is_401(
     assert "write key" in payload["message"] or "writeKey" in payload["message"]
     with pytest.raises(ProfileNotFound):
         engine.profile("user_id:u1")
+
+
+def test_a_write_key_holding_a_lone_surrogate_is_refused_not_a_server_error(
+    client: TestClient,
+) -> None:
+    body = b'{"userId": "u1", "event": "E", "writeKey": "key-\\ud800"}'
+    response = client.post("/v1/track", content=body)
+    assert response.status_code in (400, 401), response.text
 
 
 def test_unknown_basic_key_is_refused_before_the_body_is_read(client: TestClient) -> None:

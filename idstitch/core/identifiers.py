@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from idstitch.core.messages import Message, properties_of
-from idstitch.core.rules import MAX_VALUE_LENGTH, IdentityRules
+from idstitch.core.rules import MAX_TYPE_LENGTH, MAX_VALUE_BYTES, MAX_VALUE_LENGTH, IdentityRules
 
 USERS = "users"
 ACCOUNTS = "accounts"
@@ -129,7 +129,7 @@ class Extractor:
             for item in context.externalIds:
                 type_ = item.type.strip().lower()
                 collection = ACCOUNTS if item.collection == "accounts" else USERS
-                if not type_ or not type_.isprintable():
+                if not type_ or not type_.isprintable() or len(type_) > MAX_TYPE_LENGTH:
                     # A control character (the key separator among them) would let two
                     # different identifiers share one key.
                     dropped.append(_bad_type(collection, type_, item.id))
@@ -207,6 +207,16 @@ class Extractor:
                 "value_too_long",
                 f"{len(value)} characters; the limit is {MAX_VALUE_LENGTH}",
             )
+        if "\x00" in value:
+            return Dropped(
+                Identifier.of(collection, type_, _shown(value.replace("\x00", "\\x00"))),
+                "invalid_value",
+                "the value holds a NUL character; no store keeps it apart from U+FFFD",
+            )
+        if not value.isascii():
+            problem = _unstorable(value)
+            if problem is not None:
+                return Dropped(Identifier.of(collection, type_, _shown(value)), *problem)
         ident = Identifier(collection, type_, value, prefix + type_ + "\x1f" + value)
         hit = self.rules.blocked_by(type_, value)
         if hit is not None:
@@ -214,12 +224,29 @@ class Extractor:
         return ident
 
 
+def _unstorable(value: str) -> tuple[str, str] | None:
+    """(rule, detail) for a value no store could keep as itself, or None."""
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        return "invalid_value", "the value holds a lone surrogate, which is not text"
+    if size > MAX_VALUE_BYTES:
+        return "value_too_long", f"{size:,} bytes in UTF-8; the limit is {MAX_VALUE_BYTES:,}"
+    return None
+
+
+def _shown(value: str) -> str:
+    """A value as a violation records it: printable, and short."""
+    return value[:100].encode("utf-8", "backslashreplace").decode()
+
+
 def _bad_type(collection: str, type_: str, raw: Any) -> Dropped:
     shown = repr(type_)[:100]
     return Dropped(
         Identifier.of(collection, shown, str(raw)[:100]),
         "invalid_type",
-        f"type {shown} is empty or holds control characters; types are printable names",
+        f"type {shown} is empty, longer than {MAX_TYPE_LENGTH} characters or holds control "
+        "characters; types are short printable names",
     )
 
 

@@ -364,6 +364,10 @@ def prepare(
     message_id = _id_text(message.messageId)
     if message_id is not None:
         message_id = message_id.strip()
+        if "\x00" in message_id:
+            raise InvalidMessage(
+                "`messageId` holds a NUL character; send an id without it.", "invalid_message_id"
+            )
         if len(message_id) > MAX_MESSAGE_ID_LENGTH:
             raise InvalidMessage(
                 f"`messageId` is {len(message_id)} characters; the limit is "

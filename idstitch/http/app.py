@@ -32,9 +32,10 @@ from idstitch.http.errors import (
 from idstitch.http.metrics import HttpMetrics, render
 
 _OPS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/")
-# Reads whose cost grows with a profile's history run on the read threads; the bounded ones
-# run inline, because a thread hop costs more than they do: measured at 16 connections on
-# /traits, p95 3.5 ms inline against 6.5 ms through the pool, at 15 % more requests/s.
+# Reads whose cost grows with a profile's history run on the read threads; on a local store
+# the bounded ones run inline, because a thread hop costs more than they do: measured at 16
+# connections on /traits, p95 3.5 ms inline against 6.5 ms through the pool, at 15 % more
+# requests/s. A networked store's reads all go to the threads (Store.local_reads).
 _OFFLOADED = frozenset({"events", "links"})
 _INTERNAL = "the server failed on this request; the failure is logged. Retry later."
 
@@ -141,7 +142,8 @@ class App:
         self, send: Send, err: IdstitchError, status: int, route: str, profile_api: bool
     ) -> None:
         headers = retry_headers(status)
-        if status == 401:
+        if status == 401 and route != "browser_settings":
+            # Not for the settings analytics.js loads: a page must not prompt its visitors.
             headers.append((b"www-authenticate", b'Basic realm="idstitch"'))
         elif isinstance(err, MethodNotAllowed):
             headers.append((b"allow", err.allow.encode()))
@@ -174,7 +176,7 @@ class App:
                 f"{settings.space_id!r} (space_id in the config)."
             )
         args = (self.engine.store, settings.space_id, target, query(scope))
-        if target.resource in _OFFLOADED:
+        if target.resource in _OFFLOADED or not self.engine.store.local_reads:
             loop = asyncio.get_running_loop()
             body = await loop.run_in_executor(self._reads, profiles.read, *args)
         else:

@@ -106,6 +106,9 @@ class Store(ABC):
     # Whether `batch` needs the identifier keys of the batch (a store whose graph is
     # complete in memory does not).
     needs_keys: bool = True
+    # Whether a bounded read (one profile's traits, say) is a local call of well under a
+    # millisecond, fit to run on the event loop; a networked store's reads go to threads.
+    local_reads: bool = False
 
     @abstractmethod
     def batch(self, keys: Iterable[str]) -> AbstractContextManager[Transaction]:

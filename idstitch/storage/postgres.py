@@ -42,7 +42,10 @@ _PROFILE_COLUMNS = (
     "p.id, p.segment_id, p.collection, p.created_at, p.merges, "
     "p.first_message_id, p.first_source_id"
 )
-_MEMBERS = "(SELECT id FROM profiles WHERE canonical_id = %(pid)s)"
+# The profile and those merged into it. Through the profile's canonical id: a merge committed
+# by another worker between finding a profile and reading it must not empty the answer.
+_CANONICAL = "(SELECT canonical_id FROM profiles WHERE id = %(pid)s)"
+_MEMBERS = f"(SELECT id FROM profiles WHERE canonical_id = {_CANONICAL})"
 # Errors after which the same batch may succeed on a fresh transaction: a deadlock, a
 # serialization failure, a message stored meanwhile by another worker, a lock timeout, and a
 # full lock table (the exclusive attempt needs one lock only).
@@ -53,6 +56,7 @@ RETRYABLE: tuple[type[Exception], ...] = (
     errors.UniqueViolation,
     errors.LockNotAvailable,
     errors.OutOfMemory,
+    errors.QueryCanceled,  # a wait that outlasted WRITE_STALL_SECONDS
 )
 
 
@@ -77,6 +81,34 @@ def mask_url(url: str) -> str:
 def _configure(conn: psycopg.Connection[Any]) -> None:
     # Durable acknowledgements, whatever the server's default.
     conn.execute("SET synchronous_commit = on")
+
+
+# A writer that stalls inside its transaction (a frozen process, a lost host) holds locks
+# that other workers' batches wait for: PostgreSQL ends such a transaction after this long,
+# and the waiting batches go on (a cancelled wait counts as a conflict and is retried).
+WRITE_STALL_SECONDS = 30
+
+
+def _configure_writer(conn: psycopg.Connection[Any]) -> None:
+    _configure(conn)
+    conn.execute(f"SET idle_in_transaction_session_timeout = '{WRITE_STALL_SECONDS}s'")
+    conn.execute(f"SET statement_timeout = '{WRITE_STALL_SECONDS}s'")
+
+
+def _first_line(err: BaseException) -> str:
+    """An error's first line: PostgreSQL's DETAIL lines can quote the values of a row, and
+    the message goes back to the client."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _discard(tx: PostgresTransaction) -> None:
+    """Roll back, then close the connection so that the pool replaces it: after an error
+    inside a pipeline, psycopg can believe statements prepared that the server never kept,
+    and every later batch on that connection would fail."""
+    tx.abort()
+    with contextlib.suppress(Exception):
+        tx.conn.close()
 
 
 def migrate(conn: psycopg.Connection[Any]) -> list[str]:
@@ -152,9 +184,21 @@ class PostgresStore(Store):
             configure=_configure,
             name="idstitch",
         )
+        # The writer has a connection of its own: reads never make a write wait for one.
+        self._writer: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=1,
+            open=False,
+            kwargs={"autocommit": True},
+            configure=_configure_writer,
+            name="idstitch-writer",
+        )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
+            self._writer.open(wait=True, timeout=connect_timeout)
         except PoolTimeout:
+            self._writer.close()
             self._pool.close()
             raise StorageError(
                 f"cannot open a connection pool to PostgreSQL at {self.url}; check the server."
@@ -172,14 +216,14 @@ class PostgresStore(Store):
             attempt += 1
             exclusive = attempt > self.max_attempts
             try:
-                with self._pool.connection() as conn:
+                with self._writer.connection() as conn:
                     tx = PostgresTransaction(conn, self._locks, distinct, exclusive)
                     try:
                         tx.open()
                         work(tx)
                         tx.commit()
                     except BaseException:
-                        tx.abort()
+                        _discard(tx)
                         raise
                 return tx
             except RETRYABLE as err:
@@ -187,15 +231,17 @@ class PostgresStore(Store):
                 if exclusive:
                     raise StorageError(
                         f"a batch of {len(distinct)} identifiers could not be stored after "
-                        f"{attempt} attempts, the last one alone ({err}); nothing of it was "
-                        "stored. Send it again; if this persists, look for a session holding "
-                        "locks in the database."
+                        f"{attempt} attempts, the last one alone ({_first_line(err)}); nothing "
+                        "of it was stored. Send it again; if this persists, look for a session "
+                        "holding locks in the database."
                     ) from err
                 if isinstance(err, errors.OutOfMemory):
                     attempt = self.max_attempts  # the lock table is full: run alone next
                 time.sleep(random.uniform(0, 0.002 * attempt))
             except psycopg.Error as err:
-                raise StorageError(f"the PostgreSQL write at {self.url} failed: {err}") from err
+                raise StorageError(
+                    f"the PostgreSQL write at {self.url} failed: {_first_line(err)}"
+                ) from err
             finally:
                 if exclusive:
                     self.exclusive_runs += 1
@@ -204,19 +250,22 @@ class PostgresStore(Store):
     def batch(self, keys: Iterable[str]) -> Iterator[Transaction]:
         """One attempt, without retries; `run_batch` is the form that survives conflicts."""
         try:
-            with self._pool.connection() as conn:
+            with self._writer.connection() as conn:
                 tx = PostgresTransaction(conn, self._locks, list(dict.fromkeys(keys)), False)
                 try:
                     tx.open()
                     yield tx
                     tx.commit()
                 except BaseException:
-                    tx.abort()
+                    _discard(tx)
                     raise
         except psycopg.Error as err:
-            raise StorageError(f"the PostgreSQL write at {self.url} failed: {err}") from err
+            raise StorageError(
+                f"the PostgreSQL write at {self.url} failed: {_first_line(err)}"
+            ) from err
 
     def close(self) -> None:
+        self._writer.close()
         self._pool.close()
 
     # ---- reads -----------------------------------------------------------------------------
@@ -227,7 +276,9 @@ class PostgresStore(Store):
             with self._pool.connection(timeout=timeout) as conn:
                 return conn.execute(sql, args).fetchall()
         except psycopg.Error as err:
-            raise StorageError(f"the PostgreSQL read at {self.url} failed: {err}") from err
+            raise StorageError(
+                f"the PostgreSQL read at {self.url} failed: {_first_line(err)}"
+            ) from err
 
     def find_by_identifier(self, collection: str, type_: str, value: str) -> ProfileRow | None:
         rows = self._all(
@@ -310,7 +361,7 @@ class PostgresStore(Store):
             f"WHERE {' AND '.join(where)} ORDER BY timestamp {order}, seq {order} "
             "LIMIT %(limit)s) k "
             "JOIN events e ON e.seq = k.seq JOIN profiles p ON p.id = m.canonical_id "
-            f"WHERE m.canonical_id = %(pid)s ORDER BY k.timestamp {order}, k.seq {order} "
+            f"WHERE m.canonical_id = {_CANONICAL} ORDER BY k.timestamp {order}, k.seq {order} "
             "LIMIT %(limit)s"
         )
         return [

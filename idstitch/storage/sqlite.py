@@ -190,6 +190,7 @@ class SQLiteStore(Store):
     """
 
     needs_keys = False  # the whole graph is in memory
+    local_reads = True
 
     def __init__(
         self,
@@ -519,8 +520,15 @@ class SQLiteStore(Store):
         return conn
 
     def _members(self, conn: sqlite3.Connection, pid: int) -> list[int]:
+        """The profile and those merged into it, through its canonical id: a merge committed
+        between finding a profile and reading it must not empty the answer."""
         return [
-            r[0] for r in conn.execute("SELECT id FROM profiles WHERE canonical_id = ?", (pid,))
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM profiles WHERE canonical_id = "
+                "(SELECT canonical_id FROM profiles WHERE id = ?)",
+                (pid,),
+            )
         ]
 
     @_reads

@@ -79,6 +79,7 @@ def test_the_settings_of_an_unknown_write_key_are_refused_readably(client: TestC
     assert response.status_code == 401
     assert response.headers["access-control-allow-origin"] == "*"
     assert response.json()["code"] == "authentication_error"
+    assert "www-authenticate" not in response.headers  # no login prompt in a visitor's browser
     assert client.post(f"/v1/projects/{WRITE_KEY}/settings").status_code == 405
 
 

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from idstitch.config import settings_from
+from idstitch.core import identifiers
 from idstitch.core.identifiers import Extracted, Extractor
 from idstitch.core.ksuid import segment_id
 from idstitch.core.messages import Prepared, encode, prepare
@@ -411,5 +412,44 @@ def test_batches_read_committed_whatever_the_server_default(postgres_url: str) -
 
         store.run_batch(["uanonymous_id\x1fa"], work)
         assert levels == ["serializable", "read committed"]
+    finally:
+        store.close()
+
+
+def test_writes_that_fail_inside_the_pipeline_do_not_break_later_ones(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After errors among pipelined statements, psycopg can take a statement for prepared
+    # that the server never kept, and every later batch on that connection failed with
+    # `prepared statement "_pg3_9" does not exist`. The failing writes here: values over
+    # PostgreSQL's index entry size, let through the extraction's own bound on purpose.
+    monkeypatch.setattr(identifiers, "MAX_VALUE_BYTES", 10**6)
+    engine = Engine(settings_from({"storage": {"url": postgres_url}}), tune_gc=False)
+    long = "".join(chr(0x20000 + 7919 * k % 40000) for k in range(1000))  # 4,000 bytes
+    try:
+        for n, kind in enumerate("olooollllooooooo"):
+            user = long if kind == "l" else f"ordinary-{n}"
+            if kind == "l":
+                with pytest.raises(StorageError, match="index row size"):
+                    engine.ingest(msg("track", event="E", userId=user))
+            else:
+                assert engine.ingest(msg("track", event="E", userId=user)).outcome == "created"
+    finally:
+        engine.close()
+
+
+def test_a_stalled_writer_cannot_hold_its_locks_for_ever(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    try:
+
+        def settings(tx: Transaction) -> None:
+            conn = getattr(tx, "conn")  # noqa: B009
+            for name in ("idle_in_transaction_session_timeout", "statement_timeout"):
+                seen[name] = conn.execute(f"SHOW {name}").fetchone()[0]
+            tx.apply([])
+
+        seen: dict[str, str] = {}
+        store.run_batch(["uanonymous_id\x1fa"], settings)
+        assert seen == {"idle_in_transaction_session_timeout": "30s", "statement_timeout": "30s"}
     finally:
         store.close()

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from idstitch.cli import main as cli
 from idstitch.core.messages import parse_time
 from idstitch.engine import Engine
+from idstitch.errors import InvalidMessage
 from idstitch.storage import open_store
 from idstitch.storage import sqlite as sqlite_store
 from idstitch.storage.migrations import NAMES
@@ -223,17 +224,58 @@ def test_violations_stats_and_import_offsets(make_engine: MakeEngine) -> None:
     assert store.import_offset("f.jsonl") == 456
 
 
-def test_nul_characters_in_values_do_not_break_a_batch(make_engine: MakeEngine) -> None:
+def test_nul_characters_are_refused_where_stores_would_differ(make_engine: MakeEngine) -> None:
+    # PostgreSQL text cannot hold NUL: a store that replaced it would join "x\0" and
+    # "x\ufffd" (two people) or drop the second message as a duplicate of the first.
     engine = make_engine()
     results = engine.ingest_batch(
         [
-            msg("identify", userId="u\x00nul", messageId="m\x00one", traits={"k\x00": "v\x00"}),
+            msg("identify", userId="u\x00nul", anonymousId="a-nul", traits={"k\x00": "v\x00"}),
+            msg("identify", userId="u\ufffdnul", anonymousId="a-fffd"),
             msg("track", event="ok", anonymousId="plain"),
         ]
     )
-    assert [r.outcome for r in results] == ["created", "created"]
-    assert engine.ingest(msg("track", event="again", userId="u\x00nul")).outcome == "attached"
+    assert [r.outcome for r in results] == ["created", "created", "created"]
+    assert [(v.type, v.rule) for v in results[0].violations] == [("user_id", "invalid_value")]
     assert (
-        engine.ingest(msg("track", event="dup", anonymousId="x", messageId="m\x00one")).outcome
-        == "duplicate"
+        engine.profile("anonymous_id:a-nul")["segment_id"]
+        != (engine.profile("user_id:u\ufffdnul")["segment_id"])
     )
+    with pytest.raises(InvalidMessage, match="NUL") as refused:
+        engine.ingest_batch(
+            [
+                msg("track", event="E", anonymousId="x"),
+                msg("track", event="E", anonymousId="x", messageId="m\x00one"),
+            ]
+        )
+    assert refused.value.index == 1
+    long = "\U0001f600" * 1000  # 1,000 characters, 4,000 bytes: over what an index can hold
+    result = engine.ingest(msg("identify", userId=long, anonymousId="a-long"))
+    assert result.outcome == "created"
+    assert [(v.type, v.rule) for v in result.violations] == [("user_id", "value_too_long")]
+    wide = engine.ingest(
+        msg(
+            "track",
+            event="E",
+            anonymousId="a-type",
+            context={"externalIds": [{"id": "1", "type": "t" * 101, "collection": "users"}]},
+        )
+    )
+    assert [v.rule for v in wide.violations] == ["invalid_type"]
+
+
+def test_a_read_by_a_profile_merged_away_meanwhile_still_finds_its_data(
+    make_engine: MakeEngine,
+) -> None:
+    # The Profile API finds a profile, then reads it: a merge committed in between (by
+    # another worker on PostgreSQL) must not make the read come back empty.
+    engine = make_engine()
+    engine.ingest(msg("identify", userId="u1", traits={"plan": "pro"}, timestamp=at(seconds=1)))
+    engine.ingest(msg("identify", anonymousId="a1", traits={"seen": 1}, timestamp=at(seconds=2)))
+    found = engine.store.find_by_identifier("users", "anonymous_id", "a1")
+    assert found is not None
+    engine.ingest(msg("identify", userId="u1", anonymousId="a1", timestamp=at(seconds=3)))
+    store = engine.store
+    assert {t.key for t in store.traits(found.pid)} == {"plan", "seen"}
+    assert {e.type for e in store.external_ids(found.pid)} == {"user_id", "anonymous_id"}
+    assert len(store.events(found.pid, limit=100)) == 3

@@ -132,5 +132,8 @@ def test_the_wal_starts_over_under_steady_writes(tmp_path: Path) -> None:
                 source="web",
             )
             largest = max(largest, wal.stat().st_size if wal.exists() else 0)
-    assert db.stat().st_size > 6_000_000  # 6 MB went through the WAL...
-    assert largest < 1_500_000  # ...which never held more than a few commits
+    written = db.stat().st_size
+    assert written > 6_000_000  # 6 MB went through the WAL...
+    # ...which started over again and again: it never held more than a fraction of it (a few
+    # commits, or some more when a busy machine delays the checkpoints).
+    assert largest < written / 2, (largest, written)

@@ -50,6 +50,12 @@ def setup(level: int = logging.INFO) -> None:
         log.handlers[:] = [handler] if name in ("idstitch", "uvicorn") else []
         log.setLevel(level)
         log.propagate = name == "uvicorn.error"
+    # The PostgreSQL driver and its pool warn on their own (a connection lost, a pipeline
+    # aborted): as JSON lines too, not Python's bare last-resort text.
+    driver = logging.getLogger("psycopg")
+    driver.handlers[:] = [handler]
+    driver.setLevel(max(level, logging.WARNING))
+    driver.propagate = False
     # uvicorn's access log would print request paths, and a path can hold an email.
     logging.getLogger("uvicorn.access").disabled = True
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import pytest
 
 from idstitch.engine import Engine
+from idstitch.http import logs
 from idstitch.http import profiles as profile_routes
 from idstitch.http.logs import JsonFormatter, redact_url
 from idstitch.http.metrics import RateMeter
@@ -166,3 +168,19 @@ def test_storage_urls_are_logged_without_passwords() -> None:
     assert redact_url("postgresql://app:s3cret@db:5432/ids") == "postgresql://app:***@db:5432/ids"
     assert redact_url("postgresql://app@db/ids") == "postgresql://app@db/ids"
     assert redact_url("sqlite:///data/idstitch.db") == "sqlite:///data/idstitch.db"
+
+
+def test_the_database_driver_logs_json_lines_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("idstitch", "uvicorn", "uvicorn.error", "psycopg"):
+        log = logging.getLogger(name)
+        monkeypatch.setattr(log, "handlers", list(log.handlers))
+        monkeypatch.setattr(log, "propagate", log.propagate)
+        monkeypatch.setattr(log, "level", log.level)
+    logs.setup(logging.INFO)
+    logging.getLogger("psycopg").warning("error ignored terminating %s", "a pipeline")
+    logging.getLogger("psycopg.pool").info("a routine pool message")  # below WARNING
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [json.loads(line)["logger"] for line in lines] == ["psycopg"]
+    assert json.loads(lines[0])["message"] == "error ignored terminating a pipeline"

@@ -22,6 +22,9 @@ MAX_MESSAGE_BYTES: Final = 32 * 1024
 MAX_REQUEST_BYTES: Final = 500 * 1024
 MAX_BATCH_ITEMS: Final = 2500
 MAX_MESSAGE_ID_LENGTH: Final = 100
+# A trait key is indexed with its profile: at most 500 characters keeps it within what
+# every store can index (PostgreSQL: 2,704 bytes per B-tree entry).
+MAX_TRAIT_KEY_LENGTH: Final = 500
 
 Id = str | int | float
 
@@ -273,6 +276,14 @@ def validate(message: Message, type_: str) -> None:
                 raise InvalidMessage(
                     f"field `{field}` must be a non-empty string when present.",
                     f"{field}_not_string",
+                )
+    if type_ in ("identify", "group") and message.traits:
+        for key in message.traits:
+            if len(key) > MAX_TRAIT_KEY_LENGTH:
+                raise InvalidMessage(
+                    f"a trait key is {len(key):,} characters long; the limit is "
+                    f"{MAX_TRAIT_KEY_LENGTH}. Shorten the key.",
+                    "trait_key_too_long",
                 )
     if message.context and message.context.externalIds:
         for item in message.context.externalIds:

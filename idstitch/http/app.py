@@ -186,8 +186,8 @@ class App:
 
     async def _ops(self, path: str, send: Send) -> int:
         if path == "/healthz":
-            loop = asyncio.get_running_loop()
-            healthy = await loop.run_in_executor(self._reads, self.engine.store.healthy)
+            # Not on the read threads: slow Profile API reads must not make health wait.
+            healthy = await asyncio.to_thread(self.engine.store.healthy)
             status = 200 if healthy else 503
             await send_json(send, status, {"status": "ok" if healthy else "unavailable"})
             return status

@@ -225,11 +225,13 @@ class PostgresTransaction(Transaction):
         if not message_ids:
             return set()
         by_stored = {scrub(m): m for m in message_ids}
-        with self.conn.pipeline():
-            found = self.conn.execute(_SEEN, (_json_list(list(by_stored)), source_id))
-            # Reserve the event numbers now, in the same round trip: after the locks, so
-            # that a batch that waited for another one numbers its events after it.
-            seqs = self.conn.execute(_SEQS, (len(message_ids),))
+        found = self.conn.execute(_SEEN, (_json_list(list(by_stored)), source_id)).fetchall()
+        # Reserve the event numbers now, after the locks, so that a batch that waited for
+        # another one numbers its events after it. Not pipelined, on purpose: the resolver's
+        # work follows, and PostgreSQL arms idle_in_transaction_session_timeout after a plain
+        # exchange but not after a pipeline, so a writer frozen here would hold its locks for
+        # ever.
+        seqs = self.conn.execute(_SEQS, (len(message_ids),)).fetchall()
         result = {by_stored[row[0]] for row in found}
         self.seqs = sorted([*self.seqs, *(r[0] for r in seqs)])
         return result

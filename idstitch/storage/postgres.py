@@ -281,6 +281,8 @@ class PostgresStore(Store):
             ) from err
 
     def find_by_identifier(self, collection: str, type_: str, value: str) -> ProfileRow | None:
+        if "\x00" in value:  # never an identifier (see core.identifiers), on any store
+            return None
         rows = self._all(
             f"SELECT {_PROFILE_COLUMNS} FROM identifiers i "
             "JOIN profiles q ON q.id = i.profile_id JOIN profiles p ON p.id = q.canonical_id "

@@ -78,6 +78,9 @@ INVALID = [
     ("identify", {"userId": "u1", "sentAt": 5}, "sentAt"),
     (None, {"userId": "u1"}, "type"),
     (None, {"type": "purchase", "userId": "u1"}, "type"),
+    ("identify", {"userId": "u1", "traits": {"k" * 501: 1}}, "trait"),
+    ("group", {"userId": "u1", "groupId": "g1", "traits": {"\u00e9" * 501: 1}}, "trait"),
+    ("track", {"userId": "u1", "event": "e", "messageId": "m\u0000"}, "messageId"),
 ]
 
 

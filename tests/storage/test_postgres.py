@@ -23,6 +23,7 @@ from idstitch.core.planner import apply_plan, keys_of, plan_message
 from idstitch.engine import Engine
 from idstitch.errors import ConfigError, StorageError
 from idstitch.storage import open_store
+from idstitch.storage import postgres as postgres_module
 from idstitch.storage.base import Transaction
 from idstitch.storage.migrations import NAMES, POSTGRES, SQLITE
 from idstitch.storage.pg_batch import Conflict
@@ -451,5 +452,26 @@ def test_a_stalled_writer_cannot_hold_its_locks_for_ever(postgres_url: str) -> N
         seen: dict[str, str] = {}
         store.run_batch(["uanonymous_id\x1fa"], settings)
         assert seen == {"idle_in_transaction_session_timeout": "30s", "statement_timeout": "30s"}
+    finally:
+        store.close()
+
+
+def test_a_writer_frozen_while_resolving_loses_its_transaction(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a stopped process looks like from the server: a transaction that holds locks and
+    # goes quiet after `seen`, while the resolver works. PostgreSQL must end it.
+    monkeypatch.setattr(postgres_module, "WRITE_STALL_SECONDS", 1)
+    store = PostgresStore(postgres_url)
+    try:
+
+        def frozen(tx: Transaction) -> None:
+            tx.seen("web", ["m-frozen"])
+            time.sleep(2.5)
+            tx.apply([])
+
+        with pytest.raises(StorageError):
+            store.run_batch(["uanonymous_id\x1ffrozen"], frozen)
+        store.run_batch(["uanonymous_id\x1fafter"], lambda tx: tx.apply([]))  # a fresh one
     finally:
         store.close()

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from idstitch.cli import main as cli
 from idstitch.core.messages import parse_time
 from idstitch.engine import Engine
-from idstitch.errors import InvalidMessage
+from idstitch.errors import InvalidMessage, ProfileNotFound
 from idstitch.storage import open_store
 from idstitch.storage import sqlite as sqlite_store
 from idstitch.storage.migrations import NAMES
@@ -241,6 +241,9 @@ def test_nul_characters_are_refused_where_stores_would_differ(make_engine: MakeE
         engine.profile("anonymous_id:a-nul")["segment_id"]
         != (engine.profile("user_id:u\ufffdnul")["segment_id"])
     )
+    for ref in ("user_id:u\x00nul", "user_id:u\x00"):  # no store finds it by a stand-in
+        with pytest.raises(ProfileNotFound):
+            engine.profile(ref)
     with pytest.raises(InvalidMessage, match="NUL") as refused:
         engine.ingest_batch(
             [

@@ -166,7 +166,9 @@ class PostgresTransaction(Transaction):
                 conn.execute("SELECT pg_advisory_xact_lock_shared(%s::int, 0)", (self.locks.store,))
                 if keys:
                     conn.execute(_LOCK_KEYS, (self.locks.prefix, sent))
-            found = conn.execute(_OWNERS, (sent,)) if keys else None
+        # Outside the pipeline, as in `seen`: a writer frozen after it (the locks are held
+        # now) must leave PostgreSQL's idle-in-transaction timeout armed.
+        found = conn.execute(_OWNERS, (sent,)).fetchall() if keys else None
         canonicals: set[int] = set()
         for n, pid, canonical in found or ():
             owners[keys[n - 1]] = pid
@@ -174,10 +176,11 @@ class PostgresTransaction(Transaction):
                 parent[pid] = canonical
             canonicals.add(canonical)
         absent = len(keys) - len(owners)
-        with conn.pipeline():
-            reserved = conn.execute(_RESERVE, (absent,)) if absent else None
-            self._load_profiles(canonicals)
-        if reserved is not None:
+        if canonicals:
+            with conn.pipeline():
+                self._load_profiles(canonicals)
+        if absent:  # plain again, last
+            reserved = conn.execute(_RESERVE, (absent,)).fetchall()
             self.batch_graph.reserved = sorted((r[0] for r in reserved), reverse=True)
 
     def _load_profiles(self, pending: set[int]) -> None:

@@ -456,8 +456,9 @@ def test_a_stalled_writer_cannot_hold_its_locks_for_ever(postgres_url: str) -> N
         store.close()
 
 
+@pytest.mark.parametrize("after_seen", [False, True])
 def test_a_writer_frozen_while_resolving_loses_its_transaction(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, after_seen: bool
 ) -> None:
     # What a stopped process looks like from the server: a transaction that holds locks and
     # goes quiet after `seen`, while the resolver works. PostgreSQL must end it.
@@ -466,8 +467,9 @@ def test_a_writer_frozen_while_resolving_loses_its_transaction(
     try:
 
         def frozen(tx: Transaction) -> None:
-            tx.seen("web", ["m-frozen"])
-            time.sleep(2.5)
+            if after_seen:
+                tx.seen("web", ["m-frozen"])
+            time.sleep(2.5)  # frozen with the locks of `open` (and `seen`) held
             tx.apply([])
 
         with pytest.raises(StorageError):

@@ -120,11 +120,12 @@ _STAMPS = (
     "JOIN identifiers i ON i.profile_id = m.id WHERE m.canonical_id = ANY(%b::bigint[])"
 )
 _RESERVE = "SELECT nextval('profile_id_seq') FROM generate_series(1, %s)"
-_SEEN = (
-    f"SELECT m.id FROM {_KEYS} AS m(id) CROSS JOIN LATERAL (SELECT 1 FROM events "
-    "WHERE source_id = %s AND message_id = m.id LIMIT 1) AS e"
+# Both in one statement: the ids already stored (second column null), then new event numbers.
+_SEEN_AND_SEQS = (
+    f"SELECT m.id, NULL::bigint FROM {_KEYS} AS m(id) CROSS JOIN LATERAL (SELECT 1 FROM events "
+    "WHERE source_id = %s AND message_id = m.id LIMIT 1) AS e "
+    "UNION ALL SELECT NULL, nextval('event_seq') FROM generate_series(1, %s)"
 )
-_SEQS = "SELECT nextval('event_seq') FROM generate_series(1, %s)"
 
 
 def _json_list(values: list[Any]) -> str:
@@ -132,9 +133,10 @@ def _json_list(values: list[Any]) -> str:
 
 
 class PostgresTransaction(Transaction):
-    """Statements travel in pipelines: a batch costs six round trips whatever its size
-    (locks and owners; profiles and their state; seen messages; COPY of the events, two;
-    the other writes with the COMMIT)."""
+    """A batch costs up to seven round trips whatever its size: locks; owners; profiles and
+    their state; new profile ids; seen messages with event numbers; COPY of the events, two;
+    the other writes with the COMMIT. What comes right before the resolver's work is sent
+    plain, not pipelined (see `seen`)."""
 
     def __init__(
         self, conn: psycopg.Connection[Any], locks: LockIds, keys: list[str], exclusive: bool
@@ -228,15 +230,16 @@ class PostgresTransaction(Transaction):
         if not message_ids:
             return set()
         by_stored = {scrub(m): m for m in message_ids}
-        found = self.conn.execute(_SEEN, (_json_list(list(by_stored)), source_id)).fetchall()
         # Reserve the event numbers now, after the locks, so that a batch that waited for
-        # another one numbers its events after it. Not pipelined, on purpose: the resolver's
-        # work follows, and PostgreSQL arms idle_in_transaction_session_timeout after a plain
-        # exchange but not after a pipeline, so a writer frozen here would hold its locks for
-        # ever.
-        seqs = self.conn.execute(_SEQS, (len(message_ids),)).fetchall()
-        result = {by_stored[row[0]] for row in found}
-        self.seqs = sorted([*self.seqs, *(r[0] for r in seqs)])
+        # another one numbers its events after it. One plain statement, not a pipeline, on
+        # purpose: the resolver's work follows, and PostgreSQL arms
+        # idle_in_transaction_session_timeout after a plain exchange but not after a
+        # pipeline, so a writer frozen here would hold its locks for ever.
+        rows = self.conn.execute(
+            _SEEN_AND_SEQS, (_json_list(list(by_stored)), source_id, len(message_ids))
+        ).fetchall()
+        result = {by_stored[mid] for mid, seq in rows if seq is None}
+        self.seqs = sorted([*self.seqs, *(seq for _, seq in rows if seq is not None)])
         return result
 
     def apply(self, plans: list[Plan]) -> None:

@@ -133,10 +133,10 @@ def _json_list(values: list[Any]) -> str:
 
 
 class PostgresTransaction(Transaction):
-    """A batch costs up to seven round trips whatever its size: locks; owners; profiles and
-    their state; new profile ids; seen messages with event numbers; COPY of the events, two;
-    the other writes with the COMMIT. What comes right before the resolver's work is sent
-    plain, not pipelined (see `seen`)."""
+    """A batch costs up to seven round trips whatever its size: locks and owners; profiles
+    and their state; new profile ids; seen messages with event numbers; COPY of the events,
+    two; the other writes with the COMMIT. What comes right before the resolver's work is
+    sent plain, not pipelined (see `seen`)."""
 
     def __init__(
         self, conn: psycopg.Connection[Any], locks: LockIds, keys: list[str], exclusive: bool
@@ -168,9 +168,7 @@ class PostgresTransaction(Transaction):
                 conn.execute("SELECT pg_advisory_xact_lock_shared(%s::int, 0)", (self.locks.store,))
                 if keys:
                     conn.execute(_LOCK_KEYS, (self.locks.prefix, sent))
-        # Outside the pipeline, as in `seen`: a writer frozen after it (the locks are held
-        # now) must leave PostgreSQL's idle-in-transaction timeout armed.
-        found = conn.execute(_OWNERS, (sent,)).fetchall() if keys else None
+            found = conn.execute(_OWNERS, (sent,)) if keys else None
         canonicals: set[int] = set()
         for n, pid, canonical in found or ():
             owners[keys[n - 1]] = pid
@@ -181,7 +179,7 @@ class PostgresTransaction(Transaction):
         if canonicals:
             with conn.pipeline():
                 self._load_profiles(canonicals)
-        if absent:  # plain again, last
+        if absent:  # plain, as in `seen`: PostgreSQL's idle-in-transaction timeout stays armed
             reserved = conn.execute(_RESERVE, (absent,)).fetchall()
             self.batch_graph.reserved = sorted((r[0] for r in reserved), reverse=True)
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from idstitch.core.rules import (
     BUILTIN_TYPES,
@@ -335,14 +335,23 @@ def _space_id(value: Any) -> str:
     return value
 
 
-def _redacted(url: str) -> str:
-    """`url` without a password, for error messages."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if sep and at and ":" in credentials:
-        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
-    rest = re.sub(r"(?i)(password=)[^&]*", r"\1***", rest)
-    return f"{scheme}{sep}{rest}"
+def redact_url(url: str) -> str:
+    """`url` with any password (in the user part or a `password=` parameter) shown as `***`,
+    fit for logs and error messages; a URL without one comes back unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.partition("://")[0] + "://***"
+    netloc, query = parts.netloc, parts.query
+    user, at, host = netloc.rpartition("@")
+    if at and ":" in user:
+        netloc = user.split(":", 1)[0] + ":***@" + host
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k == "password" for k, _ in pairs):
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="=-,*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _storage_url(url: Any, from_env: bool = False) -> str:
@@ -364,11 +373,11 @@ def _storage_url(url: Any, from_env: bool = False) -> str:
         try:
             parts = urlsplit(url)
         except ValueError as err:
-            raise fail(f"is {_redacted(url)!r}, which is not a valid URL ({err})") from None
+            raise fail(f"is {redact_url(url)!r}, which is not a valid URL ({err})") from None
         named = parts.path[1:] or any(k == "dbname" and v for k, v in parse_qsl(parts.query))
         if not named:
             raise fail(
-                f"is {_redacted(url)!r}, which names no database (expected "
+                f"is {redact_url(url)!r}, which names no database (expected "
                 "postgresql://user@host/dbname, or postgresql:///dbname for the local socket)"
             )
     return url
@@ -454,15 +463,20 @@ def settings_from(data: Mapping[str, Any], path: Path | None = None) -> Settings
             raise _fail(key, "must be a table", 'write token = "..."')
         _check_keys(spec, {"token"}, key)
         tokens.append(_token(spec.get("token"), key))
+    return _settings(space_id, url, sources, tokens, rules_from(data.get("identity", {})), path)
+
+
+def _settings(
+    space_id: str,
+    url: str,
+    sources: Sequence[Source],
+    tokens: Sequence[str],
+    rules: IdentityRules,
+    path: Path | None,
+) -> Settings:
+    """Checked parts -> Settings, once the secrets are checked against each other."""
     _check_secrets(sources, tokens)
-    return Settings(
-        space_id=space_id,
-        storage_url=url,
-        sources=tuple(sources),
-        access_tokens=tuple(tokens),
-        rules=rules_from(data.get("identity", {})),
-        path=path,
-    )
+    return Settings(space_id, url, tuple(sources), tuple(tokens), rules, path)
 
 
 def check(settings: Settings) -> Settings:
@@ -473,7 +487,7 @@ def check(settings: Settings) -> Settings:
     if not isinstance(settings, Settings):
         what = type(settings).__name__
         if isinstance(settings, str | Path):  # a path or URL: safe to show, and the likely slip
-            what += f" {_redacted(str(settings))!r}"
+            what += f" {redact_url(str(settings))!r}"
         raise ConfigError(
             f"the engine takes a Settings, not a {what}; pass a config path or storage URL to "
             "idstitch.open(), or build one with idstitch.Settings(...) or config.load(path)."
@@ -502,15 +516,7 @@ def check(settings: Settings) -> Settings:
         )
     for i, token in enumerate(tokens):
         _token(token, f"access_tokens[{i}]")
-    _check_secrets(sources, tokens)
-    return Settings(
-        space_id=space_id,
-        storage_url=url,
-        sources=tuple(sources),
-        access_tokens=tuple(tokens),
-        rules=check_rules(settings.rules),
-        path=settings.path,
-    )
+    return _settings(space_id, url, sources, tokens, check_rules(settings.rules), settings.path)
 
 
 def load(path: str | Path) -> Settings:

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from idstitch.config import redact_url
 from idstitch.engine import Engine
 from idstitch.errors import IdstitchError
 from idstitch.http import browser, docs, logs, openapi, profiles, tracking
@@ -81,12 +82,8 @@ class App:
             # analytics.js posts straight from browsers, from any origin (as to Segment);
             # the Profile API is for servers, with tokens that never belong in a page.
             send = browser.with_cors(send)
-            if method == "OPTIONS" and (
-                path in tracking.ROUTES
-                or path == browser.METRICS_PATH
-                or browser.settings_key(path) is not None
-            ):
-                allow = b"GET, OPTIONS" if browser.settings_key(path) else b"POST, OPTIONS"
+            allow = browser.cors_methods(path) if method == "OPTIONS" else None
+            if allow is not None:
                 await send_bytes(
                     send, 204, b"", b"text/plain", browser.preflight_headers(scope, allow)
                 )
@@ -230,7 +227,7 @@ class App:
         self._reads.shutdown(wait=True)
         if self.owns_engine:
             await asyncio.to_thread(self.engine.close)
-            logs.event("store closed", storage=logs.redact_url(self.engine.store.url))
+            logs.event("store closed", storage=redact_url(self.engine.store.url))
 
 
 def create_app(engine: Engine, *, owns_engine: bool = False, **options: Any) -> App:

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from idstitch.engine import Engine
-from idstitch.errors import AuthenticationError
+from idstitch.http import tracking
 from idstitch.http.asgi import Headers, Receive, Scope, Send, header, send_bytes
 from idstitch.http.body import read_body
 
@@ -51,6 +51,15 @@ def with_cors(send: Send) -> Send:
         await send(message)
 
     return cors_send
+
+
+def cors_methods(path: str) -> bytes | None:
+    """The methods a browser may use on `path`, or None for a path without CORS."""
+    if path in tracking.ROUTES or path == METRICS_PATH:
+        return b"POST, OPTIONS"
+    if settings_key(path) is not None:
+        return b"GET, OPTIONS"
+    return None
 
 
 def preflight_headers(scope: Scope, methods: bytes) -> Headers:
@@ -116,11 +125,7 @@ def settings_document(scope: Scope, write_key: str) -> dict[str, Any]:
 
 
 async def settings(engine: Engine, scope: Scope, send: Send, write_key: str) -> int:
-    if engine.settings.source_for_key(write_key) is None:
-        raise AuthenticationError(
-            "the write key in the settings path is not configured; use the write_key of one "
-            "of the [[sources]] in the config."
-        )
+    tracking.source_for_key(engine, write_key, "the settings path")
     body = _encoder.encode(settings_document(scope, write_key))
     await send_bytes(send, 200, body, headers=[(b"cache-control", b"no-store")])
     return 200
@@ -128,5 +133,5 @@ async def settings(engine: Engine, scope: Scope, send: Send, write_key: str) -> 
 
 async def metrics(scope: Scope, receive: Receive, send: Send) -> int:
     await read_body(scope, receive, METRICS_MAX_BYTES)  # bounded, then dropped
-    await send_bytes(send, 200, b'{"success":true}')
+    await send_bytes(send, 200, tracking.SUCCESS)
     return 200

@@ -84,13 +84,3 @@ class Sampled:
         if held:
             fields["suppressed"] = held
         event(message, **fields)
-
-
-def redact_url(url: str) -> str:
-    """A storage URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user, has_password, _ = credentials.partition(":")
-    return f"{scheme}://{user}:***@{host}" if has_password else f"{scheme}://{user}@{host}"

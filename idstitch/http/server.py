@@ -13,7 +13,7 @@ import socket
 
 import uvicorn
 
-from idstitch.config import DEFAULT_CONFIG, Settings, load, write_default
+from idstitch.config import DEFAULT_CONFIG, Settings, load, redact_url, write_default
 from idstitch.engine import Engine
 from idstitch.errors import ConfigError
 from idstitch.http import logs
@@ -102,7 +102,7 @@ def serve(config_path: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT
         host=host,
         port=port,
         space_id=settings.space_id,
-        storage=logs.redact_url(settings.storage_url),
+        storage=redact_url(settings.storage_url),
         sources=[s.id for s in settings.sources],
         config=str(settings.path) if settings.path else None,
     )

@@ -69,7 +69,8 @@ class _KeyOnly(msgspec.Struct):
 _key_decoder = msgspec.json.Decoder(_KeyOnly)
 
 
-def _source(engine: Engine, key: Any, where: str) -> Source:
+def source_for_key(engine: Engine, key: Any, where: str) -> Source:
+    """The source whose write key `key` is (found in `where`); raises AuthenticationError."""
     if not isinstance(key, str) or not key:
         raise AuthenticationError(
             "no write key: send it as the HTTP Basic user name (empty password) or as "
@@ -94,7 +95,7 @@ def authenticate_header(engine: Engine, scope: Scope) -> Source | None:
         ) from None
     if key is None:
         return None
-    return _source(engine, key, "the Authorization header")
+    return source_for_key(engine, key, "the Authorization header")
 
 
 def _body_key(raw: bytes) -> Any:
@@ -111,7 +112,7 @@ def prepare_single(
     engine: Engine, raw: bytes, type_: str, source: Source | None, received_at: float
 ) -> tuple[Source, list[Item]]:
     if source is None:
-        source = _source(engine, _body_key(raw), "the body")
+        source = source_for_key(engine, _body_key(raw), "the body")
     return source, [engine.prepare(raw, type_=type_, received_at=received_at)]
 
 
@@ -120,7 +121,7 @@ def prepare_batch(
 ) -> tuple[Source, list[Item]]:
     batch = decode_batch(raw)
     if source is None:
-        source = _source(engine, batch.writeKey, "the body")
+        source = source_for_key(engine, batch.writeKey, "the body")
     messages = batch.batch or []
     if not messages:
         raise InvalidMessage(

@@ -59,11 +59,6 @@ class LockIds:
         self.profiles = int32(stable_hash(schema + "\x1fprofiles"))
 
 
-def scrub(text: str) -> str:
-    """PostgreSQL text cannot hold NUL characters; store U+FFFD in their place."""
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
-
-
 class BatchGraph(Graph):
     """A graph whose new profiles take ids reserved from the database sequence, so the plans
     carry real row ids. Every new profile owns at least one key that had no owner, so one id
@@ -157,7 +152,7 @@ class PostgresTransaction(Transaction):
         graph = self.graph
         owners, parent = graph.owners, graph.parent
         keys = self.keys
-        sent = _json_list([scrub(k) for k in keys])
+        sent = _json_list(keys)
         with conn.pipeline():
             # Each statement must see what committed while we waited for a lock, whatever the
             # server default: read committed, explicitly.
@@ -227,16 +222,15 @@ class PostgresTransaction(Transaction):
     def seen(self, source_id: str, message_ids: list[str]) -> set[str]:
         if not message_ids:
             return set()
-        by_stored = {scrub(m): m for m in message_ids}
         # Reserve the event numbers now, after the locks, so that a batch that waited for
         # another one numbers its events after it. One plain statement, not a pipeline, on
         # purpose: the resolver's work follows, and PostgreSQL arms
         # idle_in_transaction_session_timeout after a plain exchange but not after a
         # pipeline, so a writer frozen here would hold its locks for ever.
         rows = self.conn.execute(
-            _SEEN_AND_SEQS, (_json_list(list(by_stored)), source_id, len(message_ids))
+            _SEEN_AND_SEQS, (_json_list(message_ids), source_id, len(message_ids))
         ).fetchall()
-        result = {by_stored[mid] for mid, seq in rows if seq is None}
+        result = {mid for mid, seq in rows if seq is None}
         self.seqs = sorted([*self.seqs, *(seq for _, seq in rows if seq is not None)])
         return result
 

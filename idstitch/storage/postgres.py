@@ -14,13 +14,13 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import psycopg
 from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from idstitch.config import redact_url
 from idstitch.errors import StorageError
 from idstitch.storage.base import (
     EventRow,
@@ -35,7 +35,7 @@ from idstitch.storage.base import (
     ViolationRow,
 )
 from idstitch.storage.migrations import POSTGRES as MIGRATIONS
-from idstitch.storage.pg_batch import Conflict, LockIds, PostgresTransaction, scrub
+from idstitch.storage.pg_batch import Conflict, LockIds, PostgresTransaction
 
 _ext_decoder = msgspec.json.Decoder(list[tuple[str, str, str]])
 _PROFILE_COLUMNS = (
@@ -58,24 +58,6 @@ RETRYABLE: tuple[type[Exception], ...] = (
     errors.OutOfMemory,
     errors.QueryCanceled,  # a wait that outlasted WRITE_STALL_SECONDS
 )
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by `***`, fit for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "postgresql://***"
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        if ":" in user:
-            user = user.split(":", 1)[0] + ":***"
-        netloc = f"{user}@{host}"
-    query = urlencode(
-        [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="=-,*"
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -150,7 +132,7 @@ class PostgresStore(Store):
         max_attempts: int = 6,
         connect_timeout: float = 10.0,
     ):
-        self.url = mask_url(url)
+        self.url = redact_url(url)
         self.max_attempts = max_attempts
         self.conflicts = 0  # batches restarted after a conflict with another writer
         self.exclusive_runs = 0  # batches that ended up running alone
@@ -281,21 +263,23 @@ class PostgresStore(Store):
             ) from err
 
     def find_by_identifier(self, collection: str, type_: str, value: str) -> ProfileRow | None:
-        if "\x00" in value:  # never an identifier (see core.identifiers), on any store
+        if "\x00" in value:  # never an identifier (core.identifiers); PostgreSQL text refuses it
             return None
         rows = self._all(
             f"SELECT {_PROFILE_COLUMNS} FROM identifiers i "
             "JOIN profiles q ON q.id = i.profile_id JOIN profiles p ON p.id = q.canonical_id "
             "WHERE i.collection = %s AND i.type = %s AND i.value = %s",
-            (collection, type_, scrub(value)),
+            (collection, type_, value),
         )
         return ProfileRow(*rows[0]) if rows else None
 
     def find_by_segment_id(self, segment_id: str) -> ProfileRow | None:
+        if "\x00" in segment_id:  # never in a segment_id; PostgreSQL text refuses it
+            return None
         rows = self._all(
             f"SELECT {_PROFILE_COLUMNS} FROM profiles q "
             "JOIN profiles p ON p.id = q.canonical_id WHERE q.segment_id = %s",
-            (scrub(segment_id),),
+            (segment_id,),
         )
         return ProfileRow(*rows[0]) if rows else None
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from idstitch.config import redact_url
 from idstitch.engine import Engine
 from idstitch.http import logs
 from idstitch.http import profiles as profile_routes
-from idstitch.http.logs import JsonFormatter, redact_url
+from idstitch.http.logs import JsonFormatter
 from idstitch.http.metrics import RateMeter
 from idstitch.http.openapi import document
 from idstitch.http.tracking import ROUTES
@@ -168,6 +169,11 @@ def test_storage_urls_are_logged_without_passwords() -> None:
     assert redact_url("postgresql://app:s3cret@db:5432/ids") == "postgresql://app:***@db:5432/ids"
     assert redact_url("postgresql://app@db/ids") == "postgresql://app@db/ids"
     assert redact_url("sqlite:///data/idstitch.db") == "sqlite:///data/idstitch.db"
+    assert redact_url("sqlite:////var/lib/idstitch.db") == "sqlite:////var/lib/idstitch.db"
+    assert (  # a password given as a parameter is hidden too
+        redact_url("postgresql://app@db/ids?password=s3cret&sslmode=require")
+        == "postgresql://app@db/ids?password=***&sslmode=require"
+    )
 
 
 def test_the_database_driver_logs_json_lines_too(

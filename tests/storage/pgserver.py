@@ -42,14 +42,14 @@ def unavailable() -> str | None:
         import psycopg
     except ImportError:
         return "psycopg is not installed (pip install 'idstitch[postgres]')"
-    from idstitch.storage.postgres import mask_url
+    from idstitch.config import redact_url
 
     try:
         with psycopg.connect(base_url(), connect_timeout=3) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"no PostgreSQL server at {mask_url(base_url())} ({first})"
+        return f"no PostgreSQL server at {redact_url(base_url())} ({first})"
     return None
 
 

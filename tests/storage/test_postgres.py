@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from idstitch.config import settings_from
+from idstitch.config import redact_url, settings_from
 from idstitch.core import identifiers
 from idstitch.core.identifiers import Extracted, Extractor
 from idstitch.core.ksuid import segment_id
@@ -27,7 +27,7 @@ from idstitch.storage import postgres as postgres_module
 from idstitch.storage.base import Transaction
 from idstitch.storage.migrations import NAMES, POSTGRES, SQLITE
 from idstitch.storage.pg_batch import Conflict
-from idstitch.storage.postgres import PostgresStore, mask_url
+from idstitch.storage.postgres import PostgresStore
 from tests.helpers import msg
 from tests.storage import pgserver
 
@@ -132,7 +132,7 @@ def test_an_unreachable_server_is_named_without_its_password() -> None:
     ],
 )
 def test_urls_are_masked_for_messages(url: str, masked: str) -> None:
-    assert mask_url(url) == masked
+    assert redact_url(url) == masked
 
 
 def test_migrations_have_the_same_names_in_both_dialects() -> None:

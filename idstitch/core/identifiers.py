@@ -127,12 +127,15 @@ class Extractor:
         dropped: list[Dropped] = []
         if context is not None and context.externalIds:
             for item in context.externalIds:
-                type_ = item.type.strip().lower()
-                collection = ACCOUNTS if item.collection == "accounts" else USERS
+                collection = _collection_of(item.collection)
+                if collection is None:
+                    dropped.append(_bad_collection(item))
+                    continue
+                type_ = item.type.strip().lower() if isinstance(item.type, str) else None
                 if not type_ or not type_.isprintable() or len(type_) > MAX_TYPE_LENGTH:
                     # A control character (the key separator among them) would let two
                     # different identifiers share one key.
-                    dropped.append(_bad_type(collection, type_, item.id))
+                    dropped.append(_bad_type(collection, item.type, item.id))
                     continue
                 (accounts if collection == ACCOUNTS else users).append((type_, item.id))
         if self.custom:
@@ -240,13 +243,34 @@ def _shown(value: str) -> str:
     return value[:100].encode("utf-8", "backslashreplace").decode()
 
 
-def _bad_type(collection: str, type_: str, raw: Any) -> Dropped:
+def _bad_type(collection: str, type_: Any, raw: Any) -> Dropped:
     shown = repr(type_)[:100]
     return Dropped(
-        Identifier.of(collection, shown, str(raw)[:100]),
+        Identifier.of(collection, shown, _shown(str(raw))),
         "invalid_type",
-        f"type {shown} is empty, longer than {MAX_TYPE_LENGTH} characters or holds control "
-        "characters; types are short printable names",
+        f"type {shown} is missing, not a string, empty, longer than {MAX_TYPE_LENGTH} "
+        "characters or holds control characters; types are short printable names",
+    )
+
+
+def _collection_of(raw: Any) -> str | None:
+    """An externalIds item's collection: `users` when absent, None when unknown."""
+    if raw is None:
+        return USERS
+    if isinstance(raw, str):
+        name = raw.strip().lower()
+        if name in (USERS, ACCOUNTS):
+            return name
+    return None
+
+
+def _bad_collection(item: Any) -> Dropped:
+    shown = repr(item.collection)[:100]
+    type_ = item.type.strip().lower() if isinstance(item.type, str) else repr(item.type)
+    return Dropped(
+        Identifier.of(USERS, _shown(type_), _shown(str(item.id))),
+        "invalid_collection",
+        f"collection {shown} is neither 'users' nor 'accounts'",
     )
 
 

@@ -24,7 +24,7 @@ _ID: Schema = {"type": ["string", "number", "null"], "description": "A string or
 _PRESENT_ID: Schema = {"type": ["string", "number"], "minLength": 1}
 _OBJECT: Schema = {"type": ["object", "null"]}
 _TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
-_NAME: Schema = {"type": ["string", "null"], "minLength": 1}
+_NAME: Schema = {"description": "Stored as sent; a string is expected, nothing is required."}
 
 _COMMON: Schema = {
     "userId": _ID,

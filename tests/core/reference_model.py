@@ -229,6 +229,7 @@ class Model:
         device = context.get("device") or {}
         users: list[tuple[str, Any]] = []
         accounts: list[tuple[str, Any]] = []
+        drops: list[tuple[Ident, str]] = []
         users.append(("user_id", msg.get("userId")))
         users.append(("anonymous_id", msg.get("anonymousId")))
         # "In a group call, traits (email included) describe the account and identify nobody".
@@ -245,8 +246,16 @@ class Model:
         ga = (context.get("integrations") or {}).get("Google Analytics") or {}
         users.append(("ga_client_id", ga.get("clientId")))
         for item in context.get("externalIds") or []:
-            pair = (str(item["type"]).lower(), item.get("id"))
-            (accounts if item.get("collection") == "accounts" else users).append(pair)
+            collection = item.get("collection")
+            collection = "users" if collection is None else collection
+            if not isinstance(collection, str) or not isinstance(item.get("type"), str):
+                continue
+            if collection.strip().lower() not in ("users", "accounts"):
+                type_ = item["type"].strip().lower()
+                drops.append((("users", type_, str(item.get("id"))[:100]), "invalid_collection"))
+                continue
+            pair = (item["type"].strip().lower(), item.get("id"))
+            (accounts if collection.strip().lower() == "accounts" else users).append(pair)
         # Configured custom types (SPEC 1): `traits`, `properties` and `context.traits` of any
         # call, in that order; a group call's traits describe the account.
         properties = msg.get("properties") or {}
@@ -263,7 +272,6 @@ class Model:
         previous: list[tuple[str, Any]] = []
         if kind == "alias":
             previous = [("user_id", msg.get("previousId")), ("anonymous_id", msg.get("previousId"))]
-        drops: list[tuple[Ident, str]] = []
         return (
             self._clean("users", users, drops),
             self._clean("accounts", accounts, drops),

@@ -138,8 +138,10 @@ def external_ids(draw: st.DrawFn) -> list[dict[str, Any]]:
             {
                 "id": value,
                 "type": draw(st.sampled_from(["crm", "CRM", "Phone", "member_no"])),
-                "collection": draw(st.sampled_from(["users", "users", "accounts"])),
-                "encoding": "none",
+                "collection": draw(
+                    st.sampled_from(["users", "users", "accounts", "Accounts ", None, "people"])
+                ),
+                "encoding": draw(st.sampled_from(["none", None, 3])),
             }
         )
     return items

@@ -200,7 +200,6 @@ def test_non_json_body_without_basic_is_400(client: TestClient) -> None:
         ("identify", {"userId": "u1", "context": 3}, "context_not_object"),
         ("group", {"userId": "u1"}, "group_id_required"),
         ("alias", {"userId": "u1"}, "id_required"),
-        ("page", {"userId": "u1", "name": ""}, "name_not_string"),
         ("identify", {"userId": "u1", "timestamp": "yesterday"}, "invalid_timestamp"),
         ("identify", {"userId": {"nested": 1}}, "invalid_message"),
         ("identify", [1, 2], "invalid_message"),
@@ -649,6 +648,48 @@ def test_a_batch_item_context_that_is_not_an_object_is_refused_with_a_batch_cont
     assert sent.status_code == 400, sent.text
     assert sent.json()["code"] == "context_not_object"
     assert sent.json()["index"] == 0
+
+
+def test_page_and_screen_names_of_any_kind_are_accepted(client: TestClient) -> None:
+    """SPEC 4 requires no `name` or `category`: an odd one must not cost the batch."""
+    batch = [
+        {"type": "page", "anonymousId": "named", "name": ""},
+        {"type": "screen", "anonymousId": "named", "name": 5, "category": {"a": 1}},
+        {"type": "track", "anonymousId": "named", "event": "After"},
+    ]
+    response = client.post("/v1/batch", json={"batch": batch}, headers=WRITE)
+    assert response.status_code == 200, response.text
+    assert len(events_of(client, "anonymous_id:named")) == 3
+
+
+def test_a_malformed_external_id_costs_that_identifier_not_the_batch(
+    client: TestClient, engine: Engine
+) -> None:
+    items = [
+        {"id": "c-1", "type": "CRM", "collection": "Users"},
+        {"id": "dom.io", "type": "domain", "collection": " ACCOUNTS "},
+        {"id": "x-1", "type": "crm", "collection": "people"},
+        {"type": "crm", "collection": "users"},
+        {"id": "x-2", "type": 7},
+        {"id": "x-3", "type": "crm", "collection": None, "encoding": 5},
+    ]
+    batch = [
+        {"type": "track", "userId": "ext-1", "event": "E", "context": {"externalIds": items}},
+        {"type": "track", "userId": "ext-2", "event": "Valid"},
+    ]
+    response = client.post("/v1/batch", json={"batch": batch}, headers=WRITE)
+    assert response.status_code == 200, response.text
+    ids = client.get(profile_url("user_id:ext-1", "external_ids"), headers=READ).json()["data"]
+    assert {(i["type"], i["id"]) for i in ids} == {
+        ("user_id", "ext-1"),
+        ("crm", "c-1"),
+        ("crm", "x-3"),
+    }
+    account = client.get(profile_url("domain:dom.io", "traits", "accounts"), headers=READ)
+    assert account.status_code == 200, account.text
+    assert len(events_of(client, "user_id:ext-2")) == 1
+    rules = sorted(v["rule"] for v in engine.violations())
+    assert rules == ["invalid_collection", "invalid_type", "invalid_value"]
 
 
 def test_an_external_id_type_with_control_characters_is_dropped(client: TestClient) -> None:

@@ -167,8 +167,12 @@ def _damage(path: Path, err: BaseException, imported: int) -> str:
 Progress = Callable[[int], None]
 
 
-def _content_id(text: bytes) -> str:
-    return "import-" + hashlib.blake2b(text, digest_size=16).hexdigest()
+def _line_id(text: bytes, line_no: int) -> str:
+    """The messageId of a line without one: the same for the same line of the same file, so
+    a re-run skips it, and apart for two identical lines, which are two messages."""
+    digest = hashlib.blake2b(b"%d\n" % line_no, digest_size=16)
+    digest.update(text)
+    return "import-" + digest.hexdigest()
 
 
 def import_paths(
@@ -243,7 +247,7 @@ def _import_file(
                     engine.prepare(
                         text,
                         keep_received_at=True,
-                        fallback_id=functools.partial(_content_id, text),
+                        fallback_id=functools.partial(_line_id, text, line_no),
                     )
                 )
                 accepted += 1

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import idstitch
 from idstitch.cli import main
 
 
@@ -138,6 +139,34 @@ def test_import_resumes_and_skips_what_is_stored(tmp_path: Path) -> None:
         if row.count("│") == 3
     }
     assert lines["events"] == "0"
+
+
+def test_identical_lines_without_message_id_are_two_messages(tmp_path: Path) -> None:
+    """SPEC 3 assigns a messageId to a message without one: two identical lines are two
+    events, while importing the same file again (under another name) adds nothing."""
+    cfg = config_file(tmp_path)
+    line = {"type": "track", "event": "Click", "anonymousId": "same"}
+    line["timestamp"] = "2024-01-01T00:00:00Z"
+    path = tmp_path / "events.jsonl"
+    write_lines(path, [line, line])
+    code, out = run("import", "--config", str(cfg), str(path))
+    assert code == 0, out
+    assert summary(out)["duplicates skipped"] == "0"
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(path.read_bytes())
+    code, out = run("import", "--config", str(cfg), str(copy))
+    assert code == 0, out
+    assert summary(out)["duplicates skipped"] == "2"
+    with idstitch.open(cfg) as engine:
+        assert len(engine.events("anonymous_id:same")) == 2
+
+
+def summary(out: str) -> dict[str, str]:
+    return {
+        row.split("│")[1].strip(): row.split("│")[2].strip()
+        for row in out.splitlines()
+        if row.count("│") == 3
+    }
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])

@@ -155,18 +155,20 @@ def links(store: Store, row: ProfileRow) -> list[dict[str, Any]]:
 
 
 def metadata(store: Store, row: ProfileRow) -> dict[str, Any]:
-    first = store.events(row.pid, sort="asc", limit=1)
-    last = store.events(row.pid, sort="desc", limit=1)
+    """One clock, arrival, as Segment's (its segment_ids carry their creation time): the
+    first message is the one that created the profile, the last the one stored last."""
+    last = store.latest_arrival(row.pid)
+    updated = max(last.received_at, row.created_at) if last else row.created_at
     return {
         "segment_id": row.segment_id,
         "collection": row.collection,
         "created_at": format_time(row.created_at),
-        "updated_at": format_time(last[0].received_at) if last else format_time(row.created_at),
+        "updated_at": format_time(updated),
         "expires_at": None,
-        "first_message_id": first[0].message_id if first else row.first_message_id,
-        "first_source_id": first[0].source_id if first else row.first_source_id,
-        "last_message_id": last[0].message_id if last else row.first_message_id,
-        "last_source_id": last[0].source_id if last else row.first_source_id,
+        "first_message_id": row.first_message_id,
+        "first_source_id": row.first_source_id,
+        "last_message_id": last.message_id if last else row.first_message_id,
+        "last_source_id": last.source_id if last else row.first_source_id,
         "merged_from": [m.from_segment_id for m in store.merges(row.pid)],
     }
 

@@ -9,7 +9,7 @@ everything back. Reads take a profile's canonical id as `find` returned it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
@@ -58,6 +58,22 @@ class EventRow(msgspec.Struct, frozen=True):
     segment_id: str | None  # the canonical profile it belongs to now (merges followed)
     external_ids: list[tuple[str, str, str]]
     body: bytes
+
+
+_ext_decoder = msgspec.json.Decoder(list[tuple[str, str, str]])
+
+# The columns `event_row` reads, in its order; `p` is the event's canonical profile.
+EVENT_COLUMNS = (
+    "e.seq, e.source_id, e.message_id, e.type, e.event, e.timestamp, e.received_at, "
+    "p.segment_id, e.external_ids, e.body"
+)
+
+
+def event_row(r: Sequence[Any]) -> EventRow:
+    """An EventRow from a row of EVENT_COLUMNS."""
+    return EventRow(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], _ext_decoder.decode(r[8]), bytes(r[9])
+    )
 
 
 class MergeRow(msgspec.Struct, frozen=True):
@@ -153,6 +169,10 @@ class Store(ABC):
     ) -> list[EventRow]:
         """Events of the profile (and of every profile merged into it), ordered by
         (timestamp, seq); `after` is the last (timestamp, seq) of the previous page."""
+
+    @abstractmethod
+    def latest_arrival(self, pid: int) -> EventRow | None:
+        """The event of the profile (merged profiles included) that was stored last."""
 
     @abstractmethod
     def links(

@@ -23,6 +23,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from idstitch.config import redact_url
 from idstitch.errors import StorageError
 from idstitch.storage.base import (
+    EVENT_COLUMNS,
     EventRow,
     ExternalIdRow,
     MergeRow,
@@ -33,11 +34,11 @@ from idstitch.storage.base import (
     TraitRow,
     Transaction,
     ViolationRow,
+    event_row,
 )
 from idstitch.storage.migrations import POSTGRES as MIGRATIONS
 from idstitch.storage.pg_batch import Conflict, LockIds, PostgresTransaction
 
-_ext_decoder = msgspec.json.Decoder(list[tuple[str, str, str]])
 _PROFILE_COLUMNS = (
     "p.id, p.segment_id, p.collection, p.created_at, p.merges, "
     "p.first_message_id, p.first_source_id"
@@ -341,8 +342,7 @@ class PostgresStore(Store):
         # One index range per member profile, each cut at `limit`, then merged: a single
         # `IN (members)` query would sort every event of a merged profile for each page.
         sql = (
-            "SELECT e.seq, e.source_id, e.message_id, e.type, e.event, e.timestamp, "
-            "e.received_at, p.segment_id, e.external_ids, e.body FROM profiles m "
+            f"SELECT {EVENT_COLUMNS} FROM profiles m "
             "CROSS JOIN LATERAL (SELECT seq, timestamp FROM events "
             f"WHERE {' AND '.join(where)} ORDER BY timestamp {order}, seq {order} "
             "LIMIT %(limit)s) k "
@@ -350,21 +350,27 @@ class PostgresStore(Store):
             f"WHERE m.canonical_id = {_CANONICAL} ORDER BY k.timestamp {order}, k.seq {order} "
             "LIMIT %(limit)s"
         )
-        return [
-            EventRow(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                r[7],
-                _ext_decoder.decode(r[8]),
-                bytes(r[9]),
-            )
-            for r in self._all(sql, args)
-        ]
+        return [event_row(r) for r in self._all(sql, args)]
+
+    def latest_arrival(self, pid: int) -> EventRow | None:
+        collection = self._collection(pid)
+        if collection is None:
+            return None
+        column = "account_id" if collection == "accounts" else "profile_id"
+        # `seq + 0`: max(seq) alone may be planned as a backward walk of the primary key,
+        # filtered by profile, which reads the whole table for a profile last seen long ago.
+        sql = (
+            f"SELECT {EVENT_COLUMNS} FROM events e "
+            "JOIN profiles p ON p.id = (SELECT canonical_id FROM profiles WHERE id = %(pid)s) "
+            "WHERE e.seq = (SELECT max(k.seq) FROM profiles m CROSS JOIN LATERAL "
+            f"(SELECT max(seq + 0) AS seq FROM events WHERE {column} = m.id) k "
+            f"WHERE m.canonical_id = {_CANONICAL})"
+        )
+        rows = self._all(sql, {"pid": pid})
+        if not rows:
+            return None
+        r = rows[0]
+        return event_row(r)
 
     def links(
         self, pid: int, *, after: tuple[float, int] | None = None, limit: int | None = None

@@ -32,6 +32,7 @@ from idstitch.core.plan import Plan
 from idstitch.errors import StorageError, StoreNotFound
 from idstitch.storage import sqlite_committer
 from idstitch.storage.base import (
+    EVENT_COLUMNS,
     EventRow,
     ExternalIdRow,
     MergeRow,
@@ -42,12 +43,12 @@ from idstitch.storage.base import (
     TraitRow,
     Transaction,
     ViolationRow,
+    event_row,
 )
 from idstitch.storage.migrations import SQLITE as MIGRATIONS
 from idstitch.storage.rows import BatchRows, identifier_hash, message_hash, rows_from_plans
 from idstitch.storage.sqlite_messages import StoredMessages
 
-_ext_decoder = msgspec.json.Decoder(list[tuple[str, str, str]])
 _PROFILE_COLUMNS = (
     "p.id, p.segment_id, p.collection, p.created_at, p.merges, "
     "p.first_message_id, p.first_source_id"
@@ -636,8 +637,7 @@ class SQLiteStore(Store):
                 args.extend((member, *filters, limit))
             args.append(limit)
             sql = (
-                "SELECT e.seq, e.source_id, e.message_id, e.type, e.event, e.timestamp, "
-                f"e.received_at, p.segment_id, e.external_ids, e.body "
+                f"SELECT {EVENT_COLUMNS} "
                 f"FROM ({' UNION ALL '.join([one] * len(part))}) k "
                 "JOIN events e ON e.seq = k.seq "
                 f"LEFT JOIN profiles q ON q.id = e.{column} "
@@ -648,21 +648,31 @@ class SQLiteStore(Store):
         if len(members) > MEMBERS_PER_QUERY:
             rows.sort(key=lambda r: (r[5], r[0]), reverse=sort == "desc")
             del rows[limit:]
-        return [
-            EventRow(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                r[7],
-                _ext_decoder.decode(r[8]),
-                bytes(r[9]),
-            )
-            for r in rows
+        return [event_row(r) for r in rows]
+
+    @_reads
+    def latest_arrival(self, pid: int) -> EventRow | None:
+        conn = self._read()
+        row = conn.execute("SELECT collection FROM profiles WHERE id = ?", (pid,)).fetchone()
+        if row is None:
+            return None
+        column = "account_id" if row[0] == "accounts" else "profile_id"
+        # MAX per member, each from its own index range (the arrival number is the rowid:
+        # one query over all members could walk the whole table backwards instead).
+        seqs = [
+            conn.execute(f"SELECT MAX(seq) FROM events WHERE {column} = ?", (m,)).fetchone()[0]
+            for m in self._members(conn, pid)
         ]
+        last = max((s for s in seqs if s is not None), default=None)
+        if last is None:
+            return None
+        r = conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events e "
+            f"LEFT JOIN profiles q ON q.id = e.{column} "
+            "LEFT JOIN profiles p ON p.id = q.canonical_id WHERE e.seq = ?",
+            (last,),
+        ).fetchone()
+        return event_row(r)
 
     @_reads
     def links(

@@ -303,6 +303,25 @@ def test_metadata_shape(client: TestClient, engine: Engine) -> None:
     assert meta["expires_at"] is None
 
 
+def test_metadata_keeps_to_the_arrival_clock(client: TestClient, engine: Engine) -> None:
+    """Late and backfilled messages: the first message is the one that created the profile,
+    the last the one stored last (merged profiles included), whatever their timestamps."""
+    sends = [
+        ("md-0", {"anonymousId": "md-a", "timestamp": "2024-06-01T00:00:00Z"}),
+        ("md-1", {"anonymousId": "md-a", "userId": "md", "timestamp": "2020-01-01T00:00:00Z"}),
+        ("md-2", {"anonymousId": "md-b", "timestamp": "2030-01-01T00:00:00Z"}),
+        ("md-3", {"anonymousId": "md-b", "userId": "md", "timestamp": "2018-01-01T00:00:00Z"}),
+    ]
+    for message_id, fields in sends:
+        engine.ingest({"type": "track", "event": "E", "messageId": message_id, **fields})
+    meta = get(client, profile_url("user_id:md", "metadata"))["metadata"]
+    assert meta["first_message_id"] == "md-0"
+    assert meta["last_message_id"] == "md-3"
+    assert meta["first_source_id"] == meta["last_source_id"]
+    assert len(meta["merged_from"]) == 1
+    assert meta["created_at"] <= meta["updated_at"]
+
+
 # ---- errors -------------------------------------------------------------------------------
 def error(
     client: TestClient, url: str, status: int, code: str, headers: Any = READ, **params: Any

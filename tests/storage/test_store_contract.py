@@ -118,6 +118,26 @@ def test_events_of_a_merged_profile_page_in_one_order_across_its_members(
     }
 
 
+def test_latest_arrival_is_the_event_stored_last_on_both_sides(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    store = engine.store
+    engine.ingest(msg("group", userId="u1", groupId="g1", messageId="g-new", timestamp=at(9)))
+    engine.ingest(msg("group", userId="u1", groupId="g1", messageId="g-old", timestamp=at(1)))
+    engine.ingest(msg("track", userId="u1", event="E", messageId="t-last", timestamp=at(5)))
+    user = store.find_by_identifier("users", "user_id", "u1")
+    account = store.find_by_identifier("accounts", "group_id", "g1")
+    assert user is not None and account is not None
+    last_user, last_account = store.latest_arrival(user.pid), store.latest_arrival(account.pid)
+    assert last_user is not None and last_user.message_id == "t-last"
+    assert last_account is not None and last_account.message_id == "g-old"
+    assert last_account.segment_id == account.segment_id
+    engine.ingest(msg("identify", anonymousId="lonely", messageId="i-1"))
+    lonely = store.find_by_identifier("users", "anonymous_id", "lonely")
+    assert lonely is not None
+    assert store.latest_arrival(lonely.pid) is not None
+    assert store.latest_arrival(10**9) is None
+
+
 def test_traits_keep_the_newest_value_across_a_merge(make_engine: MakeEngine) -> None:
     engine = make_engine()
     engine.ingest(

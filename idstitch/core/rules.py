@@ -148,6 +148,10 @@ class IdentityRules:
             key = (0, self.priority.index(type_), "")
         elif type_ in DEFAULT_PRIORITY:
             key = (1, DEFAULT_PRIORITY.index(type_), "")
+        elif type_ == "group_id":
+            # The account's own id, named by the call itself: the last an account side gives
+            # up (only accounts carry it, so it never competes with user_id).
+            key = (1, -1, "")
         else:
             key = (2, 0, type_)
         self._ranks[type_] = key

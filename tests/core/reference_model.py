@@ -141,7 +141,9 @@ class Rules:
             return (0, self.priority.index(type_), "")
         if type_ in DEFAULT_ORDER:
             return (1, DEFAULT_ORDER.index(type_), "")
-        # Assumption: `group_id` is not in the ranked list, so it counts as "not ranked".
+        # Assumption: `group_id`, the account's own id, ranks first among the built-in types.
+        if type_ == "group_id":
+            return (1, -1, "")
         return (2, 0, type_)
 
     # SPEC 2, Limits: the defaults.

@@ -203,6 +203,23 @@ def test_unranked_custom_types_sort_alphabetically_after_builtins() -> None:
     assert order == ["phone", "user_id", "email", "anonymous_id", "alpha", "zeta"]
 
 
+def test_a_group_call_keeps_its_own_group_id_over_a_custom_account_id(
+    make_engine: MakeEngine,
+) -> None:
+    """`aaa` sorts before `group_id`: ranked A to Z, the group call for g3 would give up g3
+    and land on g1's account."""
+    engine = make_engine(
+        {"identity": {"custom_types": ["aaa"], "limits": {"group_id": {"max": 1}}}}
+    )
+    engine.ingest(msg("group", userId="u1", groupId="g1", traits={"aaa": "A"}))
+    engine.ingest(msg("group", userId="u1", groupId="g3", traits={"aaa": "A"}))
+    g1 = engine.profile("group_id:g1")["segment_id"]
+    g3 = engine.profile("group_id:g3")["segment_id"]
+    assert g1 != g3
+    assert engine.profile("aaa:A")["segment_id"] == g1
+    assert settings_from({}).rules.ordered_types(["aaa", "domain", "group_id"])[0] == "group_id"
+
+
 def test_source_that_may_not_create_profiles(make_engine: MakeEngine) -> None:
     engine = make_engine({"identity": {"sources": {"crm": {"create": False}}}})
     r = engine.ingest(msg("identify", userId="u1"), source="crm")

@@ -144,10 +144,10 @@ def links(store: Store, row: ProfileRow) -> list[dict[str, Any]]:
     return [
         {
             "to_collection": other,
-            "segment_id": linked.segment_id,
+            "segment_id": linked.profile.segment_id,
             "external_ids": [
                 {k: v for k, v in external_id(r).items() if k != "first_message_id"}
-                for r in store.external_ids(linked.pid)
+                for r in store.external_ids(linked.profile.pid)
             ],
         }
         for linked in store.links(row.pid)

@@ -199,21 +199,22 @@ def _metadata(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, 
 
 
 def _links(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
-    position = _position(store, row, o, "links", (float, int))
-    after = None if position is None else (float(position[0]), int(position[1]))
+    position = _position(store, row, o, "links", (int,))
+    after = None if position is None else int(position[0])
     linked = store.links(row.pid, after=after, limit=o.limit + 1)  # one more: is there a next?
     page = linked[: o.limit]
     has_more = len(linked) > o.limit
     other = USERS if row.collection == ACCOUNTS else ACCOUNTS
     data = []
-    for p in page:
+    for link in page:
+        p = link.profile
         ids = [
             {k: v for k, v in profiles.external_id(r).items() if k != "first_message_id"}
             for r in store.external_ids(p.pid)
             if o.include is None or r.type in o.include
         ]
         data.append({"to_collection": other, "segment_id": p.segment_id, "external_ids": ids})
-    next_ = _next(row, "links", [page[-1].created_at, page[-1].pid]) if has_more else ""
+    next_ = _next(row, "links", [page[-1].position]) if has_more else ""
     return {"data": data, "cursor": _cursor(url, has_more, next_)}
 
 

@@ -76,6 +76,16 @@ def event_row(r: Sequence[Any]) -> EventRow:
     )
 
 
+class LinkRow(msgspec.Struct, frozen=True):
+    """A linked canonical profile and its paging position: the highest id among its member
+    profiles that carry a link. A merge joins two positions into the later one, so a page
+    boundary never hides the merged profile when one side of it was still to come, nor
+    shows it again when both were already shown."""
+
+    position: int
+    profile: ProfileRow
+
+
 class MergeRow(msgspec.Struct, frozen=True):
     from_segment_id: str
     into_segment_id: str
@@ -176,10 +186,10 @@ class Store(ABC):
 
     @abstractmethod
     def links(
-        self, pid: int, *, after: tuple[float, int] | None = None, limit: int | None = None
-    ) -> list[ProfileRow]:
-        """Canonical profiles of the other collection linked to this one, by (created_at, pid);
-        `after` continues past a (created_at, pid) position, `limit` caps the rows."""
+        self, pid: int, *, after: int | None = None, limit: int | None = None
+    ) -> list[LinkRow]:
+        """Canonical profiles of the other collection linked to this one, by position;
+        `after` continues past a position, `limit` caps the rows."""
 
     @abstractmethod
     def merges(self, pid: int) -> list[MergeRow]: ...

@@ -26,6 +26,7 @@ from idstitch.storage.base import (
     EVENT_COLUMNS,
     EventRow,
     ExternalIdRow,
+    LinkRow,
     MergeRow,
     ProfileRow,
     SortOrder,
@@ -373,25 +374,22 @@ class PostgresStore(Store):
         return event_row(r)
 
     def links(
-        self, pid: int, *, after: tuple[float, int] | None = None, limit: int | None = None
-    ) -> list[ProfileRow]:
+        self, pid: int, *, after: int | None = None, limit: int | None = None
+    ) -> list[LinkRow]:
         collection = self._collection(pid)
         if collection is None:
             return []
         mine, theirs = (
             ("account_id", "user_id") if collection == "accounts" else ("user_id", "account_id")
         )
-        args: dict[str, Any] = {"pid": pid, "limit": limit}
-        where = f"l.{mine} IN {_MEMBERS}"
-        if after is not None:
-            where += " AND (p.created_at, p.id) > (%(at)s, %(after_id)s)"
-            args.update(at=after[0], after_id=after[1])
+        args = {"pid": pid, "limit": limit, "after": -1 if after is None else after}
         return [
-            ProfileRow(*r)
+            LinkRow(r[-1], ProfileRow(*r[:-1]))
             for r in self._all(
-                f"SELECT DISTINCT {_PROFILE_COLUMNS} FROM links l "
+                f"SELECT {_PROFILE_COLUMNS}, max(q.id) AS position FROM links l "
                 f"JOIN profiles q ON q.id = l.{theirs} JOIN profiles p ON p.id = q.canonical_id "
-                f"WHERE {where} ORDER BY p.created_at, p.id LIMIT %(limit)s",
+                f"WHERE l.{mine} IN {_MEMBERS} GROUP BY p.id HAVING max(q.id) > %(after)s "
+                "ORDER BY position LIMIT %(limit)s",
                 args,
             )
         ]

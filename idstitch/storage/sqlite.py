@@ -35,6 +35,7 @@ from idstitch.storage.base import (
     EVENT_COLUMNS,
     EventRow,
     ExternalIdRow,
+    LinkRow,
     MergeRow,
     ProfileRow,
     SortOrder,
@@ -676,8 +677,8 @@ class SQLiteStore(Store):
 
     @_reads
     def links(
-        self, pid: int, *, after: tuple[float, int] | None = None, limit: int | None = None
-    ) -> list[ProfileRow]:
+        self, pid: int, *, after: int | None = None, limit: int | None = None
+    ) -> list[LinkRow]:
         conn = self._read()
         row = conn.execute("SELECT collection FROM profiles WHERE id = ?", (pid,)).fetchone()
         if row is None:
@@ -687,18 +688,15 @@ class SQLiteStore(Store):
         )
         members = self._members(conn, pid)
         marks = ",".join("?" * len(members))
-        args: list[Any] = list(members)
-        where = f"l.{mine} IN ({marks})"
-        if after is not None:
-            where += " AND (p.created_at, p.id) > (?, ?)"
-            args.extend(after)
+        args: list[Any] = [*members, -1 if after is None else after]
         args.append(-1 if limit is None else limit)
         return [
-            ProfileRow(*r)
+            LinkRow(r[-1], ProfileRow(*r[:-1]))
             for r in conn.execute(
-                f"SELECT DISTINCT {_PROFILE_COLUMNS} FROM links l "
+                f"SELECT {_PROFILE_COLUMNS}, MAX(q.id) AS position FROM links l "
                 f"JOIN profiles q ON q.id = l.{theirs} JOIN profiles p ON p.id = q.canonical_id "
-                f"WHERE {where} ORDER BY p.created_at, p.id LIMIT ?",
+                f"WHERE l.{mine} IN ({marks}) GROUP BY p.id HAVING position > ? "
+                "ORDER BY position LIMIT ?",
                 args,
             )
         ]

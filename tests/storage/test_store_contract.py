@@ -171,7 +171,7 @@ def test_traits_keep_the_newest_value_across_a_merge(make_engine: MakeEngine) ->
     assert traits == {"plan": "pro", "city": "Oslo"}  # age: removed by the newer null
 
 
-def test_links_page_by_creation_with_a_position_and_a_limit(make_engine: MakeEngine) -> None:
+def test_links_page_by_position_with_a_limit(make_engine: MakeEngine) -> None:
     engine = make_engine()
     for i in range(7):
         engine.ingest(msg("group", groupId="g1", userId=f"u{i}"))
@@ -182,7 +182,7 @@ def test_links_page_by_creation_with_a_position_and_a_limit(make_engine: MakeEng
     account = found.pid
     everyone = store.links(account)
     assert len(everyone) == 7
-    assert everyone == sorted(everyone, key=lambda p: (p.created_at, p.pid))
+    assert [link.position for link in everyone] == sorted({p.position for p in everyone})
     seen = []
     after = None
     while True:
@@ -191,9 +191,34 @@ def test_links_page_by_creation_with_a_position_and_a_limit(make_engine: MakeEng
         seen.extend(page)
         if len(page) < 3:
             break
-        after = (page[-1].created_at, page[-1].pid)
+        after = page[-1].position
     assert seen == everyone  # nothing skipped, nothing repeated
     assert store.links(account, limit=0) == []
+
+
+def test_a_link_merged_between_pages_is_neither_skipped_nor_repeated(
+    make_engine: MakeEngine,
+) -> None:
+    """A linked profile merged into an older one keeps the later of the two positions."""
+    engine = make_engine({"identity": {"custom_types": ["domain"]}})
+    engine.ingest(msg("group", userId="other", groupId="L0", traits={"domain": "d.com"}))
+    for group in ("L1", "L2", "L3"):
+        engine.ingest(msg("group", userId="linker", groupId=group))
+    store = engine.store
+    user = store.find_by_identifier("users", "user_id", "linker")
+    assert user is not None
+    [first] = store.links(user.pid, limit=1)
+    engine.ingest(msg("group", userId="linker", groupId="L3", traits={"domain": "d.com"}))
+    rest = store.links(user.pid, after=first.position)
+    l0 = engine.profile("group_id:L0")["segment_id"]
+    assert engine.profile("group_id:L3")["segment_id"] == l0  # merged into the older L0
+    shown = [first.profile.segment_id] + [link.profile.segment_id for link in rest]
+    assert sorted(shown) == sorted(
+        engine.profile(f"group_id:{g}")["segment_id"] for g in ("L0", "L1", "L2")
+    )
+    # Both sides of a merge already shown: the merged profile does not come again.
+    engine.ingest(msg("group", userId="linker", groupId="L1", traits={"domain": "d.com"}))
+    assert store.links(user.pid, after=rest[-1].position) == []
 
 
 def test_links_and_merges_follow_the_canonical_profile(make_engine: MakeEngine) -> None:
@@ -213,9 +238,10 @@ def test_links_and_merges_follow_the_canonical_profile(make_engine: MakeEngine) 
     store = engine.store
     user = store.find_by_segment_id(merged.merged[0])
     assert user is not None and user.segment_id == first.segment_id
-    [account] = store.links(user.pid)
+    [link] = store.links(user.pid)
+    account = link.profile
     assert account.collection == "accounts"
-    assert [u.pid for u in store.links(account.pid)] == [user.pid]
+    assert [u.profile.pid for u in store.links(account.pid)] == [user.pid]
     [row] = store.merges(user.pid)
     assert (row.from_segment_id, row.into_segment_id) == (merged.merged[0], first.segment_id)
     ids = {(e.type, e.id) for e in store.external_ids(user.pid)}

@@ -44,7 +44,8 @@ def find(store: Store, ref: str, collection: str | None = None) -> ProfileRow:
         if row is None and collection is None and parsed[0] == USERS:
             row = store.find_by_identifier(ACCOUNTS, parsed[1], parsed[2])
     if row is None or (collection is not None and row.collection != collection):
-        raise ProfileNotFound(f"no {collection or 'profile'} matches {ref!r}.")
+        shown = ref if len(ref) <= 200 else ref[:200] + "..."
+        raise ProfileNotFound(f"no {collection or 'profile'} matches {shown!r}.")
     return row
 
 

@@ -77,7 +77,7 @@ class App:
         method: str = scope["method"]
         route = "unknown"
         status = 500
-        profile_api = path.startswith(profiles.PREFIX)
+        profile_api = path.startswith(profiles.PREFIX) or path == profiles.PREFIX[:-1]
         if not profile_api and path.startswith("/v1/"):
             # analytics.js posts straight from browsers, from any origin (as to Segment);
             # the Profile API is for servers, with tokens that never belong in a page.

@@ -302,6 +302,14 @@ def _profile_operation(resource: str) -> Schema:
                 "Comma-separated trait keys, identifier types or event names.",
             ),
         ]
+    if resource == "traits":
+        params.append(
+            _query(
+                "class",
+                {"type": "string", "enum": ["audience", "computed_trait"]},
+                "Audiences or computed traits: none are made here, so the answer has no traits.",
+            )
+        )
     if resource == "events":
         params += [
             _query("start", {"type": "string", "format": "date-time"}, "Events at or after."),

@@ -66,6 +66,12 @@ class Options(msgspec.Struct, frozen=True):
     start: float | None = None
     end: float | None = None
     sort: Literal["asc", "desc"] = "desc"
+    # Segment's `class` on traits: audiences and computed traits, which idstitch does not
+    # make, so asking for either answers no traits.
+    trait_class: str | None = None
+
+
+TRAIT_CLASSES = ("audience", "computed_trait")
 
 
 def _fail(name: str, value: str, fix: str) -> ParameterError:
@@ -111,11 +117,16 @@ def _moment(params: dict[str, str], name: str) -> float | None:
 def options(params: dict[str, str], resource: str) -> Options:
     """Parse and check the query parameters of one resource (raises ParameterError)."""
     is_events = resource == "events"
-    sort = params.get("sort", "desc").lower() if is_events else "desc"
+    sort = (params.get("sort") or "desc").lower() if is_events else "desc"
     if sort not in ("asc", "desc"):
         raise _fail("sort", sort, "use asc or desc")
+    trait_class = params.get("class") or None if resource == "traits" else None
+    if trait_class is not None and trait_class not in TRAIT_CLASSES:
+        raise _fail("class", trait_class, f"use {' or '.join(TRAIT_CLASSES)}, or leave it out")
     return Options(
-        limit=_limit(params, resource),
+        # metadata has no pages: Segment takes only `verbose` there, so `limit` goes unread.
+        limit=_limit(params, resource) if resource != "metadata" else 1,
+        trait_class=trait_class,
         include=_names(params, "include"),
         exclude=_names(params, "exclude") if is_events else None,
         next=params.get("next", ""),

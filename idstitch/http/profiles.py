@@ -134,6 +134,8 @@ def _traits(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, An
         for key, value in profiles.traits(store, row, o.verbose).items()
         if (o.include is None or key in o.include) and key >= o.next
     ]
+    if o.trait_class is not None:
+        items = []  # no audiences or computed traits are made here
     page = items[: o.limit]
     has_more = len(items) > o.limit
     cursor = _cursor(url, has_more, items[o.limit][0] if has_more else "")

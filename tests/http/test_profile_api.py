@@ -383,6 +383,7 @@ def test_a_server_without_tokens_refuses_every_read(make_engine: Any) -> None:
         profile_url("user_id:ann", "traits", collection="accounts"),
         f"/v1/spaces/{SPACE}/collections/users/profiles/user_id:ann",
         f"/v1/spaces/{SPACE}/collections/users/profiles/user_id:ann/traits/extra",
+        "/v1/spaces",
     ],
 )
 def test_unknown_space_collection_resource_or_profile_is_404(client: TestClient, url: str) -> None:
@@ -410,6 +411,7 @@ def test_a_segment_id_of_the_other_collection_is_404(client: TestClient, engine:
         ("events", {"next": "not-a-cursor"}, "next"),
         ("external_ids", {"next": "WzEsMl0"}, "next"),
         ("links", {"next": "e30"}, "next"),
+        ("traits", {"class": "custom"}, "class"),
     ],
 )
 def test_invalid_parameters_are_400_validation_error(
@@ -417,6 +419,25 @@ def test_invalid_parameters_are_400_validation_error(
 ) -> None:
     message = error(client, profile_url("user_id:ann", resource), 400, "validation_error", **params)
     assert f"`{names}`" in message
+
+
+@pytest.mark.usefixtures("ann")
+def test_parameters_segment_takes_are_answered(client: TestClient) -> None:
+    """`class` asks for audiences or computed traits (none are made here); metadata takes no
+    `limit`; an empty `sort` is the default, as the other empty parameters are."""
+    for trait_class in ("audience", "computed_trait"):
+        body = get(client, profile_url("user_id:ann", "traits"), **{"class": trait_class})
+        assert body["traits"] == {} and body["cursor"]["has_more"] is False
+    assert get(client, profile_url("user_id:ann", "traits"))["traits"]
+    meta = get(client, profile_url("user_id:ann", "metadata"), limit=500)["metadata"]
+    assert meta["segment_id"].startswith("use_")
+    events = get(client, profile_url("user_id:ann", "events"), sort="")["data"]
+    assert events == get(client, profile_url("user_id:ann", "events"))["data"]
+
+
+def test_a_not_found_message_shows_a_long_reference_in_part(client: TestClient) -> None:
+    message = error(client, profile_url("user_id:" + "x" * 5000, "traits"), 404, "not_found")
+    assert len(message) < 400
 
 
 def test_traits_allow_a_limit_of_200(client: TestClient, ann: Engine) -> None:

@@ -249,13 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     import psycopg
 
     from benchmarks.workload import generate
-    from idstitch.storage.postgres import mask_url
+    from idstitch.config import redact_url
 
     try:
         admin(args.url, "SELECT 1")
     except psycopg.Error as err:
         print(
-            f"cannot reach PostgreSQL at {mask_url(args.url)} ({str(err).splitlines()[0]}); "
+            f"cannot reach PostgreSQL at {redact_url(args.url)} ({str(err).splitlines()[0]}); "
             "start it or pass --url.",
             file=sys.stderr,
         )

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from idstitch import __version__, config
 from idstitch.config import Settings
-from idstitch.errors import IdstitchError, ProfileNotFound, StoreNotFound
+from idstitch.errors import IdstitchError, InvalidReference, ProfileNotFound, StoreNotFound
 
 F = TypeVar("F", bound=Callable[..., Any])
 err_console = Console(stderr=True)
@@ -138,11 +138,14 @@ def import_(
     Exit status 0 when every line was imported (or was already stored); 1 when some lines
     were invalid (they are skipped, the others imported) or a file is truncated or corrupt
     (the lines before the damage are imported, the other files too); 2 on bad configuration
-    or a missing path.
+    or a missing path; 130 when interrupted (what was imported stays; run it again to resume).
     """
     from idstitch.engine import Engine
     from idstitch.importer import find_files, import_paths
 
+    problem = config.source_id_problem(source)
+    if problem is not None:
+        _fail(IdstitchError(f"--source {source!r:.60} {problem}; pass a short printable id."))
     settings = _settings(config_path)
     try:
         files = find_files(list(paths))
@@ -174,6 +177,13 @@ def import_(
                     )
     except IdstitchError as err:
         _fail(err)
+    except KeyboardInterrupt:
+        # The engine has finished what it was given; each file's position is recorded.
+        err_console.print(
+            "interrupted: what was imported is stored; run the same command again to resume.",
+            highlight=False,
+        )
+        sys.exit(130)
     table = Table(title="import summary", show_header=False)
     for label, value in (
         ("files", f"{summary.files:,}"),
@@ -245,8 +255,11 @@ def profile(config_path: str | None, as_json: bool, refs: tuple[str, ...]) -> No
                     parse_ref(ref)  # a malformed REF is still an error
                     raise ProfileNotFound(ref)
                 doc = profiles.document(store, ref)
-            except ProfileNotFound:
+            except (ProfileNotFound, InvalidReference) as err:
+                # A malformed REF finds nothing either: say why, and go on with the others.
                 missing += 1
+                if isinstance(err, InvalidReference):
+                    err_console.print(f"note: {escape(str(err))}", highlight=False)
                 if as_json:
                     click.echo(msgspec.json.encode({"ref": ref, "error": "not_found"}))
                 else:

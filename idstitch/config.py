@@ -170,8 +170,8 @@ def _limit(type_: Any, max_: Any, window: Any) -> tuple[str, Limit]:
 
 def _source_rules(source_id: Any, flags: Mapping[str, Any]) -> SourceRules:
     key = f"identity.sources.{source_id}"
-    if not isinstance(source_id, str) or not source_id:
-        raise _fail(key, "is not keyed by a source id", "key each entry by a non-empty source id")
+    if source_id_problem(source_id) is not None:
+        raise _fail(key, "is not keyed by a source id", "key each entry by a short printable id")
     return SourceRules(
         _bool(flags, "create", key), _bool(flags, "add", key), _bool(flags, "merge", key)
     )
@@ -217,11 +217,13 @@ def rules_from(identity: Mapping[str, Any]) -> IdentityRules:
     if not isinstance(limits_raw, dict):
         raise _fail("identity.limits", "must be a table", "write [identity.limits]")
     for type_, spec in limits_raw.items():
-        if not isinstance(spec, dict) or not set(spec) <= {"max", "window"} or "max" not in spec:
-            raise _fail(
-                f"identity.limits.{type_}", f"is {spec!r}", 'write { max = 5, window = "weekly" }'
-            )
+        key = f"identity.limits.{type_}"
+        if not isinstance(spec, dict) or "max" not in spec:
+            raise _fail(key, f"is {spec!r}", 'write { max = 5, window = "weekly" }')
+        _check_keys(spec, {"max", "window"}, key)
         name, limit = _limit(type_, spec["max"], spec.get("window", "ever"))
+        if name in limits:
+            raise _fail(key, f"names the type {name!r} again", "give each type one limit")
         limits[name] = limit
     blocked = DEFAULT_BLOCKLIST | _blocklist(
         identity.get("blocked_values", []), "identity.blocked_values"
@@ -233,12 +235,13 @@ def rules_from(identity: Mapping[str, Any]) -> IdentityRules:
             "must be a table",
             "write [identity.blocked_values_by_type]",
         )
-    by_type = {
-        _type_name(t, f"identity.blocked_values_by_type.{t}"): _blocklist(
-            v, f"identity.blocked_values_by_type.{t}"
-        )
-        for t, v in by_type_raw.items()
-    }
+    by_type: dict[str, BlockList] = {}
+    for t, v in by_type_raw.items():
+        key = f"identity.blocked_values_by_type.{t}"
+        name = _type_name(t, key)
+        if name in by_type:
+            raise _fail(key, f"names the type {name!r} again", "list its values once")
+        by_type[name] = _blocklist(v, key)
     sources_raw = identity.get("sources", {})
     if not isinstance(sources_raw, dict):
         raise _fail("identity.sources", "must be a table", "write [identity.sources.<id>]")
@@ -369,7 +372,17 @@ def _storage_url(url: Any, from_env: bool = False) -> str:
 
     if not isinstance(url, str) or "://" not in url:
         raise fail(f"is {url!r}")
-    if url.startswith(("postgresql://", "postgres://")):
+    if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise fail(f"is {redact_url(url)!r}, which names no known store")
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite:///") :]
+        if not url.startswith("sqlite:///") or not path:
+            raise fail(f"is {url!r}, which names no file")
+        if "?" in path or "#" in path:
+            raise fail(f"is {url!r}; a SQLite URL takes no parameters, only a file path")
+        if path in (":memory:", "/:memory:") or path.startswith("file:"):
+            raise fail(f"is {url!r}; the store must be a file, which keeps what it stores")
+    else:
         try:
             parts = urlsplit(url)
         except ValueError as err:
@@ -383,9 +396,29 @@ def _storage_url(url: Any, from_env: bool = False) -> str:
     return url
 
 
+MAX_SOURCE_ID_LENGTH = 200
+
+
+def source_id_problem(source_id: object) -> str | None:
+    """Why `source_id` cannot name a source (None when it can): every store keeps it as
+    text and every log line shows it, so it is printable, not blank, and short."""
+    if not isinstance(source_id, str):
+        return f"is {type(source_id).__name__}, not a string"
+    if not source_id.strip():
+        return "is empty"
+    if not source_id.isprintable():
+        return "holds control characters"
+    if len(source_id) > MAX_SOURCE_ID_LENGTH:
+        return f"is {len(source_id):,} characters long; the limit is {MAX_SOURCE_ID_LENGTH}"
+    return None
+
+
 def _source(source_id: Any, write_key: Any, key: str) -> Source:
-    if not isinstance(source_id, str) or not source_id:
-        raise _fail(f"{key}.id", f"is {source_id!r}", "give each source a non-empty id")
+    problem = source_id_problem(source_id)
+    if problem is not None:
+        raise _fail(
+            f"{key}.id", f"{problem} ({source_id!r:.60})", "give each source a short printable id"
+        )
     if not isinstance(write_key, str) or len(write_key) < 8:
         raise _fail(
             f"{key}.write_key",
@@ -522,11 +555,19 @@ def check(settings: Settings) -> Settings:
 def load(path: str | Path) -> Settings:
     file = Path(path)
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark is not TOML
     except FileNotFoundError:
         raise ConfigError(f"config file {file} does not exist; check the --config path.") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {file} is not UTF-8 text (byte {err.start}: {err.reason}); save it "
+            "as UTF-8."
+        ) from None
     except OSError as err:
-        raise ConfigError(f"config file {file} cannot be read: {err.strerror}.") from None
+        raise ConfigError(
+            f"config file {file} cannot be read: {err.strerror or err}; check the path and "
+            "its permissions."
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -554,10 +595,17 @@ def write_default(path: Path = DEFAULT_CONFIG) -> tuple[Settings, str, str]:
         "[identity]\n"
         '# priority = ["user_id", "email", "phone", "anonymous_id"]\n'
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot create the default config {path}: {err.strerror or err} "
+            f"({err.filename or path}); run from a directory you can write to, or pass "
+            "--config FILE."
+        ) from None
     return load(path), write_key, token
 
 

@@ -24,7 +24,7 @@ from idstitch import profiles
 from idstitch.config import Settings
 from idstitch.core.identifiers import Extracted, Extractor
 from idstitch.core.ksuid import segment_id as new_segment_id
-from idstitch.core.messages import MAX_MESSAGE_BYTES, Prepared, encode, prepare
+from idstitch.core.messages import EARLIEST, LATEST, MAX_MESSAGE_BYTES, Prepared, encode, prepare
 from idstitch.core.plan import Plan, Violation
 from idstitch.core.planner import apply_plan, keys_of, plan_message
 from idstitch.errors import (
@@ -58,12 +58,29 @@ def _check_sort(sort: object) -> SortOrder:
 
 
 def _check_source(source: object) -> str:
-    if not isinstance(source, str) or not source:
+    problem = config_module.source_id_problem(source)
+    if problem is not None:
         raise InvalidMessage(
-            f'source {source!r} is not a source id; pass a non-empty string such as "api".',
+            f"source {source!r:.60} is not a source id: it {problem}; pass a non-empty string "
+            'of printable characters such as "api".',
             "invalid_source",
         )
-    return source
+    return source  # type: ignore[return-value]
+
+
+def _check_received_at(received_at: object) -> float | None:
+    if received_at is None:
+        return None
+    if (
+        isinstance(received_at, bool)
+        or not isinstance(received_at, int | float)
+        or not EARLIEST <= received_at <= LATEST
+    ):
+        raise InvalidArgument(
+            f"received_at {received_at!r:.60} is not allowed; pass Unix seconds (a number "
+            "between years 1 and 9999), or leave it out for now."
+        )
+    return float(received_at)
 
 
 class Resolution(msgspec.Struct, frozen=True):
@@ -169,10 +186,17 @@ class Engine:
         max_bytes: int | None = MAX_MESSAGE_BYTES,
     ) -> Item:
         """Validate one message (raises InvalidMessage) and extract its identifiers."""
-        if isinstance(message, dict):
-            raw = encode(message)
-        elif isinstance(message, str):
-            raw = message.encode()
+        if isinstance(message, dict | str):
+            try:
+                raw = encode(message) if isinstance(message, dict) else message.encode()
+            except (TypeError, ValueError, RecursionError) as err:
+                # a value JSON has no form for, a lone surrogate, or nesting past the limit
+                raise InvalidMessage(
+                    f"the message cannot be encoded as JSON ({type(err).__name__}: "
+                    f"{str(err)[:200]}); pass only JSON values: dicts, lists, strings, "
+                    "numbers, booleans and None.",
+                    "invalid_message",
+                ) from None
         elif isinstance(message, bytes | bytearray | memoryview):
             raw = bytes(message)
         else:
@@ -230,6 +254,7 @@ class Engine:
         `messages` is a list (or other iterable) of messages; one message, a dict, str or
         bytes, is refused with InvalidMessage: pass `[message]` or use `ingest`."""
         _check_source(source)
+        received_at = _check_received_at(received_at)
         if isinstance(messages, dict | str | bytes | bytearray | memoryview):
             raise InvalidMessage(
                 f"ingest_batch takes a list of messages, not one {type(messages).__name__}; "
@@ -381,13 +406,15 @@ class Engine:
     # ---- reading profiles -----------------------------------------------------------------
     def profile(self, ref: str) -> dict[str, Any]:
         """The whole profile for `type:value` or a segment_id (raises ProfileNotFound)."""
-        return profiles.document(self.store, ref)
+        return profiles.document(self._reading(), ref)
 
     def traits(self, ref: str, *, verbose: bool = False) -> dict[str, Any]:
-        return profiles.traits(self.store, profiles.find(self.store, ref), verbose)
+        store = self._reading()
+        return profiles.traits(store, profiles.find(store, ref), verbose)
 
     def external_ids(self, ref: str) -> list[dict[str, Any]]:
-        return profiles.external_ids(self.store, profiles.find(self.store, ref))
+        store = self._reading()
+        return profiles.external_ids(store, profiles.find(store, ref))
 
     def events(
         self, ref: str, *, limit: int = 100, sort: SortOrder = "desc"
@@ -395,24 +422,34 @@ class Engine:
         """The profile's events, newest first (`sort="asc"`: oldest first). `limit` is a whole
         number from 1 up; anything else raises InvalidArgument."""
         limit, sort = _check_limit(limit), _check_sort(sort)
-        row = profiles.find(self.store, ref)
-        return [profiles.event(e) for e in profiles.events(self.store, row, sort=sort, limit=limit)]
+        store = self._reading()
+        row = profiles.find(store, ref)
+        return [profiles.event(e) for e in profiles.events(store, row, sort=sort, limit=limit)]
 
     def links(self, ref: str) -> list[dict[str, Any]]:
-        return profiles.links(self.store, profiles.find(self.store, ref))
+        store = self._reading()
+        return profiles.links(store, profiles.find(store, ref))
 
     def metadata(self, ref: str) -> dict[str, Any]:
-        return profiles.metadata(self.store, profiles.find(self.store, ref))
+        store = self._reading()
+        return profiles.metadata(store, profiles.find(store, ref))
 
     def merges(self, ref: str) -> list[dict[str, Any]]:
         """The merge log of a profile: which profiles merged in, on which message, when."""
-        row = profiles.find(self.store, ref)
-        return [profiles.merge(m) for m in self.store.merges(row.pid)]
+        store = self._reading()
+        row = profiles.find(store, ref)
+        return [profiles.merge(m) for m in store.merges(row.pid)]
 
     def violations(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest refusals: which identifier was dropped, by which rule, on which message.
         `limit` is a whole number from 1 up; anything else raises InvalidArgument."""
-        return [profiles.violation(v) for v in self.store.violations(_check_limit(limit))]
+        limit = _check_limit(limit)
+        return [profiles.violation(v) for v in self._reading().violations(limit)]
+
+    def _reading(self) -> Store:
+        if self._closed:
+            raise StorageError("the engine is closed; open a new one.")
+        return self.store
 
     # ---- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:

@@ -59,7 +59,15 @@ def find_files(paths: list[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for root, dirs, files in os.walk(path):
+
+            def unreadable(err: OSError) -> None:
+                raise InvalidMessage(
+                    f"{err.filename} cannot be read ({err.strerror}); fix its permissions or "
+                    "leave it out.",
+                    "path_unreadable",
+                )
+
+            for root, dirs, files in os.walk(path, onerror=unreadable):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found.extend(
                     Path(root) / f
@@ -68,6 +76,8 @@ def find_files(paths: list[str | Path]) -> list[Path]:
                 )
         elif path.is_file():
             found.append(path)
+        elif not path.exists():
+            raise InvalidMessage(f"{path} does not exist; check the path.", "path_not_found")
         else:
             raise InvalidMessage(
                 f"{path} is neither a file nor a directory; check the path.", "path_not_found"
@@ -92,6 +102,19 @@ def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
             f"{path} is named .gz but is not gzip data; nothing was imported from it."
         )
     return raw, raw
+
+
+def _first_line_digest(path: Path) -> str:
+    """A file's position is recorded under its path and this digest of its first line: a file
+    replaced by another one at the same path is read from its start, where one that grew is
+    read on from where the last run stopped. Lines read twice are skipped as duplicates."""
+    stream, raw = _open(path)
+    with raw, stream:
+        try:
+            head = stream.readline(4096)
+        except READ_ERRORS:
+            head = b""  # the import itself reports the damage
+    return hashlib.blake2b(head, digest_size=8).hexdigest()
 
 
 def _skip(stream: IO[bytes], offset: int) -> int:
@@ -211,9 +234,9 @@ def _import_file(
     summary: ImportSummary,
 ) -> None:
     store = engine.store
-    name = f"{source}|{path.resolve()}"
-    resume = store.import_offset(name)
     try:
+        name = f"{source}|{path.resolve()}|{_first_line_digest(path)}"
+        resume = store.import_offset(name)
         stream, raw = _open(path)
     except _Unreadable as err:
         summary.damaged.append(str(err))

@@ -367,7 +367,7 @@ def test_bad_config_exits_non_zero_with_one_sentence(
 def test_missing_paths_and_config_are_clear(tmp_path: Path) -> None:
     cfg = config_file(tmp_path)
     code, out = run("import", "--config", str(cfg), str(tmp_path / "nope.jsonl"))
-    assert code == 2 and "neither a file nor a directory" in out
+    assert code == 2 and "does not exist" in out
     code, out = run("profile", "--config", str(tmp_path / "missing.toml"), "user_id:x")
     assert code == 2 and "does not exist" in out
 
@@ -405,4 +405,81 @@ def test_profile_of_a_store_that_does_not_exist_finds_nothing(tmp_path: Path) ->
     assert "no idstitch store" in result.stderr and "data.db" in result.stderr
     assert not (tmp_path / "data.db").exists()  # looking did not create it
     bad = CliRunner().invoke(main, ["profile", "--config", str(config), "no-colon"])
-    assert bad.exit_code == 2 and "neither" in bad.output
+    assert bad.exit_code == 1 and "neither" in bad.output  # malformed: said, and not found
+
+
+def test_a_config_that_is_not_utf8_is_one_sentence(tmp_path: Path) -> None:
+    cfg = tmp_path / "latin1.toml"
+    cfg.write_bytes('space_id = "café"\n'.encode("latin-1"))
+    code, out = run("profile", "--config", str(cfg), "user_id:u1")
+    assert code == 2
+    assert "is not UTF-8 text" in out and "Traceback" not in out
+
+
+def test_a_config_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    cfg = tmp_path / "bom.toml"
+    cfg.write_bytes(b"\xef\xbb\xbf" + config_file(tmp_path).read_bytes())
+    code, out = run("profile", "--config", str(cfg), "user_id:u1")
+    assert code == 1, out  # read, and nothing is stored yet
+
+
+def test_serve_without_a_config_where_none_can_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "idstitch-data").write_text("a file, not a directory")
+    code, out = run("serve", "--port", "1")
+    assert code == 2
+    assert "cannot create the default config" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("where", ["file/x.db", "dir.db"])
+def test_profile_names_a_store_path_that_can_never_hold_a_store(tmp_path: Path, where: str) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir.db").mkdir()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[storage]\nurl = "sqlite:///{tmp_path / where}"\n')
+    code, out = run("profile", "--config", str(cfg), "user_id:u1")
+    assert code == 2
+    assert "is not a" in out and "yet" not in out
+    long = tmp_path / "c2.toml"
+    long.write_text(f'[storage]\nurl = "sqlite:///{tmp_path / ("a" * 300)}/x.db"\n')
+    code, out = run("profile", "--config", str(long), "user_id:u1")
+    assert code == 2 and "cannot be used" in out
+
+
+@pytest.mark.parametrize("source", ["", " ", "a\tb"])
+def test_import_refuses_a_source_id_a_store_cannot_keep(tmp_path: Path, source: str) -> None:
+    path = tmp_path / "e.jsonl"
+    write_lines(path, [track(1)])
+    code, out = run("import", "--config", str(config_file(tmp_path)), "--source", source, str(path))
+    assert code == 2 and "--source" in out
+
+
+def test_import_reads_a_replaced_file_from_its_start(tmp_path: Path) -> None:
+    cfg = config_file(tmp_path)
+    path = tmp_path / "day.jsonl"
+    write_lines(path, [track(i) for i in range(20)])
+    assert run("import", "--config", str(cfg), str(path))[0] == 0
+    write_lines(path, [track(i) for i in range(100, 105)])  # another file, the same name
+    code, out = run("import", "--config", str(cfg), str(path))
+    assert code == 0, out
+    assert summary(out)["events"] == "5"
+    with path.open("a") as f:  # a file that grew is read on from where the last run stopped
+        f.write(json.dumps(track(200)) + "\n")
+    code, out = run("import", "--config", str(cfg), str(path))
+    assert summary(out)["events"] == "1"
+
+
+def test_profile_json_answers_every_ref_even_after_a_malformed_one(tmp_path: Path) -> None:
+    cfg = config_file(tmp_path)
+    path = tmp_path / "e.jsonl"
+    write_lines(path, [track(1, userId="u1"), track(2, userId="u2")])
+    assert run("import", "--config", str(cfg), str(path))[0] == 0
+    result = CliRunner().invoke(
+        main, ["profile", "--config", str(cfg), "--json", "user_id:u1", "nocolon", "user_id:u2"]
+    )
+    assert result.exit_code == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line.get("error") for line in lines] == [None, "not_found", None]
+    assert lines[1]["ref"] == "nocolon"

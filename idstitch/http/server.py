@@ -8,6 +8,7 @@ the app's shutdown then closes the engine, which commits every queued message fi
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 
@@ -61,9 +62,14 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as err:
         sock.close()
+        if err.errno == errno.EADDRNOTAVAIL:
+            fix = "pass a --host this machine has (127.0.0.1, or 0.0.0.0 for every address)"
+        elif err.errno == errno.EACCES:
+            fix = "choose a --port from 1024 up, or run with the right to bind low ports"
+        else:
+            fix = "stop the process using it or choose another --port"
         raise ConfigError(
-            f"cannot listen on {host}:{port} ({err.strerror or err}); stop the process using "
-            "it or choose another --port."
+            f"cannot listen on {host}:{port} ({err.strerror or err}); {fix}."
         ) from None
     return sock
 

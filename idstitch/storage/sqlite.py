@@ -255,7 +255,21 @@ class SQLiteStore(Store):
     def _open_read_only(self) -> None:
         """Reads only: no writer lock, no committer, no graph, so it works beside a running
         service (`idstitch profile` while `idstitch serve` writes)."""
-        if not self.path.is_file():
+        try:
+            is_file, exists = self.path.is_file(), self.path.exists()
+            parent_is_dir = self.path.parent.is_dir()
+        except OSError as err:
+            raise StorageError(
+                f"the store path {self.path} cannot be used ({err.strerror}); check the "
+                "[storage] url in the config."
+            ) from None
+        if not is_file:
+            if exists or not parent_is_dir:
+                what = self.path if exists else self.path.parent
+                raise StorageError(
+                    f"{what} is not a {'file' if exists else 'directory'}, so no store can be "
+                    f"at {self.path}; check the [storage] url in the config."
+                )
             raise StoreNotFound(
                 f"there is no idstitch store at {self.path} yet; check --config, or send "
                 "events first (idstitch serve, idstitch import)."

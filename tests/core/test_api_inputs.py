@@ -215,7 +215,7 @@ def test_any_iterable_of_messages_is_a_batch(engine: Engine) -> None:
     assert [r.outcome for r in done] == ["created", "created"]
 
 
-@pytest.mark.parametrize("source", [5, "", None, b"api"])
+@pytest.mark.parametrize("source", [5, "", None, b"api", " ", "we\x00b", "s" * 201])
 def test_source_must_be_a_non_empty_string(engine: Engine, source: Any) -> None:
     calls: list[Callable[[], object]] = [
         lambda: engine.ingest(msg("identify", userId="u1"), source=source),
@@ -225,6 +225,51 @@ def test_source_must_be_a_non_empty_string(engine: Engine, source: Any) -> None:
         with pytest.raises(InvalidMessage) as caught:
             call()
         assert not isinstance(caught.value, StorageError)
-        assert f"source {source!r}" in str(caught.value)
+        assert f"source {source!r:.60}" in str(caught.value)
         assert "non-empty string" in str(caught.value)
     assert engine.ingest(msg("identify", userId="u1"), source="web").outcome == "created"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "identify", "userId": "u1", "traits": {"o": object()}},
+        {"type": "identify", "userId": "\ud800"},
+        '{"type": "identify", "userId": "\ud800"}',
+    ],
+)
+def test_a_message_json_cannot_carry_is_an_invalid_message(engine: Engine, message: Any) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        engine.ingest(message)
+    assert "JSON" in str(caught.value)
+
+
+def test_a_message_nested_past_the_limit_is_an_invalid_message(engine: Engine) -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(5000):
+        deep = {"x": deep}
+    with pytest.raises(InvalidMessage):
+        engine.ingest({"type": "identify", "userId": "u1", "traits": deep})
+
+
+@pytest.mark.parametrize("received_at", ["x", float("nan"), float("inf"), 1e20, True, -1e15])
+def test_received_at_must_be_unix_seconds(engine: Engine, received_at: Any) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        engine.ingest(msg("identify", userId="u1"), received_at=received_at)
+    assert "received_at" in str(caught.value)
+    assert engine.ingest(msg("identify", userId="u1"), received_at=1_700_000_000).outcome
+
+
+def test_reads_after_close_say_the_engine_is_closed(tmp_path: Path) -> None:
+    engine = idstitch.open(f"sqlite:///{tmp_path}/x.db")
+    engine.ingest(msg("identify", userId="u1"))
+    engine.close()
+    reads: list[Callable[[], object]] = [
+        lambda: engine.profile("user_id:u1"),
+        lambda: engine.traits("user_id:u1"),
+        lambda: engine.events("user_id:u1"),
+        lambda: engine.violations(),
+    ]
+    for read in reads:
+        with pytest.raises(StorageError, match="the engine is closed"):
+            read()

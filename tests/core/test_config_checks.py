@@ -119,3 +119,48 @@ def test_source_rules_without_a_write_key_are_listed() -> None:
         }
     )
     assert settings.unmatched_source_rules() == ["ios"]
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sqlite:///data/q.db?mode=ro", "takes no parameters"),
+        ("sqlite:///:memory:", "must be a file"),
+        ("sqlite://", "names no file"),
+        ("mysql://db.internal/idstitch", "names no known store"),
+    ],
+)
+def test_storage_urls_no_store_can_use_are_refused(url: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says) as caught:
+        settings_from({"storage": {"url": url}})
+    assert "`storage.url`" in str(caught.value)
+
+
+def test_an_unknown_store_from_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ENV_STORAGE_URL, "mysql://x/y")
+    with pytest.raises(ConfigError, match=f"environment variable {ENV_STORAGE_URL}"):
+        settings_from({})
+
+
+@pytest.mark.parametrize("source_id", ["we\x00b", " ", "x" * 201])
+def test_a_source_id_no_store_or_log_can_keep_is_refused(source_id: str) -> None:
+    sources = [{"id": source_id, "write_key": KEY_A}]
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.id"):
+        settings_from(_config(sources=sources))
+
+
+def test_a_type_named_twice_in_limits_or_blocked_values_is_refused() -> None:
+    limits = {"phone": {"max": 1}, "PHONE": {"max": 2}}
+    with pytest.raises(ConfigError, match="again"):
+        settings_from(_config(identity={"limits": limits}))
+    by_type = {"phone": ["x"], " Phone": ["y"]}
+    with pytest.raises(ConfigError, match="again"):
+        settings_from(_config(identity={"blocked_values_by_type": by_type}))
+
+
+def test_an_unknown_key_inside_a_limit_is_named() -> None:
+    limits = {"phone": {"max": 1, "windw": "ever"}}
+    with pytest.raises(ConfigError, match=r"identity\.limits\.phone\.windw"):
+        settings_from(_config(identity={"limits": limits}))

@@ -201,3 +201,11 @@ def test_source_rules_that_match_no_write_key_are_named_at_start(tmp_path: Path)
     ]
     assert [(w["level"], w["source"]) for w in warnings] == [("warning", "wbe")]
     assert "[identity.sources.wbe]" in warnings[0]["fix"]
+
+
+def test_a_host_this_machine_does_not_have_is_named_as_the_problem() -> None:
+    from idstitch.errors import ConfigError
+    from idstitch.http.server import listen
+
+    with pytest.raises(ConfigError, match="pass a --host this machine has"):
+        listen("192.0.2.1", 18765)  # TEST-NET-1: documentation addresses, never assigned

@@ -618,6 +618,11 @@ def resolve(config: str | Path | Settings | None) -> Settings:
         if DEFAULT_CONFIG.exists():
             return load(DEFAULT_CONFIG)
         return settings_from({})
+    if not isinstance(config, str | os.PathLike) or not str(config).strip():
+        raise ConfigError(
+            f"{config!r:.80} is neither a config file path nor a storage URL; pass a TOML "
+            'path, a URL such as "sqlite:///idstitch-data/idstitch.db", or a Settings.'
+        )
     text = str(config)
     if "://" in text:
         return settings_from({"storage": {"url": text}})

@@ -273,3 +273,9 @@ def test_reads_after_close_say_the_engine_is_closed(tmp_path: Path) -> None:
     for read in reads:
         with pytest.raises(StorageError, match="the engine is closed"):
             read()
+
+
+@pytest.mark.parametrize("config", ["", "  ", 123, {"storage": {"url": "sqlite:///x.db"}}])
+def test_open_names_what_it_takes(config: Any) -> None:
+    with pytest.raises(ConfigError, match="neither a config file path nor a storage URL"):
+        idstitch.open(config)

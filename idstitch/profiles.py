@@ -90,10 +90,18 @@ def _body(raw: bytes) -> dict[str, Any]:
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         pass
     try:
-        loose = json.loads(raw.decode("utf-8", "replace"))  # 1e400 -> inf -> null on output
+        # 1e400 -> inf -> null on output; an integer past Python's 4,300 digits likewise
+        loose = json.loads(raw.decode("utf-8", "replace"), parse_int=_int_or_infinity)
     except (ValueError, RecursionError):
         return {}
     return loose if isinstance(loose, dict) else {}
+
+
+def _int_or_infinity(digits: str) -> int | float:
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
 
 
 def event(e: EventRow) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from idstitch.engine import Engine
 from idstitch.errors import IdstitchError
 from idstitch.http import browser, docs, logs, openapi, profiles, tracking
 from idstitch.http.asgi import JSON, Receive, Scope, Send, query, send_bytes, send_json
+from idstitch.http.body import BodyBudget
 from idstitch.http.errors import (
     MethodNotAllowed,
     NotFound,
@@ -50,6 +51,7 @@ class App:
         self.owns_engine = owns_engine
         self.http = HttpMetrics()
         self.rejections = logs.Sampled()
+        self.bodies = BodyBudget()
         self._reads = ThreadPoolExecutor(read_threads, thread_name_prefix="idstitch-read")
         document = openapi.document()
         self._openapi = msgspec.json.encode(document)
@@ -95,7 +97,7 @@ class App:
                 if method != "POST":
                     raise MethodNotAllowed(path, method, "POST")
                 status = await tracking.handle(
-                    self.engine, scope, receive, send, tracking.ROUTES[path]
+                    self.engine, scope, receive, send, tracking.ROUTES[path], self.bodies
                 )
             elif path == browser.METRICS_PATH:
                 route = "browser_metrics"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 
-from idstitch.errors import InvalidMessage, PayloadTooLarge
+from idstitch.errors import InvalidMessage, Overloaded, PayloadTooLarge
 from idstitch.http.asgi import Receive, Scope, header
 from idstitch.http.errors import UnsupportedEncoding
 
@@ -18,6 +18,37 @@ _GZIP_SLACK = 64 * 1024
 # A body must arrive within this long of the request head, or one client could hold a
 # request (and its memory) open forever by sending a declared body byte by byte.
 BODY_SECONDS = 60.0
+# Concatenated gzip members a body may hold: clients send one; each costs a decompressor.
+MAX_GZIP_MEMBERS = 64
+# The request bodies the server holds at once, counted at their largest (the cap of their
+# route, or their declared length when smaller and not compressed). Past it a request is
+# answered 429 at once, before its body is read: a burst of clients cannot run the server
+# out of memory, and they are told to retry while it is still cheap to tell them.
+MAX_BODY_BYTES_IN_FLIGHT = 64 * 1024 * 1024
+
+
+class BodyBudget:
+    """Bytes of request bodies in flight (the event loop's own counter: no lock)."""
+
+    def __init__(self, total: int = MAX_BODY_BYTES_IN_FLIGHT) -> None:
+        self.total = total
+        self.used = 0
+
+    def reserve(self, scope: Scope, cap: int) -> int:
+        """Reserve room for this request's body (raises Overloaded); release it when done."""
+        amount = cap
+        length = header(scope, b"content-length")
+        if length is not None and length.isdigit() and header(scope, b"content-encoding") is None:
+            amount = min(int(length), cap)
+        if self.used and self.used + amount > self.total:
+            raise Overloaded(
+                f"{self.used:,} bytes of request bodies are being read or resolved; retry shortly."
+            )
+        self.used += amount
+        return amount
+
+    def release(self, amount: int) -> None:
+        self.used -= amount
 
 
 def _too_large(amount: str, cap: int, single: bool, *, compressed: bool = False) -> PayloadTooLarge:
@@ -89,6 +120,11 @@ def gunzip(data: bytes, cap: int, single: bool = False) -> bytes:
     size = 0
     rest = data
     while True:
+        if len(parts) == MAX_GZIP_MEMBERS:
+            raise InvalidMessage(
+                f"the body holds more than {MAX_GZIP_MEMBERS} gzip members; compress it as one.",
+                "invalid_gzip",
+            )
         inflater = zlib.decompressobj(wbits=31)
         try:
             out = inflater.decompress(rest, cap + 1 - size)

@@ -26,8 +26,14 @@ class HeadTooLarge(Exception):
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    _head_bytes = 0
+    _head_bytes = 0  # of the current head's complete lines
     _head_timer: asyncio.TimerHandle | None = None
+    # The parser keeps an unfinished header line to itself, so `on_header` never sees one
+    # that does not end: bytes that arrive while a head is open and leave it open are counted
+    # here too. A chunk that starts a head after a body or another request is not, so this
+    # undercounts by at most one read (256 KiB), which still bounds what a connection holds.
+    _in_head = True
+    _open_head_bytes = 0
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -49,6 +55,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes > MAX_HEAD_BYTES:
             raise HeadTooLarge(f"the request head is over {MAX_HEAD_BYTES:,} bytes")
 
+    def data_received(self, data: bytes) -> None:
+        was_in_head = self._in_head
+        super().data_received(data)
+        if was_in_head and self._in_head and not self.transport.is_closing():
+            self._open_head_bytes += len(data)
+            if self._open_head_bytes > MAX_HEAD_BYTES:
+                self.logger.warning("a request head over %d bytes was refused", MAX_HEAD_BYTES)
+                self.send_400_response("Invalid HTTP request received.")
+
+    def on_message_begin(self) -> None:
+        # Every request of a pipelined connection has its own head to bound.
+        self._in_head = True
+        self._head_bytes = 0
+        self._open_head_bytes = 0
+        super().on_message_begin()
+
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
         super().on_url(url)
@@ -58,6 +80,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None

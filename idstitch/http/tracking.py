@@ -27,7 +27,7 @@ from idstitch.core.messages import (
 from idstitch.engine import Engine, Item
 from idstitch.errors import AuthenticationError, InvalidMessage, PayloadTooLarge
 from idstitch.http.asgi import Receive, Scope, Send, basic_user, send_bytes
-from idstitch.http.body import read_body
+from idstitch.http.body import BodyBudget, read_body
 
 # route path -> the message type it implies (None: a batch of typed messages)
 ROUTES: dict[str, str | None] = {
@@ -182,21 +182,31 @@ def settled(future: Future[Any]) -> asyncio.Future[None]:
 
 
 async def handle(
-    engine: Engine, scope: Scope, receive: Receive, send: Send, type_: str | None
+    engine: Engine,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    type_: str | None,
+    budget: BodyBudget,
 ) -> int:
     """Answer one Tracking API request; returns the status sent. Raises IdstitchError for
     the caller to map onto an error response."""
     received_at = time.time()
     source = authenticate_header(engine, scope)
     single = type_ is not None
-    raw = await read_body(
-        scope, receive, MAX_MESSAGE_BYTES if single else MAX_REQUEST_BYTES, single=single
-    )
-    if type_ is not None:
-        source, items = prepare_single(engine, raw, type_, source, received_at)
-    else:
-        source, items = prepare_batch(engine, raw, source, received_at)
-    ticket = engine.submit(items, source.id)
-    await settled(ticket.future)
+    cap = MAX_MESSAGE_BYTES if single else MAX_REQUEST_BYTES
+    reserved = budget.reserve(scope, cap)
+    try:
+        raw = await read_body(scope, receive, cap, single=single)
+        if type_ is not None:
+            source, items = prepare_single(engine, raw, type_, source, received_at)
+        else:
+            source, items = prepare_batch(engine, raw, source, received_at)
+        del raw
+        ticket = engine.submit(items, source.id)
+        del items
+        await settled(ticket.future)
+    finally:
+        budget.release(reserved)
     await send_bytes(send, 200, SUCCESS)
     return 200

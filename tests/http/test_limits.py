@@ -292,3 +292,30 @@ def test_every_content_encoding_header_counts(client: TestClient) -> None:
     ]
     sent = client.post("/v1/identify", content=body, headers=headers)
     assert sent.status_code == 415, sent.text
+
+
+def test_a_body_of_many_gzip_members_is_refused(client: TestClient) -> None:
+    message = json.dumps({"userId": "gz-members", "event": "E"}).encode()
+    many = gzip.compress(message) + gzip.compress(b"", 0) * 100
+    response = client.post("/v1/track", content=many, headers=GZIP)
+    assert response.status_code == 400 and response.json()["code"] == "invalid_gzip"
+    few = gzip.compress(message) + gzip.compress(b"", 0) * 3
+    assert client.post("/v1/track", content=few, headers=GZIP).status_code == 200
+
+
+def test_bodies_past_the_in_flight_budget_get_429_before_they_are_read(
+    client: TestClient,
+) -> None:
+    """The budget counts each request at its cap (or its declared, uncompressed length)."""
+    bodies = client.app.bodies  # type: ignore[attr-defined]
+    bodies.used = bodies.total - 1000  # as if other requests held the rest
+    try:
+        big = json.dumps({"batch": [{"type": "track", "userId": "b", "event": "E"}] * 100})
+        response = client.post("/v1/batch", content=big.encode(), headers=JSON)
+        assert response.status_code == 429, response.text
+        assert response.headers["retry-after"]
+        small = json.dumps({"userId": "b", "event": "E"}).encode()
+        assert client.post("/v1/track", content=small, headers=JSON).status_code == 200
+    finally:
+        bodies.used -= bodies.total - 1000
+    assert bodies.used == 0  # every request gave its reservation back

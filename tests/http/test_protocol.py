@@ -139,3 +139,33 @@ def test_a_pipelined_request_is_not_cut_off_by_the_head_deadline(
                 break
             received += chunk
     assert received.count(b"HTTP/1.1 200") == 2, received[:300]
+
+
+def test_a_header_value_that_never_ends_is_refused_at_the_bound(served: int) -> None:
+    """The parser holds an unfinished header line itself: it must not grow without bound."""
+    with socket.create_connection(("127.0.0.1", served), timeout=5) as conn:
+        conn.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        reply = b""
+        try:
+            while sent < 4 * protocol.MAX_HEAD_BYTES:
+                conn.sendall(b"a" * 8192)
+                sent += 8192
+            reply = conn.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+    assert reply.startswith(b"HTTP/1.1 400") or reply == b"", reply[:100]
+    assert sent < 4 * protocol.MAX_HEAD_BYTES or reply.startswith(b"HTTP/1.1 400")
+
+
+def test_pipelined_heads_are_bounded_one_by_one(served: int) -> None:
+    """Each pipelined request has its own head: several heads of 40 KB pass, and many small
+    requests in a row too."""
+    pad = b"X-Pad: " + b"p" * 40_000 + b"\r\n"
+    one = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + pad + b"\r\n"
+    last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + pad + b"\r\n"
+    reply = _exchange(served, one * 2 + last)
+    assert reply.count(b"HTTP/1.1 200") == 3, reply[:300]
+    small = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    reply = _exchange(served, small * 600 + b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert reply.count(b"HTTP/1.1 200") == 601

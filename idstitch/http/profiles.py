@@ -27,7 +27,7 @@ from idstitch.http.paging import (
     options,
     profile_tag,
 )
-from idstitch.storage.base import EventRow, ProfileRow, Store
+from idstitch.storage.base import ProfileRow, Store
 
 PREFIX = "/v1/spaces/"
 COLLECTIONS = (USERS, ACCOUNTS)
@@ -166,30 +166,20 @@ def _external_ids(store: Store, row: ProfileRow, o: Options, url: str) -> dict[s
     }
 
 
-def _event_matches(row: EventRow, o: Options) -> bool:
-    if o.include is not None and row.event not in o.include:
-        return False
-    return o.exclude is None or row.event not in o.exclude
-
-
 def _events(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
     position = _position(store, row, o, "events", (float, int))
     after = (position[0], position[1]) if position is not None else None
-    filtering = o.include is not None or o.exclude is not None
-    fetch = max(o.limit + 1, 100) if filtering else o.limit + 1
-    chosen: list[EventRow] = []
-    while len(chosen) <= o.limit:
-        chunk = profiles.events(
-            store, row, start=o.start, end=o.end, sort=o.sort, after=after, limit=fetch
-        )
-        for event in chunk:
-            if _event_matches(event, o):
-                chosen.append(event)
-                if len(chosen) > o.limit:
-                    break
-        if len(chunk) < fetch:
-            break
-        after = (chunk[-1].timestamp, chunk[-1].seq)
+    chosen = profiles.events(
+        store,
+        row,
+        start=o.start,
+        end=o.end,
+        sort=o.sort,
+        after=after,
+        limit=o.limit + 1,  # one more: is there a next page?
+        names=o.include,
+        excluded=o.exclude,
+    )
     page = chosen[: o.limit]
     has_more = len(chosen) > o.limit
     next_ = _next(row, "events", [page[-1].timestamp, page[-1].seq]) if has_more else ""

@@ -176,9 +176,13 @@ class Store(ABC):
         sort: SortOrder = "desc",
         after: tuple[float, int] | None = None,
         limit: int = 10,
+        names: frozenset[str] | None = None,
+        excluded: frozenset[str] | None = None,
     ) -> list[EventRow]:
         """Events of the profile (and of every profile merged into it), ordered by
-        (timestamp, seq); `after` is the last (timestamp, seq) of the previous page."""
+        (timestamp, seq); `after` is the last (timestamp, seq) of the previous page. `names`
+        keeps only events with one of those names (a track's event, a page's name),
+        `excluded` leaves those out (events without a name stay)."""
 
     @abstractmethod
     def latest_arrival(self, pid: int) -> EventRow | None:

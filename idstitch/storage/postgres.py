@@ -322,6 +322,8 @@ class PostgresStore(Store):
         sort: SortOrder = "desc",
         after: tuple[float, int] | None = None,
         limit: int = 10,
+        names: frozenset[str] | None = None,
+        excluded: frozenset[str] | None = None,
     ) -> list[EventRow]:
         collection = self._collection(pid)
         if collection is None:
@@ -329,6 +331,12 @@ class PostgresStore(Store):
         column = "account_id" if collection == "accounts" else "profile_id"
         where = [f"{column} = m.id"]
         args: dict[str, Any] = {"pid": pid, "limit": limit}
+        if names is not None:
+            where.append("event = ANY(%(names)s::text[])")
+            args["names"] = sorted(names)
+        if excluded is not None:
+            where.append("(event IS NULL OR NOT event = ANY(%(excluded)s::text[]))")
+            args["excluded"] = sorted(excluded)
         if start is not None:
             where.append("timestamp >= %(start)s")
             args["start"] = start

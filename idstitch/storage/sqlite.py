@@ -179,6 +179,7 @@ def _writer_lock(path: Path, timeout: float) -> int:
 
 # Member profiles (a profile and those merged into it) per query of `events`.
 MEMBERS_PER_QUERY = 200
+_json_encode = msgspec.json.Encoder().encode
 
 
 class SQLiteStore(Store):
@@ -618,6 +619,8 @@ class SQLiteStore(Store):
         sort: SortOrder = "desc",
         after: tuple[float, int] | None = None,
         limit: int = 10,
+        names: frozenset[str] | None = None,
+        excluded: frozenset[str] | None = None,
     ) -> list[EventRow]:
         conn = self._read()
         row = conn.execute("SELECT collection FROM profiles WHERE id = ?", (pid,)).fetchone()
@@ -626,6 +629,13 @@ class SQLiteStore(Store):
         column = "account_id" if row[0] == "accounts" else "profile_id"
         where = [f"{column} = ?"]
         filters: list[Any] = []
+        # One JSON parameter per list, however long: a query's variables are capped.
+        if names is not None:
+            where.append("event IN (SELECT value FROM json_each(?))")
+            filters.append(_json_encode(sorted(names)).decode())
+        if excluded is not None:
+            where.append("(event IS NULL OR event NOT IN (SELECT value FROM json_each(?)))")
+            filters.append(_json_encode(sorted(excluded)).decode())
         if start is not None:
             where.append("timestamp >= ?")
             filters.append(start)

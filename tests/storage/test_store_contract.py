@@ -118,6 +118,31 @@ def test_events_of_a_merged_profile_page_in_one_order_across_its_members(
     }
 
 
+def test_events_filtered_by_name_in_the_store(make_engine: MakeEngine) -> None:
+    engine = make_engine()
+    engine.ingest(msg("identify", userId="u1", messageId="i-1"))  # no name
+    for i, name in enumerate(["Viewed", "Bought", "Viewed", "Left"]):
+        engine.ingest(msg("track", userId="u1", event=name, messageId=f"t-{i}"))
+    engine.ingest(msg("page", userId="u1", name="Home", messageId="p-1"))
+    store = engine.store
+    found = store.find_by_identifier("users", "user_id", "u1")
+    assert found is not None
+    pid = found.pid
+
+    def ids(**filters: frozenset[str]) -> list[str]:
+        return [e.message_id for e in store.events(pid, sort="asc", limit=100, **filters)]
+
+    assert ids(names=frozenset({"Viewed", "Home"})) == ["t-0", "t-2", "p-1"]
+    assert ids(excluded=frozenset({"Viewed"})) == ["i-1", "t-1", "t-3", "p-1"]
+    assert ids(names=frozenset({"Viewed"}), excluded=frozenset({"Viewed"})) == []
+    many = frozenset(f"n{i}" for i in range(40_000)) | {"Left"}  # past any variable cap
+    assert ids(names=many) == ["t-3"]
+    page = store.events(pid, sort="asc", limit=1, names=frozenset({"Viewed"}))
+    after = (page[0].timestamp, page[0].seq)
+    rest = store.events(pid, sort="asc", after=after, limit=5, names=frozenset({"Viewed"}))
+    assert [e.message_id for e in rest] == ["t-2"]
+
+
 def test_latest_arrival_is_the_event_stored_last_on_both_sides(make_engine: MakeEngine) -> None:
     engine = make_engine()
     store = engine.store

@@ -111,6 +111,8 @@ class App:
                 status = await browser.settings(self.engine, scope, send, write_key)
             elif profile_api:
                 route = "profiles"
+                # The token first, as Segment: without one, nothing about the routes is told.
+                profiles.authenticate(self.engine.settings, scope)
                 if method != "GET":
                     raise MethodNotAllowed("the Profile API", method, "GET")
                 route, status = await self._profile(scope, send)
@@ -168,7 +170,6 @@ class App:
         target = profiles.parse_path(scope)
         route = f"profiles.{target.resource}"
         settings = self.engine.settings
-        profiles.authenticate(settings, scope)
         if target.space != settings.space_id:
             raise NotFound(
                 f"space {target.space!r} does not exist; this server's space is "

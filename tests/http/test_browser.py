@@ -102,4 +102,6 @@ def test_an_unknown_tracking_path_is_a_404_a_browser_can_read(client: TestClient
 def test_the_profile_api_stays_out_of_browsers(client: TestClient) -> None:
     response = client.get(profile_url("user_id:u1", "traits"), headers={**READ, "Origin": PAGE})
     assert "access-control-allow-origin" not in response.headers
-    assert client.options(profile_url("user_id:u1", "traits")).status_code == 405
+    preflight = client.options(profile_url("user_id:u1", "traits"), headers={"Origin": PAGE})
+    assert preflight.status_code == 401  # no token: nothing more is said
+    assert "access-control-allow-origin" not in preflight.headers

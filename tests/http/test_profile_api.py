@@ -356,6 +356,22 @@ def test_missing_or_wrong_token_is_401(
     assert TOKEN not in message
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        profile_url("user_id:ann", "traits", collection="groups"),
+        profile_url("user_id:ann", "properties"),
+        f"/v1/spaces/{SPACE}/collections/users/profiles/user_id:ann/traits/",
+        "/v1/spaces",
+    ],
+)
+def test_without_a_token_the_routes_are_not_told(client: TestClient, url: str) -> None:
+    """The token is checked before the path, as Segment does: 401, not 404, without one."""
+    error(client, url, 401, "authentication_error", headers={})
+    response = client.post(profile_url("user_id:ann", "traits"), headers=basic("bad-token-99"))
+    assert response.status_code == 401
+
+
 def test_a_server_without_tokens_refuses_every_read(make_engine: Any) -> None:
     from idstitch.http.app import App
 

@@ -26,6 +26,7 @@ from idstitch.core.rules import (
     WindowName,
 )
 from idstitch.errors import ConfigError
+from idstitch.storage import sqlite_url_problem
 
 DEFAULT_DIR = Path("idstitch-data")
 DEFAULT_CONFIG = DEFAULT_DIR / "idstitch.toml"
@@ -375,13 +376,9 @@ def _storage_url(url: Any, from_env: bool = False) -> str:
     if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
         raise fail(f"is {redact_url(url)!r}, which names no known store")
     if url.startswith("sqlite://"):
-        path = url[len("sqlite:///") :]
-        if not url.startswith("sqlite:///") or not path:
-            raise fail(f"is {url!r}, which names no file")
-        if "?" in path or "#" in path:
-            raise fail(f"is {url!r}; a SQLite URL takes no parameters, only a file path")
-        if path in (":memory:", "/:memory:") or path.startswith("file:"):
-            raise fail(f"is {url!r}; the store must be a file, which keeps what it stores")
+        problem = sqlite_url_problem(url)
+        if problem is not None:
+            raise fail(f"is {url!r}, which {problem}")
     else:
         try:
             parts = urlsplit(url)

@@ -59,13 +59,13 @@ def _check_sort(sort: object) -> SortOrder:
 
 def _check_source(source: object) -> str:
     problem = config_module.source_id_problem(source)
-    if problem is not None:
-        raise InvalidMessage(
-            f"source {source!r:.60} is not a source id: it {problem}; pass a non-empty string "
-            'of printable characters such as "api".',
-            "invalid_source",
-        )
-    return source  # type: ignore[return-value]
+    if problem is None and isinstance(source, str):
+        return source
+    raise InvalidMessage(
+        f"source {source!r:.60} is not a source id: it {problem}; pass a non-empty string "
+        'of printable characters such as "api".',
+        "invalid_source",
+    )
 
 
 def _check_received_at(received_at: object) -> float | None:

@@ -138,21 +138,10 @@ def events(
     sort: SortOrder = "desc",
     after: tuple[float, int] | None = None,
     limit: int = 10,
-    names: frozenset[str] | None = None,
-    excluded: frozenset[str] | None = None,
 ) -> list[EventRow]:
     """Events of the canonical profile `row`; their `segment_id` (`related`) names `row`, the
     canonical id that `cursor.url` and `metadata` show too (the store follows merges)."""
-    return store.events(
-        row.pid,
-        start=start,
-        end=end,
-        sort=sort,
-        after=after,
-        limit=limit,
-        names=names,
-        excluded=excluded,
-    )
+    return store.events(row.pid, start=start, end=end, sort=sort, after=after, limit=limit)
 
 
 def _collection_of(segment_id: str) -> str:

@@ -15,7 +15,7 @@ from idstitch.core.messages import (
     MAX_MESSAGE_ID_LENGTH,
     MAX_REQUEST_BYTES,
 )
-from idstitch.http.paging import LIMITS, RESOURCES
+from idstitch.http.paging import LIMITS, RESOURCES, TRAIT_CLASSES
 from idstitch.http.tracking import ROUTES, SHORT_ROUTES
 
 Schema = dict[str, Any]
@@ -269,7 +269,6 @@ def _query(name: str, schema: Schema, description: str) -> Schema:
 
 
 def _profile_operation(resource: str) -> Schema:
-    default, maximum = LIMITS[resource]
     params: list[Schema] = [
         {"name": "space_id", "in": "path", "required": True, "schema": {"type": "string"}},
         {
@@ -288,7 +287,8 @@ def _profile_operation(resource: str) -> Schema:
         },
         _query("verbose", {"type": "boolean"}, "Wrap trait values with their source and time."),
     ]
-    if resource != "metadata":
+    if resource in LIMITS:  # the paged resources
+        default, maximum = LIMITS[resource]
         params += [
             _query(
                 "limit",
@@ -306,7 +306,7 @@ def _profile_operation(resource: str) -> Schema:
         params.append(
             _query(
                 "class",
-                {"type": "string", "enum": ["audience", "computed_trait"]},
+                {"type": "string", "enum": list(TRAIT_CLASSES)},
                 "Audiences or computed traits: none are made here, so the answer has no traits.",
             )
         )

@@ -37,7 +37,6 @@ LIMITS: dict[str, tuple[int, int]] = {
     "traits": (10, 200),
     "external_ids": (10, 100),
     "events": (10, 100),
-    "metadata": (10, 100),
     "links": (10, 100),
 }
 
@@ -120,12 +119,12 @@ def options(params: dict[str, str], resource: str) -> Options:
     sort = (params.get("sort") or "desc").lower() if is_events else "desc"
     if sort not in ("asc", "desc"):
         raise _fail("sort", sort, "use asc or desc")
-    trait_class = params.get("class") or None if resource == "traits" else None
+    trait_class = (params.get("class") or None) if resource == "traits" else None
     if trait_class is not None and trait_class not in TRAIT_CLASSES:
         raise _fail("class", trait_class, f"use {' or '.join(TRAIT_CLASSES)}, or leave it out")
     return Options(
         # metadata has no pages: Segment takes only `verbose` there, so `limit` goes unread.
-        limit=_limit(params, resource) if resource != "metadata" else 1,
+        limit=_limit(params, resource) if resource in LIMITS else 1,
         trait_class=trait_class,
         include=_names(params, "include"),
         exclude=_names(params, "exclude") if is_events else None,

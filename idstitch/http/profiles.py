@@ -129,13 +129,13 @@ def _next(row: ProfileRow, resource: str, position: list[Any]) -> str:
 
 
 def _traits(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
-    items = [
-        (key, value)
-        for key, value in profiles.traits(store, row, o.verbose).items()
-        if (o.include is None or key in o.include) and key >= o.next
-    ]
-    if o.trait_class is not None:
-        items = []  # no audiences or computed traits are made here
+    items: list[tuple[str, Any]] = []
+    if o.trait_class is None:  # no audiences or computed traits are made here: none to read
+        items = [
+            (key, value)
+            for key, value in profiles.traits(store, row, o.verbose).items()
+            if (o.include is None or key in o.include) and key >= o.next
+        ]
     page = items[: o.limit]
     has_more = len(items) > o.limit
     cursor = _cursor(url, has_more, items[o.limit][0] if has_more else "")
@@ -169,9 +169,8 @@ def _external_ids(store: Store, row: ProfileRow, o: Options, url: str) -> dict[s
 def _events(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
     position = _position(store, row, o, "events", (float, int))
     after = (position[0], position[1]) if position is not None else None
-    chosen = profiles.events(
-        store,
-        row,
+    chosen = store.events(
+        row.pid,
         start=o.start,
         end=o.end,
         sort=o.sort,

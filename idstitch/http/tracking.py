@@ -204,7 +204,6 @@ async def handle(
             source, items = prepare_batch(engine, raw, source, received_at)
         del raw
         ticket = engine.submit(items, source.id)
-        del items
         await settled(ticket.future)
     finally:
         budget.release(reserved)

@@ -8,15 +8,28 @@ from idstitch.errors import ConfigError
 from idstitch.storage.base import Store
 
 
-def sqlite_path(url: str) -> Path:
-    """`sqlite:////abs/path.db` (four slashes) or `sqlite:///relative/path.db` (three)."""
+def sqlite_url_problem(url: str) -> str | None:
+    """Why `url` names no SQLite store file (None when it does): `sqlite:////abs/path.db`
+    (four slashes) or `sqlite:///relative/path.db` (three), and nothing else."""
     rest = url[len("sqlite:///") :]
     if not url.startswith("sqlite:///") or not rest:
+        return "names no file"
+    if "?" in rest or "#" in rest:
+        return "has parameters; a SQLite URL takes no parameters, only a file path"
+    if rest in (":memory:", "/:memory:") or rest.startswith("file:"):
+        return "is no file path; the store must be a file, which keeps what it stores"
+    return None
+
+
+def sqlite_path(url: str) -> Path:
+    """The file a SQLite URL names (raises ConfigError, see `sqlite_url_problem`)."""
+    problem = sqlite_url_problem(url)
+    if problem is not None:
         raise ConfigError(
-            f"storage url {url!r} is not a SQLite URL; write sqlite:////absolute/path.db "
-            "or sqlite:///relative/path.db."
+            f"storage url {url!r} {problem}; write sqlite:////absolute/path.db or "
+            "sqlite:///relative/path.db."
         )
-    return Path(rest)
+    return Path(url[len("sqlite:///") :])
 
 
 def open_store(url: str, *, read_only: bool = False) -> Store:
@@ -42,4 +55,4 @@ def open_store(url: str, *, read_only: bool = False) -> Store:
     )
 
 
-__all__ = ["Store", "open_store", "sqlite_path"]
+__all__ = ["Store", "open_store", "sqlite_path", "sqlite_url_problem"]

@@ -69,6 +69,11 @@ EVENT_COLUMNS = (
 )
 
 
+def events_column(collection: str) -> str:
+    """The events column that names a profile of `collection`."""
+    return "account_id" if collection == "accounts" else "profile_id"
+
+
 def event_row(r: Sequence[Any]) -> EventRow:
     """An EventRow from a row of EVENT_COLUMNS."""
     return EventRow(

@@ -36,6 +36,7 @@ from idstitch.storage.base import (
     Transaction,
     ViolationRow,
     event_row,
+    events_column,
 )
 from idstitch.storage.migrations import POSTGRES as MIGRATIONS
 from idstitch.storage.pg_batch import Conflict, LockIds, PostgresTransaction
@@ -328,7 +329,7 @@ class PostgresStore(Store):
         collection = self._collection(pid)
         if collection is None:
             return []
-        column = "account_id" if collection == "accounts" else "profile_id"
+        column = events_column(collection)
         where = [f"{column} = m.id"]
         args: dict[str, Any] = {"pid": pid, "limit": limit}
         if names is not None:
@@ -365,7 +366,7 @@ class PostgresStore(Store):
         collection = self._collection(pid)
         if collection is None:
             return None
-        column = "account_id" if collection == "accounts" else "profile_id"
+        column = events_column(collection)
         # `seq + 0`: max(seq) alone may be planned as a backward walk of the primary key,
         # filtered by profile, which reads the whole table for a profile last seen long ago.
         sql = (
@@ -376,10 +377,7 @@ class PostgresStore(Store):
             f"WHERE m.canonical_id = {_CANONICAL})"
         )
         rows = self._all(sql, {"pid": pid})
-        if not rows:
-            return None
-        r = rows[0]
-        return event_row(r)
+        return event_row(rows[0]) if rows else None
 
     def links(
         self, pid: int, *, after: int | None = None, limit: int | None = None

@@ -45,6 +45,7 @@ from idstitch.storage.base import (
     Transaction,
     ViolationRow,
     event_row,
+    events_column,
 )
 from idstitch.storage.migrations import SQLITE as MIGRATIONS
 from idstitch.storage.rows import BatchRows, identifier_hash, message_hash, rows_from_plans
@@ -175,6 +176,11 @@ def _writer_lock(path: Path, timeout: float) -> int:
                     "stop it, or point this one at another store."
                 ) from None
             time.sleep(0.05)
+
+
+def _collection(conn: sqlite3.Connection, pid: int) -> str | None:
+    row = conn.execute("SELECT collection FROM profiles WHERE id = ?", (pid,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 # Member profiles (a profile and those merged into it) per query of `events`.
@@ -623,10 +629,10 @@ class SQLiteStore(Store):
         excluded: frozenset[str] | None = None,
     ) -> list[EventRow]:
         conn = self._read()
-        row = conn.execute("SELECT collection FROM profiles WHERE id = ?", (pid,)).fetchone()
-        if row is None:
+        collection = _collection(conn, pid)
+        if collection is None:
             return []
-        column = "account_id" if row[0] == "accounts" else "profile_id"
+        column = events_column(collection)
         where = [f"{column} = ?"]
         filters: list[Any] = []
         # One JSON parameter per list, however long: a query's variables are capped.
@@ -678,10 +684,10 @@ class SQLiteStore(Store):
     @_reads
     def latest_arrival(self, pid: int) -> EventRow | None:
         conn = self._read()
-        row = conn.execute("SELECT collection FROM profiles WHERE id = ?", (pid,)).fetchone()
-        if row is None:
+        collection = _collection(conn, pid)
+        if collection is None:
             return None
-        column = "account_id" if row[0] == "accounts" else "profile_id"
+        column = events_column(collection)
         # MAX per member, each from its own index range (the arrival number is the rowid:
         # one query over all members could walk the whole table backwards instead).
         seqs = [
@@ -704,11 +710,11 @@ class SQLiteStore(Store):
         self, pid: int, *, after: int | None = None, limit: int | None = None
     ) -> list[LinkRow]:
         conn = self._read()
-        row = conn.execute("SELECT collection FROM profiles WHERE id = ?", (pid,)).fetchone()
-        if row is None:
+        collection = _collection(conn, pid)
+        if collection is None:
             return []
         mine, theirs = (
-            ("account_id", "user_id") if row[0] == "accounts" else ("user_id", "account_id")
+            ("account_id", "user_id") if collection == "accounts" else ("user_id", "account_id")
         )
         members = self._members(conn, pid)
         marks = ",".join("?" * len(members))

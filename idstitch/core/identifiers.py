@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from idstitch.core.messages import Message, properties_of
-from idstitch.core.rules import MAX_TYPE_LENGTH, MAX_VALUE_BYTES, MAX_VALUE_LENGTH, IdentityRules
+from idstitch.core.rules import MAX_TYPE_LENGTH, MAX_VALUE_LENGTH, IdentityRules
 
 USERS = "users"
 ACCOUNTS = "accounts"
@@ -216,10 +216,12 @@ class Extractor:
                 "invalid_value",
                 "the value holds a NUL character; no store keeps it apart from U+FFFD",
             )
-        if not value.isascii():
-            problem = _unstorable(value)
-            if problem is not None:
-                return Dropped(Identifier.of(collection, type_, _shown(value)), *problem)
+        if not value.isascii() and _has_lone_surrogate(value):
+            return Dropped(
+                Identifier.of(collection, type_, _shown(value)),
+                "invalid_value",
+                "the value holds a lone surrogate, which is not text",
+            )
         ident = Identifier(collection, type_, value, prefix + type_ + "\x1f" + value)
         hit = self.rules.blocked_by(type_, value)
         if hit is not None:
@@ -227,15 +229,13 @@ class Extractor:
         return ident
 
 
-def _unstorable(value: str) -> tuple[str, str] | None:
-    """(rule, detail) for a value no store could keep as itself, or None."""
+def _has_lone_surrogate(value: str) -> bool:
+    """Whether no store could keep the value as itself: half of a UTF-16 pair is not text."""
     try:
-        size = len(value.encode())
+        value.encode()
     except UnicodeEncodeError:
-        return "invalid_value", "the value holds a lone surrogate, which is not text"
-    if size > MAX_VALUE_BYTES:
-        return "value_too_long", f"{size:,} bytes in UTF-8; the limit is {MAX_VALUE_BYTES:,}"
-    return None
+        return True
+    return False
 
 
 def _shown(value: str) -> str:

@@ -47,9 +47,6 @@ DEFAULT_BLOCKED_EXACT: tuple[str, ...] = (
 )
 DEFAULT_BLOCKED_REGEX: tuple[str, ...] = (r"^[0-]*$",)
 MAX_VALUE_LENGTH = 1000
-# Bounds in bytes (UTF-8) as well, so that every store can index (collection, type, value):
-# PostgreSQL refuses a B-tree entry over 2,704 bytes, and 1,000 characters can take 4,000.
-MAX_VALUE_BYTES = 2000
 MAX_TYPE_LENGTH = 100
 
 

@@ -127,6 +127,8 @@ SQLITE: list[tuple[str, str]] = [
             SELECT 'message_index', COALESCE(MAX(seq), 0) FROM events;
         """,
     ),
+    # PostgreSQL's 0003 re-keys its identifier index; SQLite's already keys on a hash.
+    ("0003_identifier_digest", "SELECT 1"),
 ]
 
 # PostgreSQL keeps text keys under a unique index: the database itself then guarantees that no
@@ -230,6 +232,21 @@ POSTGRES: list[tuple[str, str]] = [
     # what keeps two workers from storing one message twice: it stays. The name is recorded
     # so both stores list the same migrations.
     ("0002_message_index", "SELECT 1"),
+    # An identifier value may hold 1,000 characters, up to 4,000 bytes, and a B-tree entry
+    # takes at most 2,704: the unique index keys on a SHA-256 of the value instead (lookups
+    # compare the full value too). SHA-256, not md5, so that no one can make two values
+    # collide and keep the second out of the graph.
+    (
+        "0003_identifier_digest",
+        """
+        CREATE FUNCTION identifier_digest(value text) RETURNS bytea
+            LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+            AS $$ SELECT pg_catalog.sha256(pg_catalog.convert_to(value, 'UTF8')) $$;
+        ALTER TABLE identifiers DROP CONSTRAINT identifiers_pkey;
+        CREATE UNIQUE INDEX identifiers_key
+            ON identifiers (collection, type, identifier_digest(value));
+        """,
+    ),
 ]
 
 NAMES = [name for name, _ in SQLITE]

@@ -103,6 +103,7 @@ _OWNERS = (
     "CROSS JOIN LATERAL (SELECT profile_id FROM identifiers "
     "WHERE collection = CASE left(t.k, 1) WHEN 'a' THEN 'accounts' ELSE 'users' END "
     "AND type = substr(t.k, 2, strpos(t.k, chr(31)) - 2) "
+    "AND identifier_digest(value) = identifier_digest(substr(t.k, strpos(t.k, chr(31)) + 1)) "
     "AND value = substr(t.k, strpos(t.k, chr(31)) + 1) LIMIT 1) AS i "
     "JOIN profiles p ON p.id = i.profile_id"
 )

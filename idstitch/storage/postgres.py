@@ -271,8 +271,9 @@ class PostgresStore(Store):
         rows = self._all(
             f"SELECT {_PROFILE_COLUMNS} FROM identifiers i "
             "JOIN profiles q ON q.id = i.profile_id JOIN profiles p ON p.id = q.canonical_id "
-            "WHERE i.collection = %s AND i.type = %s AND i.value = %s",
-            (collection, type_, value),
+            "WHERE i.collection = %s AND i.type = %s "
+            "AND identifier_digest(i.value) = identifier_digest(%s) AND i.value = %s",
+            (collection, type_, value, value),
         )
         return ProfileRow(*rows[0]) if rows else None
 

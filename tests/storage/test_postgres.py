@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from idstitch.config import redact_url, settings_from
-from idstitch.core import identifiers
+from idstitch.core import messages
 from idstitch.core.identifiers import Extracted, Extractor
 from idstitch.core.ksuid import segment_id
 from idstitch.core.messages import Prepared, encode, prepare
@@ -159,6 +159,30 @@ def test_ci_without_a_server_fails_and_elsewhere_skips(monkeypatch: pytest.Monke
     finally:
         monkeypatch.undo()
         pgserver.unavailable.cache_clear()
+
+
+@pytest.mark.postgres
+def test_a_store_keyed_on_whole_values_is_migrated_to_digests(postgres_url: str) -> None:
+    # A store from before 0003 kept (collection, type, value) as its primary key.
+    engine = Engine(settings_from({"storage": {"url": postgres_url}}), tune_gc=False)
+    first = engine.ingest(msg("identify", userId="u-old", anonymousId="a-old"))
+    engine.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "DROP INDEX identifiers_key; DROP FUNCTION identifier_digest(text); "
+            "ALTER TABLE identifiers ADD PRIMARY KEY (collection, type, value); "
+            "DELETE FROM schema_migrations WHERE name = '0003_identifier_digest'"
+        )
+    engine = Engine(settings_from({"storage": {"url": postgres_url}}), tune_gc=False)
+    try:
+        assert engine.store.migrations_applied == ["0003_identifier_digest"]  # type: ignore[attr-defined]
+        again = engine.ingest(msg("track", event="E", anonymousId="a-old"))
+        assert (again.outcome, again.segment_id) == ("attached", first.segment_id)
+        long = "\U0001f600" * 1000
+        assert engine.ingest(msg("identify", userId=long)).violations == ()
+        assert engine.ingest(msg("track", event="E", userId=long)).outcome == "attached"
+    finally:
+        engine.close()
 
 
 def _open_and_report(url: str, barrier: Any, out: Any) -> None:
@@ -422,19 +446,19 @@ def test_writes_that_fail_inside_the_pipeline_do_not_break_later_ones(
 ) -> None:
     # After errors among pipelined statements, psycopg can take a statement for prepared
     # that the server never kept, and every later batch on that connection failed with
-    # `prepared statement "_pg3_9" does not exist`. The failing writes here: values over
-    # PostgreSQL's index entry size, let through the extraction's own bound on purpose.
-    monkeypatch.setattr(identifiers, "MAX_VALUE_BYTES", 10**6)
+    # `prepared statement "_pg3_9" does not exist`. The failing writes here: trait keys over
+    # PostgreSQL's index entry size, let through the message check's own bound on purpose.
+    monkeypatch.setattr(messages, "MAX_TRAIT_KEY_LENGTH", 10**6)
     engine = Engine(settings_from({"storage": {"url": postgres_url}}), tune_gc=False)
     long = "".join(chr(0x20000 + 7919 * k % 40000) for k in range(1000))  # 4,000 bytes
     try:
         for n, kind in enumerate("olooollllooooooo"):
-            user = long if kind == "l" else f"ordinary-{n}"
+            sent = msg("identify", userId=f"user-{n}", traits={long if kind == "l" else "k": 1})
             if kind == "l":
                 with pytest.raises(StorageError, match="index row size"):
-                    engine.ingest(msg("track", event="E", userId=user))
+                    engine.ingest(sent)
             else:
-                assert engine.ingest(msg("track", event="E", userId=user)).outcome == "created"
+                assert engine.ingest(sent).outcome == "created"
     finally:
         engine.close()
 

@@ -20,7 +20,7 @@ import msgspec
 from idstitch.config import redact_url
 from idstitch.engine import Engine
 from idstitch.errors import IdstitchError
-from idstitch.http import browser, docs, logs, openapi, profiles, tracking
+from idstitch.http import browser, docs, explorer, logs, openapi, profiles, tracking
 from idstitch.http.asgi import JSON, Receive, Scope, Send, query, send_bytes, send_json
 from idstitch.http.body import BodyBudget
 from idstitch.http.errors import (
@@ -56,6 +56,10 @@ class App:
         document = openapi.document()
         self._openapi = msgspec.json.encode(document)
         self._docs = docs.page(document).encode()
+        self._explorer = {
+            explorer.PAGE_PATH: (explorer.page(), b"text/html; charset=utf-8"),
+            explorer.SCRIPT_PATH: (explorer.script(), b"text/javascript; charset=utf-8"),
+        }
         self._sampler: asyncio.Task[None] | None = None
         # Request ids: a random prefix per process and a counter (uuid4 costs a syscall).
         self._id_prefix = secrets.token_hex(6)
@@ -79,7 +83,11 @@ class App:
         method: str = scope["method"]
         route = "unknown"
         status = 500
-        profile_api = path.startswith(profiles.PREFIX) or path == profiles.PREFIX[:-1]
+        profile_api = (
+            path.startswith(profiles.PREFIX)
+            or path == profiles.PREFIX[:-1]
+            or path == explorer.DATA_PATH
+        )
         if not profile_api and path.startswith("/v1/"):
             # analytics.js posts straight from browsers, from any origin (as to Segment);
             # the Profile API is for servers, with tokens that never belong in a page.
@@ -109,6 +117,24 @@ class App:
                 if method != "GET":
                     raise MethodNotAllowed(path, method, "GET")
                 status = await browser.settings(self.engine, scope, send, write_key)
+            elif path == explorer.DATA_PATH:
+                route = "explorer_graph"
+                profiles.authenticate(self.engine.settings, scope)
+                if method != "GET":
+                    raise MethodNotAllowed(path, method, "GET")
+                loop = asyncio.get_running_loop()
+                graph = await loop.run_in_executor(
+                    self._reads, explorer.graph, self.engine.store, query(scope)
+                )
+                await send_json(send, 200, graph, [(b"request-id", self._request_id())])
+                status = 200
+            elif path in self._explorer:
+                route = "explorer"
+                if method != "GET":
+                    raise MethodNotAllowed(path, method, "GET")
+                content, kind = self._explorer[path]
+                await send_bytes(send, 200, content, kind, list(explorer.HEADERS))
+                status = 200
             elif profile_api:
                 route = "profiles"
                 # The token first, as Segment: without one, nothing about the routes is told.

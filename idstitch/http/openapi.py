@@ -425,6 +425,37 @@ def document() -> Schema:
             "responses": {"200": _text("text/html", "HTML.")},
         }
     }
+    paths["/explorer"] = {
+        "get": {
+            "tags": ["Operations"],
+            "operationId": "explorer",
+            "summary": "A page that draws a profile's identity graph (it asks for a token).",
+            "responses": {"200": _text("text/html", "HTML.")},
+        }
+    }
+    error = _json(_PROFILE_ERROR, "")
+    paths["/explorer/graph"] = {
+        "get": {
+            "tags": ["Operations"],
+            "operationId": "explorer_graph",
+            "summary": "What the explorer draws: a profile, its identifiers, merges, links and "
+            "traits.",
+            "security": [{"accessToken": []}],
+            "parameters": [
+                _query(
+                    "ref",
+                    {"type": "string", "maxLength": 4100},
+                    "`type:value` or a segment_id; users first, then accounts.",
+                )
+            ],
+            "responses": {
+                "200": _json({"type": "object"}, "The graph."),
+                "400": {**error, "description": "No reference, or not a valid one."},
+                "401": {**error, "description": "Missing or unknown access token."},
+                "404": {**error, "description": "No such profile."},
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {

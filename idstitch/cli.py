@@ -261,7 +261,7 @@ def profile(config_path: str | None, as_json: bool, refs: tuple[str, ...]) -> No
                 if isinstance(err, InvalidReference):
                     err_console.print(f"note: {escape(str(err))}", highlight=False)
                 if as_json:
-                    click.echo(msgspec.json.encode({"ref": ref, "error": "not_found"}))
+                    click.echo(msgspec.json.encode({"ref": _as_text(ref), "error": "not_found"}))
                 else:
                     err_console.print(f"not found: {ref}", highlight=False)
                 continue
@@ -275,6 +275,15 @@ def profile(config_path: str | None, as_json: bool, refs: tuple[str, ...]) -> No
         if store is not None:
             store.close()
     sys.exit(1 if missing else 0)
+
+
+def _as_text(arg: str) -> str:
+    """A command-line argument as JSON can carry it: bytes that are not UTF-8 come in as lone
+    surrogates, shown as U+FFFD."""
+    try:
+        return arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return arg.encode("utf-8", "replace").decode()
 
 
 def _print_profile(out: Console, doc: dict[str, Any]) -> None:

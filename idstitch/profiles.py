@@ -37,7 +37,10 @@ def find(store: Store, ref: str, collection: str | None = None) -> ProfileRow:
             "`type:value` (e.g. user_id:u123) or a segment_id (use_... or acc_...)."
         )
     parsed = parse_ref(ref, collection)
-    if isinstance(parsed, str):
+    row: ProfileRow | None = None
+    if not _storable(ref):
+        pass  # no identifier, type or segment_id holds a NUL or a lone surrogate
+    elif isinstance(parsed, str):
         row = store.find_by_segment_id(parsed)
     else:
         row = store.find_by_identifier(*parsed)
@@ -47,6 +50,16 @@ def find(store: Store, ref: str, collection: str | None = None) -> ProfileRow:
         shown = ref if len(ref) <= 200 else ref[:200] + "..."
         raise ProfileNotFound(f"no {collection or 'profile'} matches {shown!r}.")
     return row
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def traits(store: Store, row: ProfileRow, verbose: bool = False) -> dict[str, Any]:

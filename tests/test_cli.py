@@ -483,3 +483,17 @@ def test_profile_json_answers_every_ref_even_after_a_malformed_one(tmp_path: Pat
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line.get("error") for line in lines] == [None, "not_found", None]
     assert lines[1]["ref"] == "nocolon"
+
+
+def test_profile_json_answers_refs_that_are_not_utf8(tmp_path: Path) -> None:
+    # Command-line bytes that are not UTF-8 arrive as lone surrogates; JSON cannot carry them.
+    cfg = config_file(tmp_path)
+    path = tmp_path / "e.jsonl"
+    write_lines(path, [track(1, userId="u1")])
+    assert run("import", "--config", str(cfg), str(path))[0] == 0
+    refs = ["user_id:\udcff", "\udcff", "user_id:\x00", "user_id:u1"]
+    result = CliRunner().invoke(main, ["profile", "--config", str(cfg), "--json", *refs])
+    assert result.exit_code == 1, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line.get("error") for line in lines] == ["not_found"] * 3 + [None]
+    assert [line["ref"] for line in lines[:3]] == ["user_id:\ufffd", "\ufffd", "user_id:\x00"]

@@ -277,6 +277,12 @@ def validate(message: Message, type_: str) -> None:
                     f"{MAX_TRAIT_KEY_LENGTH}. Shorten the key.",
                     "trait_key_too_long",
                 )
+            if "\x00" in key:
+                # PostgreSQL text cannot hold it, and any stand-in could be another key.
+                raise InvalidMessage(
+                    f"the trait key {key[:100]!r} holds a NUL character (\\u0000); remove it.",
+                    "invalid_trait_key",
+                )
 
 
 def _moment(value: str | None, field: str) -> float | None:

@@ -17,7 +17,7 @@ import psycopg
 
 from idstitch.core.graph import Graph
 from idstitch.core.plan import Plan
-from idstitch.storage.rows import BatchRows, rows_from_plans
+from idstitch.storage.rows import rows_from_plans
 
 Statement = tuple[str, tuple[Any, ...]]
 json = msgspec.json.Encoder()
@@ -69,18 +69,6 @@ _LINKS = (
 _SEQS = "SELECT nextval('event_seq') FROM generate_series(1, %s)"
 
 
-def _scrub_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(
-        v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v else v for v in row
-    )
-
-
-def _scrub(rows: BatchRows) -> None:
-    """Replace NUL characters (which PostgreSQL text cannot hold) in every text column."""
-    for name in ("events", "profiles", "merges", "identifiers", "traits", "links", "violations"):
-        setattr(rows, name, [_scrub_row(r) for r in getattr(rows, name)])
-
-
 def _final(repoint: list[tuple[int, int]]) -> dict[int, int]:
     """Each merged-away profile -> the profile it ends up in after the whole batch."""
     into = {other: target for target, other in repoint}
@@ -110,8 +98,6 @@ def write_plans(
     """COPY the batch's events now; return the other statements, to be sent with the COMMIT.
     `seqs` are event numbers reserved in this transaction, ascending."""
     rows, count = rows_from_plans(plans, graph, 0)
-    if any(b"\\u0000" in p.raw for p in plans):
-        _scrub(rows)
     if count > len(seqs):
         more = conn.execute(_SEQS, (count - len(seqs),)).fetchall()
         seqs = sorted([*seqs, *(r[0] for r in more)])

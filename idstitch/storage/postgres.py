@@ -40,6 +40,7 @@ from idstitch.storage.base import (
 )
 from idstitch.storage.migrations import POSTGRES as MIGRATIONS
 from idstitch.storage.pg_batch import Conflict, LockIds, PostgresTransaction
+from idstitch.storage.rows import stored_names
 
 _PROFILE_COLUMNS = (
     "p.id, p.segment_id, p.collection, p.created_at, p.merges, "
@@ -335,10 +336,10 @@ class PostgresStore(Store):
         args: dict[str, Any] = {"pid": pid, "limit": limit}
         if names is not None:
             where.append("event = ANY(%(names)s::text[])")
-            args["names"] = sorted(names)
+            args["names"] = stored_names(names)
         if excluded is not None:
             where.append("(event IS NULL OR NOT event = ANY(%(excluded)s::text[]))")
-            args["excluded"] = sorted(excluded)
+            args["excluded"] = stored_names(excluded)
         if start is not None:
             where.append("timestamp >= %(start)s")
             args["start"] = start

@@ -139,4 +139,25 @@ def rows_from_plans(
         state = graph.profiles.get(pid)
         if state is not None:
             rows.merge_counts.append((state.merges, pid))
+    if any(b"\\u0000" in p.raw for p in plans):  # JSON spells a NUL only so
+        _scrub(rows)
     return rows, seq
+
+
+def _scrub_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(
+        v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v else v for v in row
+    )
+
+
+def _scrub(rows: BatchRows) -> None:
+    """Replace NUL characters in every text column, on every store: PostgreSQL text cannot
+    hold them, and both stores must keep the same thing. (Identifier values and trait keys
+    with NUL never get here; the stored message body keeps the original.)"""
+    for name in ("events", "profiles", "merges", "identifiers", "traits", "links", "violations"):
+        setattr(rows, name, [_scrub_row(r) for r in getattr(rows, name)])
+
+
+def stored_names(names: frozenset[str]) -> list[str]:
+    """Event names to filter on, as the stores keep names (a NUL as U+FFFD), in order."""
+    return sorted(n.replace("\x00", "\ufffd") for n in names)

@@ -48,7 +48,13 @@ from idstitch.storage.base import (
     events_column,
 )
 from idstitch.storage.migrations import SQLITE as MIGRATIONS
-from idstitch.storage.rows import BatchRows, identifier_hash, message_hash, rows_from_plans
+from idstitch.storage.rows import (
+    BatchRows,
+    identifier_hash,
+    message_hash,
+    rows_from_plans,
+    stored_names,
+)
 from idstitch.storage.sqlite_messages import StoredMessages
 
 _PROFILE_COLUMNS = (
@@ -638,10 +644,10 @@ class SQLiteStore(Store):
         # One JSON parameter per list, however long: a query's variables are capped.
         if names is not None:
             where.append("event IN (SELECT value FROM json_each(?))")
-            filters.append(_json_encode(sorted(names)).decode())
+            filters.append(_json_encode(stored_names(names)).decode())
         if excluded is not None:
             where.append("(event IS NULL OR event NOT IN (SELECT value FROM json_each(?)))")
-            filters.append(_json_encode(sorted(excluded)).decode())
+            filters.append(_json_encode(stored_names(excluded)).decode())
         if start is not None:
             where.append("timestamp >= ?")
             filters.append(start)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from idstitch import profiles
 from idstitch.cli import main as cli
 from idstitch.core.messages import parse_time
 from idstitch.engine import Engine
@@ -301,7 +302,7 @@ def test_nul_characters_are_refused_where_stores_would_differ(make_engine: MakeE
     engine = make_engine()
     results = engine.ingest_batch(
         [
-            msg("identify", userId="u\x00nul", anonymousId="a-nul", traits={"k\x00": "v\x00"}),
+            msg("identify", userId="u\x00nul", anonymousId="a-nul", traits={"k": "v\x00"}),
             msg("identify", userId="u\ufffdnul", anonymousId="a-fffd"),
             msg("track", event="ok", anonymousId="plain"),
         ]
@@ -344,6 +345,35 @@ def test_nul_characters_are_refused_where_stores_would_differ(make_engine: MakeE
         )
     )
     assert [v.rule for v in wide.violations] == ["invalid_type"]
+
+
+def test_nul_in_names_and_references_reads_the_same_on_every_store(
+    make_engine: MakeEngine,
+) -> None:
+    engine = make_engine()
+    # A trait key with NUL has no stand-in that could not be another key.
+    with pytest.raises(InvalidMessage, match="NUL") as refused:
+        engine.ingest(msg("identify", userId="u1", traits={"a\x00": 1, "a\ufffd": 2}))
+    assert refused.value.code == "invalid_trait_key"
+    engine.ingest(msg("identify", userId="u1", traits={"a\ufffd": 2, "v": "x\x00y"}))
+    assert engine.traits("user_id:u1") == {"a\ufffd": 2, "v": "x\x00y"}  # values are JSON
+    # Text columns keep a NUL as U+FFFD on every store; the body keeps the message as sent.
+    engine.ingest(msg("track", event="Ord\x00er", userId="u1", messageId="m-nul"))
+    (stored,) = [e for e in engine.events("user_id:u1") if e.get("message_id") == "m-nul"]
+    assert stored["event"] == "Ord\ufffder"
+    pid = profiles.find(engine.store, "user_id:u1").pid
+    for asked in ("Ord\x00er", "Ord\ufffder"):
+        found = engine.store.events(pid, names=frozenset([asked]))
+        assert [e.message_id for e in found] == ["m-nul"]
+        left = engine.store.events(pid, excluded=frozenset([asked]))
+        assert "m-nul" not in [e.message_id for e in left]
+    long = engine.ingest(msg("track", event="E", userId="\x00" + "x" * 1001, anonymousId="a"))
+    assert [v.rule for v in long.violations] == ["value_too_long"]
+    assert all("\x00" not in v.value for v in engine.store.violations())
+    # References no identifier can hold find nothing, on every store, without an error.
+    for ref in ("user\x00_id:u1", "group\x00_id:g", "user_id:\ud800", "use_\x00"):
+        with pytest.raises(ProfileNotFound):
+            engine.profile(ref)
 
 
 def test_a_read_by_a_profile_merged_away_meanwhile_still_finds_its_data(

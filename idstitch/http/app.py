@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ import msgspec
 
 from idstitch.config import redact_url
 from idstitch.engine import Engine
-from idstitch.errors import IdstitchError
+from idstitch.errors import IdstitchError, StorageError
 from idstitch.http import browser, docs, explorer, logs, openapi, profiles, tracking
 from idstitch.http.asgi import JSON, Receive, Scope, Send, query, send_bytes, send_json
 from idstitch.http.body import BodyBudget
@@ -40,6 +41,10 @@ _OPS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/")
 # requests/s. A networked store's reads all go to the threads (Store.local_reads).
 _OFFLOADED = frozenset({"events", "links"})
 _INTERNAL = "the server failed on this request; the failure is logged. Retry later."
+_STORE_FAILED = (
+    "the store could not complete this request, and nothing of it was acknowledged; retry "
+    "shortly (the server's log has the reason)."
+)
 
 
 class App:
@@ -51,6 +56,7 @@ class App:
         self.owns_engine = owns_engine
         self.http = HttpMetrics()
         self.rejections = logs.Sampled()
+        self.failures = logs.Sampled()
         self.bodies = BodyBudget()
         self._reads = ThreadPoolExecutor(read_threads, thread_name_prefix="idstitch-read")
         document = openapi.document()
@@ -174,6 +180,17 @@ class App:
             headers.append((b"www-authenticate", b'Basic realm="idstitch"'))
         elif isinstance(err, MethodNotAllowed):
             headers.append((b"allow", err.allow.encode()))
+        if isinstance(err, StorageError):
+            # The reason is for the operator, in the log: it names paths, hosts and database
+            # names that a caller (a browser holding a write key) has no use for.
+            self.failures.event(
+                "store failed",
+                ("store", route),
+                level=logging.WARNING,
+                route=route,
+                reason=str(err)[:1000],
+            )
+            err = StorageError(_STORE_FAILED)
         if profile_api:
             headers.append((b"request-id", self._request_id()))
             body = profile_body(err, status)

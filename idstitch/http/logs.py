@@ -73,7 +73,9 @@ class Sampled:
         self._last: dict[tuple[Any, ...], float] = {}
         self._held: dict[tuple[Any, ...], int] = {}
 
-    def event(self, message: str, key: tuple[Any, ...], **fields: Any) -> None:
+    def event(
+        self, message: str, key: tuple[Any, ...], level: int = logging.INFO, **fields: Any
+    ) -> None:
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
@@ -83,4 +85,4 @@ class Sampled:
         held = self._held.pop(key, 0)
         if held:
             fields["suppressed"] = held
-        event(message, **fields)
+        event(message, level, **fields)

@@ -4,6 +4,7 @@ timestamp rule, and that a rejected request applies nothing."""
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 import time
 from datetime import datetime
@@ -493,19 +494,33 @@ def test_overloaded_engine_answers_429_with_retry_after(
     assert response.json()["code"] == "overloaded"
 
 
-def test_failed_commit_answers_503(
-    client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+def test_failed_commit_answers_503_and_logs_the_reason_for_the_operator(
+    client: TestClient,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    reason = "the SQLite write at /var/lib/idstitch/idstitch.db failed: disk full"
+
     def failing(items: list[Any], source: str) -> Ticket:
         ticket = Ticket(source, items)
-        ticket.future.set_exception(StorageError("the batch could not be stored: disk full"))
+        ticket.future.set_exception(StorageError(reason))
         return ticket
 
     monkeypatch.setattr(engine, "submit", failing)
-    response = client.post("/v1/track", json={"userId": "u1", "event": "E"}, headers=WRITE)
-    assert response.status_code == 503
-    assert response.json()["code"] == "storage_error"
-    assert "retry-after" in response.headers
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        response = client.post("/v1/track", json={"userId": "u1", "event": "E"}, headers=WRITE)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        body = response.json()
+        assert body["code"] == "storage_error"
+        # A write key is public in web pages: the answer names no path, host or database.
+        assert "/var/lib" not in body["message"] and "retry" in body["message"]
+    logged = [r for r in caplog.records if r.getMessage() == "store failed"]
+    assert len(logged) == 1  # one line per route and ten seconds
+    assert logged[0].levelno == logging.WARNING
+    assert getattr(logged[0], "fields") == {"route": "track", "reason": reason}  # noqa: B009
 
 
 def test_tracking_routes_take_post_only(client: TestClient) -> None:

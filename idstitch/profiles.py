@@ -62,9 +62,18 @@ def _storable(text: str) -> bool:
     return True
 
 
-def traits(store: Store, row: ProfileRow, verbose: bool = False) -> dict[str, Any]:
+def traits(
+    store: Store,
+    row: ProfileRow,
+    verbose: bool = False,
+    *,
+    start: str = "",
+    limit: int | None = None,
+    keys: frozenset[str] | None = None,
+) -> dict[str, Any]:
+    """Traits by key, in key order: all of them, or a page (`Store.traits`)."""
     out: dict[str, Any] = {}
-    for t in store.traits(row.pid):
+    for t in store.traits(row.pid, start=start, limit=limit, keys=keys):
         if verbose:
             out[t.key] = {
                 "value": t.value,

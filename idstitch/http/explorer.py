@@ -67,7 +67,7 @@ def graph(store: Store, params: dict[str, str]) -> dict[str, Any]:
         )
     row = profiles.find(store, ref)
     linked = store.links(row.pid, limit=MAX_LINKS + 1)
-    traits = profiles.traits(store, row)
+    traits = profiles.traits(store, row, limit=MAX_TRAITS + 1)
     return {
         "ref": ref,
         "profile": {

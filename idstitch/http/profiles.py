@@ -131,11 +131,10 @@ def _next(row: ProfileRow, resource: str, position: list[Any]) -> str:
 def _traits(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
     items: list[tuple[str, Any]] = []
     if o.trait_class is None:  # no audiences or computed traits are made here: none to read
-        items = [
-            (key, value)
-            for key, value in profiles.traits(store, row, o.verbose).items()
-            if (o.include is None or key in o.include) and key >= o.next
-        ]
+        found = profiles.traits(
+            store, row, o.verbose, start=o.next, limit=o.limit + 1, keys=o.include
+        )
+        items = list(found.items())
     page = items[: o.limit]
     has_more = len(items) > o.limit
     cursor = _cursor(url, has_more, items[o.limit][0] if has_more else "")

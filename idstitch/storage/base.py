@@ -166,7 +166,17 @@ class Store(ABC):
     def find_by_segment_id(self, segment_id: str) -> ProfileRow | None: ...
 
     @abstractmethod
-    def traits(self, pid: int) -> list[TraitRow]: ...
+    def traits(
+        self,
+        pid: int,
+        *,
+        start: str = "",
+        limit: int | None = None,
+        keys: frozenset[str] | None = None,
+    ) -> list[TraitRow]:
+        """The profile's traits in key order (code point order), the newest value of each key
+        across its members, removed ones left out: keys from `start` on, only `keys` when
+        given, at most `limit`. A page reads about `limit` rows per member, not every trait."""
 
     @abstractmethod
     def external_ids(self, pid: int) -> list[ExternalIdRow]: ...

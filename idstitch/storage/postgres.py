@@ -288,17 +288,41 @@ class PostgresStore(Store):
         )
         return ProfileRow(*rows[0]) if rows else None
 
-    def traits(self, pid: int) -> list[TraitRow]:
-        rows = self._all(
+    def traits(
+        self,
+        pid: int,
+        *,
+        start: str = "",
+        limit: int | None = None,
+        keys: frozenset[str] | None = None,
+    ) -> list[TraitRow]:
+        if "\x00" in start:  # no key holds NUL (messages refuse it); PostgreSQL text cannot
+            start = start[: start.index("\x00")] + "\x01"
+        sql = (
             "SELECT DISTINCT ON (t.key) t.key, t.value, t.timestamp, t.source_id FROM traits t "
-            f"WHERE t.profile_id IN {_MEMBERS} ORDER BY t.key, t.timestamp DESC, t.seq DESC",
-            {"pid": pid},
+            f"WHERE t.profile_id IN {_MEMBERS} AND t.key {{op}} %(above)s"
         )
-        return [
-            TraitRow(key, msgspec.json.decode(value), ts, source)
-            for key, value, ts, source in rows
-            if value is not None
-        ]
+        args: dict[str, Any] = {"pid": pid}
+        if keys is not None:
+            sql += " AND t.key = ANY(%(keys)s::text[])"
+            args["keys"] = sorted(k for k in keys if "\x00" not in k)
+        sql += " ORDER BY t.key, t.timestamp DESC, t.seq DESC"
+        # Removed traits are among the distinct keys a LIMIT counts: read on until `limit`.
+        chunk = None if limit is None else max(limit + 1, 64)
+        if chunk is not None:
+            sql += f" LIMIT {chunk:d}"
+        out: list[TraitRow] = []
+        above, op = start, ">="
+        while True:
+            rows = self._all(sql.format(op=op), {**args, "above": above})
+            for key, value, ts, source in rows:
+                if value is not None:
+                    out.append(TraitRow(key, msgspec.json.decode(value), ts, source))
+                    if limit is not None and len(out) >= limit:
+                        return out
+            if chunk is None or len(rows) < chunk:
+                return out
+            above, op = rows[-1][0], ">"
 
     def external_ids(self, pid: int) -> list[ExternalIdRow]:
         rows = [

@@ -588,22 +588,54 @@ class SQLiteStore(Store):
         return ProfileRow(*row) if row else None
 
     @_reads
-    def traits(self, pid: int) -> list[TraitRow]:
+    def traits(
+        self,
+        pid: int,
+        *,
+        start: str = "",
+        limit: int | None = None,
+        keys: frozenset[str] | None = None,
+    ) -> list[TraitRow]:
         conn = self._read()
-        best: dict[str, tuple[float, int, str | None, str]] = {}
-        for member in self._members(conn, pid):
-            for key, value, ts, seq, source in conn.execute(
-                "SELECT key, value, timestamp, seq, source_id FROM traits WHERE profile_id = ?",
-                (member,),
-            ):
-                held = best.get(key)
-                if held is None or (ts, seq) >= held[:2]:
-                    best[key] = (ts, seq, value, source)
-        return [
-            TraitRow(key, msgspec.json.decode(v[2]), v[0], v[3])
-            for key, v in sorted(best.items())
-            if v[2] is not None
-        ]
+        members = self._members(conn, pid)
+        sql = "SELECT key, value, timestamp, seq, source_id FROM traits WHERE profile_id = ?"
+        args: list[Any] = []
+        if keys is not None:
+            sql += " AND key IN (SELECT value FROM json_each(?))"
+            args.append(_json_encode(sorted(keys)).decode())
+        # Each member in key order, `chunk` rows at a time. Keys up to the lowest last key of
+        # a member cut short are complete (every member has given all of its own); removed
+        # traits are skipped, so a page may take more than one round.
+        chunk = None if limit is None else max(limit + 1, 64)
+        out: list[TraitRow] = []
+        above, inclusive = start, True
+        while True:
+            best: dict[str, tuple[float, int, str | None, str]] = {}
+            bound: str | None = None
+            where = sql + (" AND key >= ?" if inclusive else " AND key > ?") + " ORDER BY key"
+            for member in members:
+                tail = (above,) if chunk is None else (above, chunk)
+                rows = conn.execute(
+                    where + ("" if chunk is None else " LIMIT ?"), (member, *args, *tail)
+                ).fetchall()
+                if chunk is not None and len(rows) == chunk:
+                    last = rows[-1][0]
+                    bound = last if bound is None or last < bound else bound
+                for key, value, ts, seq, source in rows:
+                    held = best.get(key)
+                    if held is None or (ts, seq) >= held[:2]:
+                        best[key] = (ts, seq, value, source)
+            for key in sorted(best):
+                if bound is not None and key > bound:
+                    break
+                ts, _, value, source = best[key]
+                if value is not None:
+                    out.append(TraitRow(key, msgspec.json.decode(value), ts, source))
+                    if limit is not None and len(out) >= limit:
+                        return out
+            if bound is None:
+                return out
+            above, inclusive = bound, False
 
     @_reads
     def external_ids(self, pid: int) -> list[ExternalIdRow]:

@@ -376,6 +376,45 @@ def test_nul_in_names_and_references_reads_the_same_on_every_store(
             engine.profile(ref)
 
 
+def test_traits_page_across_members_removals_and_key_filters(make_engine: MakeEngine) -> None:
+    # Three profiles merged into one, each holding some of the keys; newer values, removals
+    # (null) and keys only one member has interleave in key order.
+    engine = make_engine()
+    keys = [f"k{n:03d}" for n in range(150)] + ["Z", "a", "é", "\U0001f600", "k"]
+    for member in range(3):
+        traits: dict[str, object] = {}
+        for n, key in enumerate(keys):
+            if (n + member) % 3:
+                traits[key] = None if (n * 7 + member) % 11 == 0 else f"{key}-{member}"
+        engine.ingest(
+            msg("identify", anonymousId=f"a{member}", traits=traits, timestamp=at(seconds=member))
+        )
+    engine.ingest(msg("identify", anonymousId="a0", userId="u"))
+    engine.ingest(msg("track", event="E", anonymousId="a1", userId="u"))
+    engine.ingest(msg("track", event="E", anonymousId="a2", userId="u"))
+    pid = profiles.find(engine.store, "user_id:u").pid
+    assert len({m.from_segment_id for m in engine.store.merges(pid)}) >= 2
+    everything = engine.store.traits(pid)
+    assert [t.key for t in everything] == sorted(t.key for t in everything)
+    assert 50 < len(everything) < len(keys)
+    for limit in (1, 2, 7, 63, 64, 65, 200):
+        paged, start = [], ""
+        while True:
+            page = engine.store.traits(pid, start=start, limit=limit + 1)
+            paged += page[:limit]
+            if len(page) <= limit:
+                break
+            start = page[limit].key
+        assert paged == everything, limit
+    wanted = frozenset(["a", "k001", "k002", "k149", "nope", "\U0001f600"])
+    assert engine.store.traits(pid, keys=wanted) == [t for t in everything if t.key in wanted]
+    assert (
+        engine.store.traits(pid, keys=wanted, start="k002", limit=2)
+        == [t for t in everything if t.key in wanted and t.key >= "k002"][:2]
+    )
+    assert engine.store.traits(pid, start="\x00") == everything  # a crafted cursor reads all
+
+
 def test_a_read_by_a_profile_merged_away_meanwhile_still_finds_its_data(
     make_engine: MakeEngine,
 ) -> None:

@@ -25,7 +25,7 @@ from idstitch.core.messages import (
     parse_time,
 )
 from idstitch.engine import Engine, Item
-from idstitch.errors import AuthenticationError, InvalidMessage, PayloadTooLarge
+from idstitch.errors import AuthenticationError, InvalidMessage, PayloadTooLarge, StorageError
 from idstitch.http.asgi import Receive, Scope, Send, basic_user, send_bytes
 from idstitch.http.body import BodyBudget, read_body
 
@@ -161,6 +161,12 @@ def prepare_batch(
     return source, items
 
 
+# A request waits at most this long for its durable commit (a stalled store, a stopped
+# disk): then 503, and the body's share of the budget is freed. Segment's own libraries give
+# up after 10 to 15 s and retry.
+ACK_TIMEOUT = 30.0
+
+
 def _copy(target: asyncio.Future[None], source: Future[Any]) -> None:
     if target.cancelled():
         return
@@ -204,7 +210,14 @@ async def handle(
             source, items = prepare_batch(engine, raw, source, received_at)
         del raw
         ticket = engine.submit(items, source.id)
-        await settled(ticket.future)
+        try:
+            await asyncio.wait_for(settled(ticket.future), ACK_TIMEOUT)
+        except TimeoutError:
+            raise StorageError(
+                f"the store did not confirm the write within {ACK_TIMEOUT:g} s; it may "
+                "still be stored. Retry it: messages with the same messageId are "
+                "deduplicated."
+            ) from None
     finally:
         budget.release(reserved)
     await send_bytes(send, 200, SUCCESS)

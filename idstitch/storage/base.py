@@ -69,6 +69,14 @@ EVENT_COLUMNS = (
 )
 
 
+def maybe_stored(why: str) -> str:
+    """The error for a write that failed where the store may have kept it all the same."""
+    return (
+        f"{why}; the batch may or may not be stored. Retry it: messages with the same "
+        "messageId are deduplicated."
+    )
+
+
 def events_column(collection: str) -> str:
     """The events column that names a profile of `collection`."""
     return "account_id" if collection == "accounts" else "profile_id"

@@ -37,6 +37,7 @@ from idstitch.storage.base import (
     ViolationRow,
     event_row,
     events_column,
+    maybe_stored,
 )
 from idstitch.storage.migrations import POSTGRES as MIGRATIONS
 from idstitch.storage.pg_batch import Conflict, LockIds, PostgresTransaction
@@ -168,6 +169,9 @@ class PostgresStore(Store):
             open=False,
             kwargs={"autocommit": True},
             configure=_configure,
+            # A connection the server dropped (a restart, pg_terminate_backend) is replaced
+            # when it is taken, not discovered by the request that uses it (one round trip).
+            check=ConnectionPool.check_connection,
             name="idstitch",
         )
         # The writer has a connection of its own: reads never make a write wait for one.
@@ -178,6 +182,7 @@ class PostgresStore(Store):
             open=False,
             kwargs={"autocommit": True},
             configure=_configure_writer,
+            check=ConnectionPool.check_connection,
             name="idstitch-writer",
         )
         try:
@@ -225,8 +230,9 @@ class PostgresStore(Store):
                     attempt = self.max_attempts  # the lock table is full: run alone next
                 time.sleep(random.uniform(0, 0.002 * attempt))
             except psycopg.Error as err:
+                # It can fail in the COMMIT itself, after the server kept the batch.
                 raise StorageError(
-                    f"the PostgreSQL write at {self.url} failed: {_first_line(err)}"
+                    maybe_stored(f"the PostgreSQL write at {self.url} failed: {_first_line(err)}")
                 ) from err
             finally:
                 if exclusive:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import os
 import sqlite3
 import subprocess
@@ -20,9 +21,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import msgspec
 
@@ -46,6 +48,7 @@ from idstitch.storage.base import (
     ViolationRow,
     event_row,
     events_column,
+    maybe_stored,
 )
 from idstitch.storage.migrations import SQLITE as MIGRATIONS
 from idstitch.storage.rows import (
@@ -194,6 +197,56 @@ MEMBERS_PER_QUERY = 200
 _json_encode = msgspec.json.Encoder().encode
 
 
+log = logging.getLogger("idstitch.storage")
+
+RESET_TIMEOUT = 60.0  # seconds a recovery waits for the committer to settle earlier jobs
+STALLED_SECONDS = 15.0  # a write waiting longer than this makes the store unhealthy
+
+
+def _pause(streak: int) -> float:
+    """Seconds between recoveries: none after a single failure, then 0.5 s doubling to 30 s."""
+    return 0.0 if streak <= 1 else min(30.0, 0.5 * 2 ** (streak - 2))
+
+
+FULL_DISK_BYTES = 16 << 20
+
+
+def _disk_full(path: Path) -> str | None:
+    """A sentence when the disk holding `path` is (nearly) full: SQLite then says only
+    `disk I/O error`."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free >= FULL_DISK_BYTES:
+        return None
+    return (
+        f"the disk holding {folder} is full ({free:,} bytes free); free some space, then "
+        "start again."
+    )
+
+
+class _Job(NamedTuple):
+    future: Future[None]
+    keys: list[tuple[str, str]]
+    on_ok: Settled | None
+    sent: float  # monotonic
+
+
+class _Committer:
+    """One committer process, the pipe to it, and the thread that reads its replies."""
+
+    def __init__(self, process: subprocess.Popen[bytes], pipe: Connection):
+        self.process = process
+        self.pipe = pipe
+        self.receiver: threading.Thread | None = None
+        self.gone = False  # its replies ended: nothing sent to it will be answered
+
+
 class SQLiteStore(Store):
     """Resolution happens in memory under `batch`; writing happens in a committer process.
 
@@ -234,13 +287,17 @@ class SQLiteStore(Store):
             self._conn = _connect(self.path)
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except (OSError, sqlite3.Error) as err:
+            full = _disk_full(self.path)
             raise StorageError(
-                f"cannot open the SQLite store at {self.path}: {err}; check the path and "
-                "its permissions."
+                f"cannot open the SQLite store at {self.path}: {err}; "
+                + (full or "check the path and its permissions.")
             ) from None
         if mode != "wal":
             raise StorageError(f"SQLite at {self.path} refused WAL mode (got {mode!r}).")
         self._conn.execute("PRAGMA synchronous=FULL")
+        # The file this engine opened: a committer (re)started on another file at the same
+        # path refuses to write, so the graph in memory always matches what is stored.
+        self._file = sqlite_committer.identity(str(self.path))
         self.migrations_applied = migrate(self._conn)
         self._write_lock = threading.Lock()
         self.graph = Graph()
@@ -249,9 +306,12 @@ class SQLiteStore(Store):
         self._load()
         self.inflight: set[tuple[str, str]] = set()
         self._broken: str | None = None
+        self._failed_at = 0.0  # when the last failure was seen (monotonic)
+        self._streak = 0  # failures seen since the last commit that succeeded
+        self._write_failed = False  # the last write failed: /healthz says so
         self.max_commit_events = max_commit_events
         self.wal_pages = wal_pages
-        self._pending: dict[int, tuple[Future[None], list[tuple[str, str]], Settled | None]] = {}
+        self._pending: dict[int, _Job] = {}
         self._pending_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._next_job = 0
@@ -291,6 +351,11 @@ class SQLiteStore(Store):
             names = {r[0] for r in self._read().execute("SELECT name FROM schema_migrations")}
         except sqlite3.Error as err:
             self.close()
+            full = _disk_full(self.path)
+            if full is not None:
+                raise StorageError(
+                    f"cannot read the store at {self.path} ({err}): {full}"
+                ) from None
             raise StorageError(
                 f"{self.path} is not an idstitch store ({err}); check --config."
             ) from None
@@ -373,7 +438,7 @@ class SQLiteStore(Store):
         _widen(to_child)
         from_child, to_parent = os.pipe()
         try:
-            self._process = subprocess.Popen(
+            process = subprocess.Popen(
                 [
                     sys.executable,
                     "-I",
@@ -384,6 +449,7 @@ class SQLiteStore(Store):
                     str(to_parent),
                     str(self.max_commit_events),
                     str(self.wal_pages),
+                    self._file,
                 ],
                 # The child inherits the writer lock too: the lock lasts as long as either
                 # process, so a new engine cannot load the graph while an old committer of a
@@ -399,50 +465,82 @@ class SQLiteStore(Store):
         finally:
             os.close(from_parent)
             os.close(to_parent)
-        self._pipe = Connection(to_child, readable=False)
         replies = Connection(from_child, writable=False)
-        self._receiver = threading.Thread(
-            target=self._receive_loop, args=(replies,), daemon=True, name="idstitch-acks"
+        committer = _Committer(process, Connection(to_child, readable=False))
+        committer.receiver = threading.Thread(
+            target=self._receive_loop,
+            args=(committer, replies),
+            daemon=True,
+            name="idstitch-acks",
         )
-        self._receiver.start()
+        self._committer = committer
+        committer.receiver.start()
 
-    def _receive_loop(self, pipe: Connection) -> None:
+    def _receive_loop(self, committer: _Committer, pipe: Connection) -> None:
+        try:
+            self._receive(pipe)
+        except Exception:  # a bug here must not leave writes waiting for answers
+            log.exception("reading the SQLite committer's answers failed")
+        finally:
+            # From here on `_send` fails at once: a job sent now would wait for ever.
+            with self._pending_lock:
+                committer.gone = True
+            if not self._closing.is_set():
+                log.warning(
+                    "the SQLite committer process stopped",
+                    extra={"fields": {"exit_code": committer.process.poll()}},
+                )
+            self._fail_pending("the SQLite committer process stopped")
+            pipe.close()
+
+    def _receive(self, pipe: Connection) -> None:
+        """Settle jobs as the committer answers, until its answers end."""
         while True:
             try:
                 reply = pipe.recv()
             except (EOFError, OSError):
-                self._fail_pending("the SQLite committer process stopped")
                 return
             status, job_ids = reply[0], reply[1]
             with self._pending_lock:
-                settled = [self._pending.pop(job_id) for job_id in job_ids]
-            for future, keys, on_ok in settled:
-                if status == "ok" and on_ok is not None:
-                    on_ok()  # before the keys leave the in-flight set (see `seen`)
-                if keys:
-                    self.inflight.difference_update(keys)
+                # A job can be gone already: failed when a send to this committer broke,
+                # while its answer was still in the pipe.
+                found = (self._pending.pop(job_id, None) for job_id in job_ids)
+                settled = [job for job in found if job is not None]
+            if status == "ok":
+                self._streak = 0
+                self._write_failed = False
+            else:
+                self._failed(reply[2])
+            for job in settled:
+                if status == "ok" and job.on_ok is not None:
+                    job.on_ok()  # before the keys leave the in-flight set (see `seen`)
+                if job.keys:
+                    self.inflight.difference_update(job.keys)
                 if status == "ok":
-                    future.set_result(None)
+                    job.future.set_result(None)
                 else:
-                    self._broken = self._broken or reply[2]
-                    future.set_exception(StorageError(f"the batch was not stored: {reply[2]}"))
+                    job.future.set_exception(StorageError(f"the batch was not stored: {reply[2]}"))
+
+    def _failed(self, why: str) -> None:
+        """A write failed: the next batch rebuilds the graph first, after a pause that grows
+        while failures follow each other (a full disk must not cost a rebuild per batch)."""
+        if self._broken is None:
+            self._broken = why
+            self._failed_at = time.monotonic()
+            self._streak += 1
+        self._write_failed = True
 
     def _fail_pending(self, why: str) -> None:
         if not self._closing.is_set():
-            self._broken = self._broken or why
+            self._failed(why)
         with self._pending_lock:
             settled = list(self._pending.values())
             self._pending.clear()
-        for future, keys, _ in settled:
-            self.inflight.difference_update(keys)
+        for job in settled:
+            self.inflight.difference_update(job.keys)
             # The committer may have committed it just before it went: say so, and that a
             # retry is safe (the same messageIds are acknowledged, not stored twice).
-            future.set_exception(
-                StorageError(
-                    f"{why}; the batch may or may not be on disk. Retry it: messages with "
-                    "the same messageId are deduplicated."
-                )
-            )
+            job.future.set_exception(StorageError(maybe_stored(why)))
 
     def _send(
         self,
@@ -455,30 +553,78 @@ class SQLiteStore(Store):
         with self._send_lock:
             if self._closing.is_set():
                 raise StorageError("the store is closed; open it again.")
+            committer = self._committer
             job_id = self._next_job
             self._next_job += 1
             with self._pending_lock:
-                self._pending[job_id] = (future, keys or [], on_ok)
+                if committer.gone:
+                    future.set_exception(
+                        StorageError(maybe_stored("the SQLite committer process stopped"))
+                    )
+                    return future
+                self._pending[job_id] = _Job(future, keys or [], on_ok, time.monotonic())
             try:
-                self._pipe.send((kind, job_id, payload))
+                committer.pipe.send((kind, job_id, payload))
             except (OSError, ValueError) as err:
                 self._fail_pending(f"the SQLite committer process is unreachable ({err})")
         return future
 
+    def _replace_committer(self) -> None:
+        """Reap a committer that stopped (or whose pipe broke) and start another."""
+        old = self._committer
+        with contextlib.suppress(OSError):
+            old.process.kill()  # already gone, unless only its pipe broke
+        try:
+            old.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise StorageError(
+                f"the SQLite committer process {old.process.pid} does not stop; restart idstitch."
+            ) from None
+        with contextlib.suppress(OSError):
+            old.pipe.close()
+        if old.receiver is not None:
+            old.receiver.join(timeout=10)
+        self._start_committer()
+        log.warning(
+            "the SQLite committer process was restarted",
+            extra={"fields": {"exit_code": old.process.returncode}},
+        )
+
     def _recover(self) -> None:
         """After a failed write: let every sent job settle, then rebuild the graph from disk."""
-        if self._process.poll() is not None:
-            self._start_committer()
-        self._send("reset", None).result()  # jobs settle in order: all earlier ones are done
-        self._broken = None
-        self.inflight.clear()
-        self._load()
+        try:
+            committer = self._committer
+            if committer.gone or committer.process.poll() is not None:
+                self._replace_committer()
+            try:
+                # Jobs settle in order: once the reset is answered, all earlier ones are done.
+                self._send("reset", None).result(timeout=RESET_TIMEOUT)
+            except FutureTimeout:
+                raise StorageError(
+                    f"the SQLite committer did not answer within {RESET_TIMEOUT:.0f} s after "
+                    f"a failed write ({self._broken}); retry later."
+                ) from None
+            self._broken = None
+            self.inflight.clear()
+            self._load()
+        except (StorageError, sqlite3.Error):
+            # Still broken: the next attempt waits longer.
+            self._failed_at = time.monotonic()
+            self._streak += 1
+            raise
 
     @contextlib.contextmanager
     def batch(self, keys: Iterable[str]) -> Iterator[Transaction]:
         self._refuse_writes()
         with self._write_lock:
             if self._broken is not None:
+                pause = _pause(self._streak) - (time.monotonic() - self._failed_at)
+                if pause > 0:
+                    raise StorageError(
+                        f"writes failed {self._streak} times in a row, the last time with: "
+                        f"{self._broken}; the store tries again in {pause:.1f} s, and nothing "
+                        "of this batch was stored. Retry shortly."
+                    )
                 self._recover()
             tx = SQLiteTransaction(self)
             seq = self.next_seq
@@ -516,15 +662,17 @@ class SQLiteStore(Store):
             return
         with self._write_lock, self._send_lock:
             self._closing.set()
+            committer = self._committer
             with contextlib.suppress(OSError, ValueError):
-                self._pipe.send(None)
+                committer.pipe.send(None)
         try:
-            self._process.wait(timeout=120)
+            committer.process.wait(timeout=120)
         except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._receiver.join(timeout=10)
-        self._pipe.close()
+            committer.process.kill()
+            committer.process.wait()
+        if committer.receiver is not None:
+            committer.receiver.join(timeout=10)
+        committer.pipe.close()
         self._checkpointer.join(timeout=5)
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -811,6 +959,18 @@ class SQLiteStore(Store):
         )
 
     def healthy(self) -> bool:
+        """Reads answer and, on a writing store, the committer runs, the last write did not
+        fail and no write has waited longer than `STALLED_SECONDS`."""
+        if not self.read_only:
+            committer = self._committer
+            if committer.gone or committer.process.poll() is not None or self._write_failed:
+                return False
+            if sqlite_committer.identity(str(self.path)) != self._file:
+                return False  # deleted or replaced: nothing written now would be kept
+            with self._pending_lock:
+                oldest = next(iter(self._pending.values()), None)
+            if oldest is not None and time.monotonic() - oldest.sent > STALLED_SECONDS:
+                return False
         try:
             self._read().execute("SELECT 1").fetchone()
         except sqlite3.Error:

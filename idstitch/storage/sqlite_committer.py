@@ -7,7 +7,7 @@ job ids it made durable. Running SQLite's inserts in their own process takes the
 binding of every row, off the engine's GIL, so both cores do useful work.
 
 It runs as a plain script
-(`python -I -S sqlite_committer.py PATH IN_FD OUT_FD MAX_EVENTS WAL_PAGES`)
+(`python -I -S sqlite_committer.py PATH IN_FD OUT_FD MAX_EVENTS WAL_PAGES FILE_IDENTITY`)
 that needs only the standard library, so it starts in milliseconds and never re-imports the
 engine's own `__main__`.
 
@@ -23,6 +23,7 @@ it, and an index range must not be recorded as complete over events that were lo
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 from multiprocessing.connection import Connection
@@ -153,19 +154,47 @@ def _checkpoint(conn: sqlite3.Connection) -> bool:
     return bool(busy == 0 and log == done)
 
 
+def identity(path: str) -> str:
+    """Which file `path` names now (device and inode), or "" when it names none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def _moved(path: str, expected: str) -> str | None:
+    """Why commits to `path` would be lost, or None: SQLite goes on writing to the file it
+    opened, even after that file was deleted or another was moved over its name."""
+    if identity(path) == expected:
+        return None
+    return (
+        f"the database file {path} was deleted or replaced while the store was open, so "
+        "nothing more can be stored in it; restart idstitch (with the file in place)"
+    )
+
+
 def _size(job: Any) -> int:
     return len(job[2][5]) if job[0] == "rows" else 1
 
 
-def main(path: str, pipe: Connection, replies: Connection, max_events: int, wal_pages: int) -> None:
-    """The committer process's whole life: write what arrives until told to stop."""
+def main(
+    path: str,
+    pipe: Connection,
+    replies: Connection,
+    max_events: int,
+    wal_pages: int,
+    expected: str,
+) -> None:
+    """The committer process's whole life: write what arrives until told to stop.
+    `expected` is the `identity` of the database file the engine opened."""
     # The engine decides when this process ends (None down the pipe, or the pipe's end when
     # the engine is gone): a SIGTERM or SIGINT sent to every process of a service (systemd,
     # a terminal's Ctrl-C) must not cut off the commits of requests still being answered.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = open_writer(path, wal_pages)
-    failed: str | None = None
+    failed: str | None = _moved(path, expected)
     written = 0  # events committed since the WAL last started over
     try:
         while True:
@@ -192,7 +221,7 @@ def main(path: str, pipe: Connection, replies: Connection, max_events: int, wal_
                     break
                 jobs.append(job)
                 size += _size(job)
-            failed = _commit(conn, replies, jobs, failed)
+            failed = _commit(conn, replies, jobs, failed, path, expected)
             written += size
             if stop:
                 return
@@ -201,10 +230,20 @@ def main(path: str, pipe: Connection, replies: Connection, max_events: int, wal_
 
 
 def _commit(
-    conn: sqlite3.Connection, pipe: Connection, jobs: list[Any], failed: str | None
+    conn: sqlite3.Connection,
+    pipe: Connection,
+    jobs: list[Any],
+    failed: str | None,
+    path: str,
+    expected: str,
 ) -> str | None:
+    moved = _moved(path, expected)
+    if moved is not None:  # for good: a reset cannot bring the file back
+        _reply(pipe, ("err", [job[1] for job in jobs], moved))
+        return moved
     done: list[int] = []
     refused: list[int] = []
+    why = failed
     try:
         conn.execute("BEGIN IMMEDIATE")
         for kind, job_id, payload in jobs:
@@ -212,6 +251,7 @@ def _commit(
                 failed = None
             elif failed is not None and kind in ("rows", "index"):
                 refused.append(job_id)
+                why = failed
                 continue
             elif kind == "rows":
                 write_rows(conn, payload)
@@ -227,10 +267,14 @@ def _commit(
         failed = f"{type(err).__name__}: {err}"
         _reply(pipe, ("err", [job[1] for job in jobs], failed))
         return failed
+    moved = _moved(path, expected)  # between the check above and the commit
+    if moved is not None:
+        _reply(pipe, ("err", [job[1] for job in jobs], moved))
+        return moved
     if done:
         _reply(pipe, ("ok", done))
     if refused:
-        _reply(pipe, ("err", refused, f"an earlier write failed ({failed})"))
+        _reply(pipe, ("err", refused, f"an earlier write failed ({why})"))
     return failed
 
 
@@ -244,11 +288,12 @@ def _reply(pipe: Connection, message: tuple[Any, ...]) -> None:
 if __name__ == "__main__":
     import sys
 
-    _path, _in, _out, _max, _wal = sys.argv[1:6]
+    _path, _in, _out, _max, _wal, _file = sys.argv[1:7]
     main(
         _path,
         Connection(int(_in), writable=False),
         Connection(int(_out), readable=False),
         int(_max),
         int(_wal),
+        _file,
     )

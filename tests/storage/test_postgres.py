@@ -185,6 +185,29 @@ def test_a_store_keyed_on_whole_values_is_migrated_to_digests(postgres_url: str)
         engine.close()
 
 
+@pytest.mark.postgres
+def test_connections_the_server_dropped_are_replaced_before_a_request_uses_them(
+    postgres_url: str,
+) -> None:
+    # After a server restart or pg_terminate_backend, the first write and each pooled read
+    # connection failed one request with 503 before the pool noticed.
+    engine = Engine(settings_from({"storage": {"url": postgres_url}}), tune_gc=False)
+    store = engine.store
+    assert isinstance(store, PostgresStore)
+    try:
+        engine.ingest(msg("identify", userId="u1", traits={"plan": "pro"}))
+        pids = set()
+        for pool in (store._writer, store._pool):
+            with pool.connection() as conn:
+                pids.add(conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+        for pid in pids:
+            pgserver.admin_execute(f"SELECT pg_terminate_backend({int(pid)})")
+        assert engine.ingest(msg("track", event="E", userId="u1")).outcome == "attached"
+        assert engine.traits("user_id:u1") == {"plan": "pro"}
+    finally:
+        engine.close()
+
+
 def _open_and_report(url: str, barrier: Any, out: Any) -> None:
     barrier.wait(timeout=30)
     store = PostgresStore(url)

@@ -14,6 +14,8 @@ import pytest
 
 from idstitch.engine import Engine, Ticket
 from idstitch.errors import Overloaded, ProfileNotFound, StorageError
+from idstitch.http import tracking
+from idstitch.http.app import App
 from tests.http.conftest import (
     OTHER_KEY,
     READ,
@@ -521,6 +523,19 @@ def test_failed_commit_answers_503_and_logs_the_reason_for_the_operator(
     assert len(logged) == 1  # one line per route and ten seconds
     assert logged[0].levelno == logging.WARNING
     assert getattr(logged[0], "fields") == {"route": "track", "reason": reason}  # noqa: B009
+
+
+def test_a_write_the_store_never_confirms_is_answered_503_in_time(
+    client: TestClient, engine: Engine, app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracking, "ACK_TIMEOUT", 0.2)
+    monkeypatch.setattr(engine, "submit", lambda items, source: Ticket(source, items))
+    started = time.perf_counter()
+    response = client.post("/v1/track", json={"userId": "u1", "event": "E"}, headers=WRITE)
+    assert response.status_code == 503
+    assert response.json()["code"] == "storage_error"
+    assert time.perf_counter() - started < 5
+    assert app.bodies.used == 0  # the body's share of the budget is given back
 
 
 def test_tracking_routes_take_post_only(client: TestClient) -> None:

@@ -201,6 +201,7 @@ log = logging.getLogger("idstitch.storage")
 
 RESET_TIMEOUT = 60.0  # seconds a recovery waits for the committer to settle earlier jobs
 STALLED_SECONDS = 15.0  # a write waiting longer than this makes the store unhealthy
+FAILED_SECONDS = 30.0  # a failed write makes the store unhealthy this long, or until a success
 
 
 def _pause(streak: int) -> float:
@@ -960,10 +961,15 @@ class SQLiteStore(Store):
 
     def healthy(self) -> bool:
         """Reads answer and, on a writing store, the committer runs, the last write did not
-        fail and no write has waited longer than `STALLED_SECONDS`."""
+        fail (in the last `FAILED_SECONDS`), no write has waited longer than `STALLED_SECONDS`
+        and the database file is the one opened."""
         if not self.read_only:
             committer = self._committer
-            if committer.gone or committer.process.poll() is not None or self._write_failed:
+            if committer.gone or committer.process.poll() is not None:
+                return False
+            # A failed write counts for a while only: a load balancer that stops sending
+            # traffic on 503 must not keep the store out for ever for want of a success.
+            if self._write_failed and time.monotonic() - self._failed_at < FAILED_SECONDS:
                 return False
             if sqlite_committer.identity(str(self.path)) != self._file:
                 return False  # deleted or replaced: nothing written now would be kept

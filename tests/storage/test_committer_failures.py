@@ -238,3 +238,20 @@ def test_a_full_disk_is_named_when_the_store_cannot_open(
     monkeypatch.setattr(sqlite_module.os, "statvfs", lambda path: Full())
     with pytest.raises(StorageError, match=r"disk I/O error; the disk holding .* is full"):
         SQLiteStore(tmp_path / "b" / "s.db")
+
+
+def test_a_failed_write_makes_the_store_unhealthy_for_a_while_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("idstitch.storage.sqlite.FAILED_SECONDS", 0.5)
+    engine, store = _engine(tmp_path)
+    try:
+        store._failed("OperationalError: database or disk is full")
+        assert not store.healthy()
+        time.sleep(0.7)
+        assert store.healthy()  # no traffic came to prove it, and none will while it is out
+        store._failed("OperationalError: database or disk is full")
+        engine.ingest(msg("track", event="E", userId="u1"))  # recovers, and succeeds
+        assert store.healthy()
+    finally:
+        engine.close()

@@ -117,6 +117,20 @@ def _first_line_digest(path: Path) -> str:
     return hashlib.blake2b(head, digest_size=8).hexdigest()
 
 
+def _progress_name(source: str, path: Path) -> str:
+    """The name a file's position is kept under. A very long path, or one that is not UTF-8,
+    goes by its digest: PostgreSQL's B-tree refuses entries over 2,704 bytes, and neither
+    store keeps a name that is not text."""
+    where = str(path.resolve())
+    try:
+        size = len(where.encode())
+    except UnicodeEncodeError:  # a file name that is not UTF-8: no store keeps it as text
+        size = None
+    if size is None or size > 600:
+        where = "blake2b:" + hashlib.blake2b(os.fsencode(where), digest_size=16).hexdigest()
+    return f"{source}|{where}|{_first_line_digest(path)}"
+
+
 def _skip(stream: IO[bytes], offset: int) -> int:
     """Read past the first `offset` bytes (whole lines, as recorded); returns how many lines
     they held, so that a resumed import still names lines by their number in the file."""
@@ -235,7 +249,7 @@ def _import_file(
 ) -> None:
     store = engine.store
     try:
-        name = f"{source}|{path.resolve()}|{_first_line_digest(path)}"
+        name = _progress_name(source, path)
         resume = store.import_offset(name)
         stream, raw = _open(path)
     except _Unreadable as err:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from idstitch.cli import main as cli
 from idstitch.core.messages import parse_time
 from idstitch.engine import Engine
 from idstitch.errors import InvalidMessage, ProfileNotFound
+from idstitch.importer import import_paths
 from idstitch.storage import open_store
 from idstitch.storage import sqlite as sqlite_store
 from idstitch.storage.migrations import NAMES
@@ -413,6 +416,24 @@ def test_traits_page_across_members_removals_and_key_filters(make_engine: MakeEn
         == [t for t in everything if t.key in wanted and t.key >= "k002"][:2]
     )
     assert engine.store.traits(pid, start="\x00") == everything  # a crafted cursor reads all
+
+
+def test_import_resumes_files_with_long_or_non_utf8_paths(
+    make_engine: MakeEngine, tmp_path: Path
+) -> None:
+    # Positions are kept under the file's path: one of 2,800 bytes is past what PostgreSQL
+    # indexes, and a name that is not UTF-8 is not text either store keeps.
+    deep = tmp_path.joinpath(*["d" * 200] * 14)
+    deep.mkdir(parents=True)
+    odd = Path(os.fsdecode(bytes(tmp_path / "odd") + b"\xff.jsonl"))
+    for n, path in enumerate((deep / "f.jsonl", odd)):
+        path.write_text(json.dumps(msg("track", event="E", userId=f"u{n}")) + "\n")
+    engine = make_engine()
+    first = import_paths(engine, [tmp_path])
+    assert (first.files, first.events, first.damaged) == (2, 2, [])
+    again = import_paths(engine, [tmp_path])
+    sizes = sum(len(p.read_bytes()) for p in (deep / "f.jsonl", odd))
+    assert (again.events, again.duplicates, again.skipped_bytes) == (0, 0, sizes)
 
 
 def test_a_read_by_a_profile_merged_away_meanwhile_still_finds_its_data(

@@ -111,9 +111,12 @@ _PROFILES = (
     "SELECT id, canonical_id, segment_id, created_at, merges FROM profiles "
     "WHERE id = ANY(%b::bigint[])"
 )
+# One index range per member (`OFFSET 0` keeps the join from being flattened into a hash of
+# the whole identifiers table, the plan chosen for a table without statistics).
 _STAMPS = (
-    "SELECT m.canonical_id, i.type, i.created_at FROM profiles m "
-    "JOIN identifiers i ON i.profile_id = m.id WHERE m.canonical_id = ANY(%b::bigint[])"
+    "SELECT m.canonical_id, i.type, i.created_at FROM profiles m CROSS JOIN LATERAL "
+    "(SELECT type, created_at FROM identifiers WHERE profile_id = m.id OFFSET 0) AS i "
+    "WHERE m.canonical_id = ANY(%b::bigint[])"
 )
 _RESERVE = "SELECT nextval('profile_id_seq') FROM generate_series(1, %s)"
 # Both in one statement: the ids already stored (second column null), then new event numbers.

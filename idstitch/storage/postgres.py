@@ -50,7 +50,19 @@ _PROFILE_COLUMNS = (
 # The profile and those merged into it. Through the profile's canonical id: a merge committed
 # by another worker between finding a profile and reading it must not empty the answer.
 _CANONICAL = "(SELECT canonical_id FROM profiles WHERE id = %(pid)s)"
-_MEMBERS = f"(SELECT id FROM profiles WHERE canonical_id = {_CANONICAL})"
+
+
+def _each_member(rows: str) -> str:
+    """`FROM` the profile's members, each joined to `rows` (a query that names the member as
+    `m.id`), one index range per member. `OFFSET 0` keeps the planner from flattening the
+    join: on tables without statistics (autovacuum off, or a young table) it would hash the
+    whole table for every read."""
+    return (
+        f"FROM profiles m CROSS JOIN LATERAL ({rows} OFFSET 0) AS x "
+        f"WHERE m.canonical_id = {_CANONICAL}"
+    )
+
+
 # Errors after which the same batch may succeed on a fresh transaction: a deadlock, a
 # serialization failure, a message stored meanwhile by another worker, a lock timeout, and a
 # full lock table (the exclusive attempt needs one lock only).
@@ -68,6 +80,9 @@ RETRYABLE: tuple[type[Exception], ...] = (
 def _configure(conn: psycopg.Connection[Any]) -> None:
     # Durable acknowledgements, whatever the server's default.
     conn.execute("SET synchronous_commit = on")
+    # Every query here reads a few index ranges; a planner that misjudges a young table's
+    # size would compile it to machine code first, which costs milliseconds.
+    conn.execute("SET jit = off")
 
 
 # A writer that stalls inside its transaction (a frozen process, a lost host) holds locks
@@ -304,19 +319,23 @@ class PostgresStore(Store):
     ) -> list[TraitRow]:
         if "\x00" in start:  # no key holds NUL (messages refuse it); PostgreSQL text cannot
             start = start[: start.index("\x00")] + "\x01"
-        sql = (
-            "SELECT DISTINCT ON (t.key) t.key, t.value, t.timestamp, t.source_id FROM traits t "
-            f"WHERE t.profile_id IN {_MEMBERS} AND t.key {{op}} %(above)s"
-        )
-        args: dict[str, Any] = {"pid": pid}
-        if keys is not None:
-            sql += " AND t.key = ANY(%(keys)s::text[])"
-            args["keys"] = sorted(k for k in keys if "\x00" not in k)
-        sql += " ORDER BY t.key, t.timestamp DESC, t.seq DESC"
+        # Each member's keys in order, at most `chunk` of them: a key among the first `chunk`
+        # of the union is then complete (a member that cut it off holds `chunk` smaller keys).
         # Removed traits are among the distinct keys a LIMIT counts: read on until `limit`.
         chunk = None if limit is None else max(limit + 1, 64)
-        if chunk is not None:
-            sql += f" LIMIT {chunk:d}"
+        cut = "" if chunk is None else f" LIMIT {chunk:d}"
+        inner = "SELECT key, value, timestamp, seq, source_id FROM traits WHERE profile_id = m.id "
+        inner += "AND key {op} %(above)s"
+        args: dict[str, Any] = {"pid": pid}
+        if keys is not None:
+            inner += " AND key = ANY(%(keys)s::text[])"
+            args["keys"] = sorted(k for k in keys if "\x00" not in k)
+        sql = (
+            "SELECT DISTINCT ON (x.key) x.key, x.value, x.timestamp, x.source_id "
+            + _each_member(inner + " ORDER BY key" + cut)
+            + " ORDER BY x.key, x.timestamp DESC, x.seq DESC"
+            + cut
+        )
         out: list[TraitRow] = []
         above, op = start, ">="
         while True:
@@ -334,8 +353,12 @@ class PostgresStore(Store):
         rows = [
             ExternalIdRow(*r)
             for r in self._all(
-                "SELECT collection, type, value, source_id, first_message_id, created_at "
-                f"FROM identifiers WHERE profile_id IN {_MEMBERS}",
+                "SELECT x.collection, x.type, x.value, x.source_id, x.first_message_id, "
+                "x.created_at "
+                + _each_member(
+                    "SELECT collection, type, value, source_id, first_message_id, created_at "
+                    "FROM identifiers WHERE profile_id = m.id"
+                ),
                 {"pid": pid},
             )
         ]
@@ -424,9 +447,14 @@ class PostgresStore(Store):
         return [
             LinkRow(r[-1], ProfileRow(*r[:-1]))
             for r in self._all(
-                f"SELECT {_PROFILE_COLUMNS}, max(q.id) AS position FROM links l "
-                f"JOIN profiles q ON q.id = l.{theirs} JOIN profiles p ON p.id = q.canonical_id "
-                f"WHERE l.{mine} IN {_MEMBERS} GROUP BY p.id HAVING max(q.id) > %(after)s "
+                f"SELECT {_PROFILE_COLUMNS}, max(x.other) AS position FROM ("
+                f"SELECT x.{theirs} AS other "
+                + _each_member(f"SELECT {theirs} FROM links WHERE {mine} = m.id")
+                + ") AS x CROSS JOIN LATERAL (SELECT canonical_id FROM profiles "
+                "WHERE id = x.other OFFSET 0) AS q CROSS JOIN LATERAL (SELECT * FROM profiles "
+                "WHERE id = q.canonical_id OFFSET 0) AS p "
+                "GROUP BY p.id, p.segment_id, p.collection, p.created_at, p.merges, "
+                "p.first_message_id, p.first_source_id HAVING max(x.other) > %(after)s "
                 "ORDER BY position LIMIT %(limit)s",
                 args,
             )
@@ -436,10 +464,14 @@ class PostgresStore(Store):
         return [
             MergeRow(*r)
             for r in self._all(
-                "SELECT f.segment_id, i.segment_id, m.message_id, m.source_id, m.timestamp "
-                "FROM merges m JOIN profiles f ON f.id = m.from_id "
-                f"JOIN profiles i ON i.id = m.into_id WHERE m.into_id IN {_MEMBERS} "
-                "ORDER BY m.id",
+                "SELECT (SELECT segment_id FROM profiles WHERE id = x.from_id), "
+                "(SELECT segment_id FROM profiles WHERE id = x.into_id), x.message_id, "
+                "x.source_id, x.timestamp "
+                + _each_member(
+                    "SELECT id, from_id, into_id, message_id, source_id, timestamp FROM merges "
+                    "WHERE into_id = m.id"
+                )
+                + " ORDER BY x.id",
                 {"pid": pid},
             )
         ]

@@ -130,9 +130,15 @@ class App:
                     raise MethodNotAllowed(path, method, "GET")
                 loop = asyncio.get_running_loop()
                 graph = await loop.run_in_executor(
-                    self._reads, explorer.graph, self.engine.store, query(scope)
+                    self._reads,
+                    explorer.graph,
+                    self.engine.store,
+                    query(scope),
+                    self.engine.rules.rank,
                 )
-                await send_json(send, 200, graph, [(b"request-id", self._request_id())])
+                # Profile data: never kept in the browser's disk cache.
+                headers = [(b"request-id", self._request_id()), (b"cache-control", b"no-store")]
+                await send_json(send, 200, graph, headers)
                 status = 200
             elif path in self._explorer:
                 route = "explorer"
@@ -175,8 +181,9 @@ class App:
         self, send: Send, err: IdstitchError, status: int, route: str, profile_api: bool
     ) -> None:
         headers = retry_headers(status)
-        if status == 401 and route != "browser_settings":
-            # Not for the settings analytics.js loads: a page must not prompt its visitors.
+        if status == 401 and route not in ("browser_settings", "explorer_graph"):
+            # Not for what pages fetch (analytics.js's settings, the explorer's graph): the
+            # browser would open its own sign-in dialog over the page.
             headers.append((b"www-authenticate", b'Basic realm="idstitch"'))
         elif isinstance(err, MethodNotAllowed):
             headers.append((b"allow", err.allow.encode()))

@@ -8,19 +8,22 @@ profile, its identifiers (which source added each, and when), the profiles merge
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 from idstitch import profiles
 from idstitch.core.messages import format_time
 from idstitch.errors import InvalidReference
-from idstitch.storage.base import Store
+from idstitch.storage.base import ProfileRow, Store
 
 PAGE_PATH = "/explorer"
 SCRIPT_PATH = "/explorer.js"
 DATA_PATH = "/explorer/graph"
 # What one drawing shows at most; the answer says when there was more. A profile holds at
 # most 1,000 identifiers and 100 merges, but an account may be linked to any number of users.
+MAX_IDENTIFIERS = 1000
+MAX_MERGES = 200
 MAX_LINKS = 200
 MAX_LINKED_IDENTIFIERS = 10
 MAX_TRAITS = 200
@@ -51,9 +54,12 @@ def script() -> bytes:
     return _static("explorer.js")
 
 
-def graph(store: Store, params: dict[str, str]) -> dict[str, Any]:
+def graph(
+    store: Store, params: dict[str, str], rank: Callable[[str], Any] = lambda _: 0
+) -> dict[str, Any]:
     """The drawing's data for `?ref=type:value` or `?ref=segment_id` (users first, then
-    accounts, as `idstitch profile`)."""
+    accounts, as `idstitch profile`). A linked profile is named by its highest-priority
+    identifiers (`rank`, as the identity rules order types)."""
     ref = params.get("ref", "")
     if not ref.strip():
         raise InvalidReference(
@@ -68,6 +74,11 @@ def graph(store: Store, params: dict[str, str]) -> dict[str, Any]:
     row = profiles.find(store, ref)
     linked = store.links(row.pid, limit=MAX_LINKS + 1)
     traits = profiles.traits(store, row, limit=MAX_TRAITS + 1)
+    # Highest priority first, so that a drawing cut short shows the user_id and the email.
+    identifiers = sorted(
+        profiles.external_ids(store, row), key=lambda r: (rank(r["type"]), r["created_at"])
+    )
+    merges = store.merges(row.pid)
     return {
         "ref": ref,
         "profile": {
@@ -77,20 +88,22 @@ def graph(store: Store, params: dict[str, str]) -> dict[str, Any]:
             "first_message_id": row.first_message_id,
             "first_source_id": row.first_source_id,
         },
-        "identifiers": profiles.external_ids(store, row),
-        "merges": [profiles.merge(m) for m in store.merges(row.pid)],
-        "links": [
-            {
-                "segment_id": link.profile.segment_id,
-                "collection": link.profile.collection,
-                "identifiers": [
-                    {"type": r.type, "id": r.id}
-                    for r in store.external_ids(link.profile.pid)[:MAX_LINKED_IDENTIFIERS]
-                ],
-            }
-            for link in linked[:MAX_LINKS]
-        ],
+        "identifiers": identifiers[:MAX_IDENTIFIERS],
+        "more_identifiers": len(identifiers) > MAX_IDENTIFIERS,
+        "merges": [profiles.merge(m) for m in merges[:MAX_MERGES]],
+        "more_merges": len(merges) > MAX_MERGES,
+        "links": [_linked(store, link.profile, rank) for link in linked[:MAX_LINKS]],
         "more_links": len(linked) > MAX_LINKS,
         "traits": dict(list(traits.items())[:MAX_TRAITS]),
         "more_traits": len(traits) > MAX_TRAITS,
+    }
+
+
+def _linked(store: Store, row: ProfileRow, rank: Callable[[str], Any]) -> dict[str, Any]:
+    found = sorted(store.external_ids(row.pid), key=lambda r: (rank(r.type), r.created_at))
+    return {
+        "segment_id": row.segment_id,
+        "collection": row.collection,
+        "identifiers": [{"type": r.type, "id": r.id} for r in found[:MAX_LINKED_IDENTIFIERS]],
+        "more_identifiers": len(found) > MAX_LINKED_IDENTIFIERS,
     }

@@ -13,6 +13,7 @@ from tests.http.conftest import READ, WRITE, TestClient, basic
 def graph(client: TestClient, ref: str) -> dict[str, object]:
     response = client.get(explorer.DATA_PATH, params={"ref": ref}, headers=READ)
     assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"  # profile data stays off disk
     body: dict[str, object] = response.json()
     return body
 
@@ -69,36 +70,58 @@ def test_the_graph_holds_identifiers_merges_links_and_traits(
             "segment_id": engine.profile("group_id:g1")["segment_id"],
             "collection": "accounts",
             "identifiers": [{"type": "group_id", "id": "g1"}],
+            "more_identifiers": False,
         }
     ]
     assert body["traits"] == {"email": "j@x.com", "plan": "pro"}
-    assert body["more_links"] is False and body["more_traits"] is False
-    # The account's side: the user it links to.
+    assert [body[f"more_{k}"] for k in ("identifiers", "merges", "links", "traits")] == [False] * 4
+    # The account's side: the user it links to, named by its highest-priority identifiers
+    # (the user_id and the email before the anonymous ids seen first).
     account = graph(client, "group_id:g1")
     assert account["profile"]["collection"] == "accounts"  # type: ignore[index]
-    assert account["links"][0]["segment_id"] == profile["segment_id"]  # type: ignore[index]
+    (user,) = account["links"]  # type: ignore[misc]
+    assert user["segment_id"] == profile["segment_id"]
+    assert [i["type"] for i in user["identifiers"]] == [
+        "user_id",
+        "email",
+        "anonymous_id",
+        "anonymous_id",
+    ]
     assert account["traits"] == {"name": "Acme"}
 
 
 def test_an_account_linked_to_many_users_is_drawn_with_the_first_few_hundred(
     client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(explorer, "MAX_LINKS", 3)
-    monkeypatch.setattr(explorer, "MAX_TRAITS", 2)
+    for name, value in (("LINKS", 3), ("TRAITS", 2), ("IDENTIFIERS", 1), ("MERGES", 1)):
+        monkeypatch.setattr(explorer, f"MAX_{name}", value)
+    monkeypatch.setattr(explorer, "MAX_LINKED_IDENTIFIERS", 1)
     engine.ingest_batch(
         [msg("group", userId=f"u{n}", groupId="big", traits={f"t{n}": n}) for n in range(5)]
+        + [msg("page", anonymousId=f"a{n}") for n in range(3)]
+        + [msg("identify", userId="u0", anonymousId=f"a{n}") for n in range(3)]
     )
     body = graph(client, "group_id:big")
     assert len(body["links"]) == 3  # type: ignore[arg-type]
     assert body["more_links"] is True
     assert len(body["traits"]) == 2  # type: ignore[arg-type]
     assert body["more_traits"] is True
+    user = graph(client, "user_id:u0")
+    assert (len(user["identifiers"]), user["more_identifiers"]) == (1, True)  # type: ignore[arg-type]
+    assert (len(user["merges"]), user["more_merges"]) == (1, True)  # type: ignore[arg-type]
+    (link,) = user["links"]  # type: ignore[misc]
+    assert (link["identifiers"], link["more_identifiers"]) == (
+        [{"type": "group_id", "id": "big"}],
+        False,
+    )
 
 
 def test_the_graph_needs_an_access_token_and_a_reference(client: TestClient) -> None:
     missing = client.get(explorer.DATA_PATH, params={"ref": "user_id:u1"})
     assert missing.status_code == 401
     assert missing.json()["error"]["code"] == "authentication_error"
+    # The page fetches it: a challenge would open the browser's own sign-in dialog.
+    assert "www-authenticate" not in missing.headers
     # A write key is not an access token.
     wrong = client.get(explorer.DATA_PATH, params={"ref": "user_id:u1"}, headers=WRITE)
     assert wrong.status_code == 401

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import decimal
+import math
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
@@ -60,11 +62,40 @@ def normalize(type_: str, value: Any) -> str | None:
         text = value.strip()
     elif isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    else:
+    elif isinstance(value, int):
         text = str(value)
+    else:
+        number = number_text(value)
+        if number is None:
+            return None
+        text = number
     if type_ == "email":
         text = text.lower()
     return text
+
+
+def number_text(value: float) -> str | None:
+    """A JSON number as JavaScript's `String()` writes it, so that `1000`, `1000.0` and `1e3`
+    name one identifier, as they do in the browser that sent them: integral values without a
+    fraction, exponents only below 1e-6 and from 1e21, `-0` as `0`. None for infinities."""
+    if not math.isfinite(value):
+        return None  # 1e400 reads as infinity: no such id was meant
+    if value == 0:
+        return "0"
+    # The shortest digits that read back as the same double (what repr and JavaScript use).
+    sign, digits, exponent = decimal.Decimal(repr(value)).as_tuple()
+    point = len(digits) + int(exponent)  # the value is 0.<digits> x 10^point
+    shown = "".join(map(str, digits)).rstrip("0")
+    head = "-" if sign else ""
+    if len(shown) <= point <= 21:
+        return head + shown + "0" * (point - len(shown))
+    if 0 < point <= 21:
+        return head + shown[:point] + "." + shown[point:]
+    if -6 < point <= 0:
+        return head + "0." + "0" * -point + shown
+    power = point - 1
+    body = shown[0] + ("." + shown[1:] if len(shown) > 1 else "")
+    return f"{head}{body}e{'+' if power > 0 else '-'}{abs(power)}"
 
 
 def _camel(snake: str) -> str:

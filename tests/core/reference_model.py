@@ -188,7 +188,9 @@ def to_value(type_: str, raw: Any) -> str | None:
     """SPEC 1: values are strings (numbers are stringified), trimmed; e-mails lower-cased."""
     if isinstance(raw, bool):
         return None
-    if isinstance(raw, int | float):
+    if isinstance(raw, float) and raw.is_integer() and abs(raw) < 2**53:
+        text = str(int(raw))  # JavaScript's String(): 7.0 is "7" (the tests draw no others)
+    elif isinstance(raw, int | float):
         text = str(raw)
     elif isinstance(raw, str):
         text = raw.strip()

@@ -48,6 +48,13 @@ class Num:
 
 
 @dataclass(frozen=True)
+class NumFloat:
+    """The same numeric id sent as a JSON number with a fraction part (`7.0`)."""
+
+    k: int
+
+
+@dataclass(frozen=True)
 class NumStr:
     """The same numeric id sent as a string."""
 
@@ -69,6 +76,8 @@ def render(value: Any, ns: int) -> Any:
         return ns * 100 + value.k
     if isinstance(value, NumStr):
         return str(ns * 100 + value.k)
+    if isinstance(value, NumFloat):
+        return float(ns * 100 + value.k)
     if isinstance(value, dict):
         return {k: render(v, ns) for k, v in value.items()}
     if isinstance(value, list):
@@ -94,7 +103,7 @@ JUNK = st.sampled_from(
 )  # fmt: skip
 # Values a call must carry (`userId` / `anonymousId` / `groupId`) may be junk but not empty.
 USER_IDS = st.sampled_from(
-    [Name("#u1"), Name("#u2"), Name("#u3"), Name(" #u1 "), Num(7), NumStr(7)]
+    [Name("#u1"), Name("#u2"), Name("#u3"), Name(" #u1 "), Num(7), NumStr(7), NumFloat(7)]
 )
 ANON_IDS = st.sampled_from([Name("#a1"), Name("#a2"), Name("#a3"), Name("#a4"), Num(8)])
 EMAILS = st.sampled_from(

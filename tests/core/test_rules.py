@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from idstitch.config import settings_from
-from idstitch.errors import ConfigError, ProfileNotFound
+from idstitch.errors import ConfigError, InvalidMessage, ProfileNotFound
 from tests.conftest import MakeEngine
 from tests.helpers import at, ids, msg, sid
 
@@ -86,6 +86,30 @@ def test_overlong_values_are_dropped_with_a_violation(make_engine: MakeEngine) -
     r = engine.ingest(msg("track", userId="u1", anonymousId="a" * 1001))
     assert ids(engine, "user_id:u1") == {"user_id:u1"}
     assert [v.rule for v in r.violations] == ["value_too_long"]
+
+
+def test_numbers_are_written_as_javascript_writes_them(make_engine: MakeEngine) -> None:
+    # A browser sends the same user as 1000 whether it was 1e3 or 1000.0 in its code; a
+    # backend that writes doubles sends 1000.0. All of them are user_id:1000.
+    engine = make_engine()
+    first = engine.ingest('{"type":"track","event":"E","userId":1000}')
+    for raw in ("1000.0", "1e3", "1.0E+3", "1000"):
+        again = engine.ingest('{"type":"track","event":"E","userId":' + raw + "}")
+        assert again.segment_id == first.segment_id, raw
+    assert ids(engine, "user_id:1000") == {"user_id:1000"}
+    small = engine.ingest('{"type":"track","event":"E","userId":1.5e-7,"anonymousId":0.25}')
+    assert ids(engine, "user_id:1.5e-7") == {"user_id:1.5e-7", "anonymous_id:0.25"}
+    assert small.outcome == "created"
+    big = engine.ingest('{"type":"track","event":"E","userId":1.5e21,"anonymousId":2e20}')
+    assert ids(engine, "user_id:1.5e+21") == {
+        "user_id:1.5e+21",
+        "anonymous_id:200000000000000000000",
+    }
+    assert big.outcome == "created"
+    zero = engine.ingest('{"type":"track","event":"E","userId":-0.0}')
+    assert [v.rule for v in zero.violations] == ["blocked_value"]  # "0", like -0 and 0
+    with pytest.raises(InvalidMessage, match="userId"):  # no double holds it
+        engine.ingest('{"type":"track","event":"E","userId":1e400,"anonymousId":"h"}')
 
 
 def test_email_is_trimmed_and_lowercased_and_numbers_are_strings(make_engine: MakeEngine) -> None:

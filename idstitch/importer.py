@@ -117,6 +117,9 @@ def _first_line_digest(path: Path) -> str:
     return hashlib.blake2b(head, digest_size=8).hexdigest()
 
 
+_BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark
+
+
 def _progress_name(source: str, path: Path) -> str:
     """The name a file's position is kept under. A very long path, or one that is not UTF-8,
     goes by its digest: PostgreSQL's B-tree refuses entries over 2,704 bytes, and neither
@@ -274,6 +277,8 @@ def _import_file(
                         f"the line is {length:,} bytes long; the limit is {MAX_LINE_BYTES:,}."
                     )
                 text = line.strip()
+                if line_no == 1 and text.startswith(_BOM):
+                    text = text[len(_BOM) :].strip()  # files written by Windows tools
                 if not text:
                     continue
                 if len(text) > MAX_LINE_BYTES:

@@ -497,3 +497,15 @@ def test_profile_json_answers_refs_that_are_not_utf8(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line.get("error") for line in lines] == ["not_found"] * 3 + [None]
     assert [line["ref"] for line in lines[:3]] == ["user_id:\ufffd", "\ufffd", "user_id:\x00"]
+
+
+def test_import_reads_past_a_byte_order_mark_at_the_start_of_a_file(tmp_path: Path) -> None:
+    cfg = config_file(tmp_path)
+    path = tmp_path / "excel.jsonl"
+    body = "".join(json.dumps(track(i, userId=f"u{i}")) + "\r\n" for i in range(3))
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    code, out = run("import", "--config", str(cfg), str(path))
+    assert code == 0, out
+    assert "invalid lines      │ 0" in out
+    code, out = run("profile", "--config", str(cfg), "--json", "user_id:u0")
+    assert code == 0, out

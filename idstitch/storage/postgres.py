@@ -91,6 +91,9 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 WRITE_STALL_SECONDS = 30
 
 
+WRITE_CONNECTION_WAIT = 10.0  # seconds a batch waits for the writer's connection
+
+
 def _configure_writer(conn: psycopg.Connection[Any]) -> None:
     _configure(conn)
     conn.execute(f"SET idle_in_transaction_session_timeout = '{WRITE_STALL_SECONDS}s'")
@@ -198,6 +201,9 @@ class PostgresStore(Store):
             kwargs={"autocommit": True},
             configure=_configure_writer,
             check=ConnectionPool.check_connection,
+            # While the server is down a batch fails after this wait, not the pool's 30 s
+            # default, so the batches queued behind it are answered sooner.
+            timeout=WRITE_CONNECTION_WAIT,
             name="idstitch-writer",
         )
         try:

@@ -94,7 +94,8 @@ def authenticate(settings: Settings, scope: Scope) -> None:
         matched |= same_secret(candidate, token)
     if not matched:
         raise AuthenticationError(
-            "the access token is not configured; use a token from [[access_tokens]] in the config."
+            "this access token is not one of the server's; use a token from [[access_tokens]] "
+            "in the config."
         )
 
 

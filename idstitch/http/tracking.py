@@ -79,8 +79,8 @@ def source_for_key(engine: Engine, key: Any, where: str) -> Source:
     source = engine.settings.source_for_key(key)
     if source is None:
         raise AuthenticationError(
-            f"the write key in {where} is not configured; use the write_key of one of the "
-            "[[sources]] in the config."
+            f"the write key in {where} is not one of the server's; use the write_key of one "
+            "of the [[sources]] in the config."
         )
     return source
 

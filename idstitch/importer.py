@@ -24,7 +24,7 @@ from typing import IO, cast
 
 import msgspec
 
-from idstitch.core.identifiers import Extracted
+from idstitch.core.identifiers import Extracted, is_text
 from idstitch.core.messages import Prepared
 from idstitch.engine import Engine, Ticket
 from idstitch.errors import InvalidMessage
@@ -125,11 +125,7 @@ def _progress_name(source: str, path: Path) -> str:
     goes by its digest: PostgreSQL's B-tree refuses entries over 2,704 bytes, and neither
     store keeps a name that is not text."""
     where = str(path.resolve())
-    try:
-        size = len(where.encode())
-    except UnicodeEncodeError:  # a file name that is not UTF-8: no store keeps it as text
-        size = None
-    if size is None or size > 600:
+    if not is_text(where) or len(where.encode()) > 600:
         where = "blake2b:" + hashlib.blake2b(os.fsencode(where), digest_size=16).hexdigest()
     return f"{source}|{where}|{_first_line_digest(path)}"
 

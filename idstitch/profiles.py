@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from idstitch.core.identifiers import ACCOUNTS, USERS, parse_ref
+from idstitch.core.identifiers import ACCOUNTS, USERS, is_text, parse_ref
 from idstitch.core.messages import format_time
 from idstitch.errors import InvalidReference, ProfileNotFound
 from idstitch.storage.base import (
@@ -38,7 +38,7 @@ def find(store: Store, ref: str, collection: str | None = None) -> ProfileRow:
         )
     parsed = parse_ref(ref, collection)
     row: ProfileRow | None = None
-    if not _storable(ref):
+    if "\x00" in ref or not is_text(ref):
         pass  # no identifier, type or segment_id holds a NUL or a lone surrogate
     elif isinstance(parsed, str):
         row = store.find_by_segment_id(parsed)
@@ -50,16 +50,6 @@ def find(store: Store, ref: str, collection: str | None = None) -> ProfileRow:
         shown = ref if len(ref) <= 200 else ref[:200] + "..."
         raise ProfileNotFound(f"no {collection or 'profile'} matches {shown!r}.")
     return row
-
-
-def _storable(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def traits(

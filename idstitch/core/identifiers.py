@@ -237,17 +237,17 @@ class Extractor:
             )
         if len(value) > MAX_VALUE_LENGTH:
             return Dropped(
-                Identifier.of(collection, type_, value[:100] + "..."),
+                Identifier.of(collection, type_, _shown(value) + "..."),
                 "value_too_long",
                 f"{len(value)} characters; the limit is {MAX_VALUE_LENGTH}",
             )
         if "\x00" in value:
             return Dropped(
-                Identifier.of(collection, type_, _shown(value.replace("\x00", "\\x00"))),
+                Identifier.of(collection, type_, _shown(value)),
                 "invalid_value",
                 "the value holds a NUL character; no store keeps it apart from U+FFFD",
             )
-        if not value.isascii() and _has_lone_surrogate(value):
+        if not value.isascii() and not is_text(value):
             return Dropped(
                 Identifier.of(collection, type_, _shown(value)),
                 "invalid_value",
@@ -260,18 +260,20 @@ class Extractor:
         return ident
 
 
-def _has_lone_surrogate(value: str) -> bool:
-    """Whether no store could keep the value as itself: half of a UTF-16 pair is not text."""
+def is_text(value: str) -> bool:
+    """Whether a store can keep `value` as itself: UTF-8 has no form for a lone surrogate
+    (half of a UTF-16 pair, or a byte that was not UTF-8 in a file name)."""
     try:
         value.encode()
     except UnicodeEncodeError:
-        return True
-    return False
+        return False
+    return True
 
 
 def _shown(value: str) -> str:
-    """A value as a violation records it: printable, and short."""
-    return value[:100].encode("utf-8", "backslashreplace").decode()
+    """A value as a violation records it: short, and storable by every store (a lone
+    surrogate and a NUL, which PostgreSQL text refuses, are written as escapes)."""
+    return value[:100].encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
 
 
 def _bad_type(collection: str, type_: Any, raw: Any) -> Dropped:

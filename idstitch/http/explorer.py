@@ -15,7 +15,9 @@ from typing import Any
 from idstitch import profiles
 from idstitch.core.messages import format_time
 from idstitch.errors import InvalidReference
-from idstitch.storage.base import ProfileRow, Store
+from idstitch.storage.base import ExternalIdRow, ProfileRow, Store
+
+Rank = Callable[[str], Any]  # IdentityRules.rank: smaller sorts first
 
 PAGE_PATH = "/explorer"
 SCRIPT_PATH = "/explorer.js"
@@ -54,9 +56,7 @@ def script() -> bytes:
     return _static("explorer.js")
 
 
-def graph(
-    store: Store, params: dict[str, str], rank: Callable[[str], Any] = lambda _: 0
-) -> dict[str, Any]:
+def graph(store: Store, params: dict[str, str], rank: Rank) -> dict[str, Any]:
     """The drawing's data for `?ref=type:value` or `?ref=segment_id` (users first, then
     accounts, as `idstitch profile`). A linked profile is named by its highest-priority
     identifiers (`rank`, as the identity rules order types)."""
@@ -74,10 +74,7 @@ def graph(
     row = profiles.find(store, ref)
     linked = store.links(row.pid, limit=MAX_LINKS + 1)
     traits = profiles.traits(store, row, limit=MAX_TRAITS + 1)
-    # Highest priority first, so that a drawing cut short shows the user_id and the email.
-    identifiers = sorted(
-        profiles.external_ids(store, row), key=lambda r: (rank(r["type"]), r["created_at"])
-    )
+    identifiers = [profiles.external_id(r) for r in _by_priority(store, row, rank)]
     merges = store.merges(row.pid)
     return {
         "ref": ref,
@@ -99,8 +96,13 @@ def graph(
     }
 
 
-def _linked(store: Store, row: ProfileRow, rank: Callable[[str], Any]) -> dict[str, Any]:
-    found = sorted(store.external_ids(row.pid), key=lambda r: (rank(r.type), r.created_at))
+def _by_priority(store: Store, row: ProfileRow, rank: Rank) -> list[ExternalIdRow]:
+    """Highest priority first, so that a list cut short shows the user_id and the email."""
+    return sorted(store.external_ids(row.pid), key=lambda r: (rank(r.type), r.created_at))
+
+
+def _linked(store: Store, row: ProfileRow, rank: Rank) -> dict[str, Any]:
+    found = _by_priority(store, row, rank)
     return {
         "segment_id": row.segment_id,
         "collection": row.collection,

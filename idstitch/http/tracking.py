@@ -28,6 +28,7 @@ from idstitch.engine import Engine, Item
 from idstitch.errors import AuthenticationError, InvalidMessage, PayloadTooLarge, StorageError
 from idstitch.http.asgi import Receive, Scope, Send, basic_user, send_bytes
 from idstitch.http.body import BodyBudget, read_body
+from idstitch.storage.base import maybe_stored
 
 # route path -> the message type it implies (None: a batch of typed messages)
 ROUTES: dict[str, str | None] = {
@@ -214,9 +215,7 @@ async def handle(
             await asyncio.wait_for(settled(ticket.future), ACK_TIMEOUT)
         except TimeoutError:
             raise StorageError(
-                f"the store did not confirm the write within {ACK_TIMEOUT:g} s; it may "
-                "still be stored. Retry it: messages with the same messageId are "
-                "deduplicated."
+                maybe_stored(f"the store did not confirm the write within {ACK_TIMEOUT:g} s")
             ) from None
     finally:
         budget.release(reserved)

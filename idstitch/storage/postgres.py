@@ -453,14 +453,14 @@ class PostgresStore(Store):
         return [
             LinkRow(r[-1], ProfileRow(*r[:-1]))
             for r in self._all(
-                f"SELECT {_PROFILE_COLUMNS}, max(x.other) AS position FROM ("
+                f"SELECT {_PROFILE_COLUMNS}, max(l.other) AS position FROM ("
                 f"SELECT x.{theirs} AS other "
                 + _each_member(f"SELECT {theirs} FROM links WHERE {mine} = m.id")
-                + ") AS x CROSS JOIN LATERAL (SELECT canonical_id FROM profiles "
-                "WHERE id = x.other OFFSET 0) AS q CROSS JOIN LATERAL (SELECT * FROM profiles "
+                + ") AS l CROSS JOIN LATERAL (SELECT canonical_id FROM profiles "
+                "WHERE id = l.other OFFSET 0) AS q CROSS JOIN LATERAL (SELECT * FROM profiles "
                 "WHERE id = q.canonical_id OFFSET 0) AS p "
                 "GROUP BY p.id, p.segment_id, p.collection, p.created_at, p.merges, "
-                "p.first_message_id, p.first_source_id HAVING max(x.other) > %(after)s "
+                "p.first_message_id, p.first_source_id HAVING max(l.other) > %(after)s "
                 "ORDER BY position LIMIT %(limit)s",
                 args,
             )

@@ -113,7 +113,7 @@ def rows_from_plans(
                 source,
                 mid,
                 plan.type,
-                plan.event,
+                None if plan.event is None else stored_text(plan.event),
                 ts,
                 plan.received_at,
                 user_pid,
@@ -139,25 +139,17 @@ def rows_from_plans(
         state = graph.profiles.get(pid)
         if state is not None:
             rows.merge_counts.append((state.merges, pid))
-    if any(b"\\u0000" in p.raw for p in plans):  # JSON spells a NUL only so
-        _scrub(rows)
     return rows, seq
 
 
-def _scrub_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(
-        v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v else v for v in row
-    )
-
-
-def _scrub(rows: BatchRows) -> None:
-    """Replace NUL characters in every text column, on every store: PostgreSQL text cannot
-    hold them, and both stores must keep the same thing. (Identifier values and trait keys
-    with NUL never get here; the stored message body keeps the original.)"""
-    for name in ("events", "profiles", "merges", "identifiers", "traits", "links", "violations"):
-        setattr(rows, name, [_scrub_row(r) for r in getattr(rows, name)])
+def stored_text(name: str) -> str:
+    """An event name as every store keeps it: a NUL, which PostgreSQL text cannot hold, as
+    U+FFFD. The event name is the only text column a NUL reaches: identifier values, trait
+    keys and message ids holding one are refused, violations show it escaped, and the
+    stored body keeps the message as sent."""
+    return name.replace("\x00", "\ufffd") if "\x00" in name else name
 
 
 def stored_names(names: frozenset[str]) -> list[str]:
-    """Event names to filter on, as the stores keep names (a NUL as U+FFFD), in order."""
-    return sorted(n.replace("\x00", "\ufffd") for n in names)
+    """Event names to filter on, as `stored_text` keeps them, in order."""
+    return sorted(map(stored_text, names))

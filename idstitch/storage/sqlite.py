@@ -308,8 +308,7 @@ class SQLiteStore(Store):
         self.inflight: set[tuple[str, str]] = set()
         self._broken: str | None = None
         self._failed_at = 0.0  # when the last failure was seen (monotonic)
-        self._streak = 0  # failures seen since the last commit that succeeded
-        self._write_failed = False  # the last write failed: /healthz says so
+        self._streak = 0  # failures seen since the last commit that succeeded (/healthz)
         self.max_commit_events = max_commit_events
         self.wal_pages = wal_pages
         self._pending: dict[int, _Job] = {}
@@ -508,8 +507,8 @@ class SQLiteStore(Store):
                 found = (self._pending.pop(job_id, None) for job_id in job_ids)
                 settled = [job for job in found if job is not None]
             if status == "ok":
-                self._streak = 0
-                self._write_failed = False
+                if self._broken is None:  # not an import offset slipping past a failure
+                    self._streak = 0
             else:
                 self._failed(reply[2])
             for job in settled:
@@ -529,7 +528,6 @@ class SQLiteStore(Store):
             self._broken = why
             self._failed_at = time.monotonic()
             self._streak += 1
-        self._write_failed = True
 
     def _fail_pending(self, why: str) -> None:
         if not self._closing.is_set():
@@ -969,7 +967,7 @@ class SQLiteStore(Store):
                 return False
             # A failed write counts for a while only: a load balancer that stops sending
             # traffic on 503 must not keep the store out for ever for want of a success.
-            if self._write_failed and time.monotonic() - self._failed_at < FAILED_SECONDS:
+            if self._streak and time.monotonic() - self._failed_at < FAILED_SECONDS:
                 return False
             if sqlite_committer.identity(str(self.path)) != self._file:
                 return False  # deleted or replaced: nothing written now would be kept

@@ -193,8 +193,14 @@ def main(
     # a terminal's Ctrl-C) must not cut off the commits of requests still being answered.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    wrong = _moved(path, expected)
+    if wrong is not None:
+        # Started on another file than the engine's (replaced before this committer was
+        # started again): write nothing to it, not even a batch that would go unanswered.
+        _refuse_all(pipe, replies, wrong)
+        return
     conn = open_writer(path, wal_pages)
-    failed: str | None = _moved(path, expected)
+    failed: str | None = None
     written = 0  # events committed since the WAL last started over
     try:
         while True:
@@ -229,6 +235,17 @@ def main(
         conn.close()
 
 
+def _refuse_all(pipe: Connection, replies: Connection, why: str) -> None:
+    while True:
+        try:
+            job = pipe.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        _reply(replies, ("err", [job[1]], why))
+
+
 def _commit(
     conn: sqlite3.Connection,
     pipe: Connection,
@@ -237,10 +254,6 @@ def _commit(
     path: str,
     expected: str,
 ) -> str | None:
-    moved = _moved(path, expected)
-    if moved is not None:  # for good: a reset cannot bring the file back
-        _reply(pipe, ("err", [job[1] for job in jobs], moved))
-        return moved
     done: list[int] = []
     refused: list[int] = []
     why = failed
@@ -267,7 +280,9 @@ def _commit(
         failed = f"{type(err).__name__}: {err}"
         _reply(pipe, ("err", [job[1] for job in jobs], failed))
         return failed
-    moved = _moved(path, expected)  # between the check above and the commit
+    # Checked after the commit, before any acknowledgement: what was just written went to a
+    # file no one will read if the path names another one now (for good: no reset helps).
+    moved = _moved(path, expected)
     if moved is not None:
         _reply(pipe, ("err", [job[1] for job in jobs], moved))
         return moved

@@ -169,6 +169,13 @@ def test_a_database_file_deleted_or_replaced_while_open_refuses_writes(
                 engine.ingest(msg("track", event="E", userId=f"after-{n}"))
             time.sleep(0.6)  # past the pause between recoveries
         assert not store.healthy()
+        # A committer started again finds the other file at the path and writes nothing.
+        store._committer.process.kill()
+        time.sleep(0.6)
+        with pytest.raises(StorageError, match="deleted or replaced"):
+            engine.ingest(msg("track", event="E", userId="after-restart"))
+        if how == "replaced":
+            assert db.stat().st_size == 0
     finally:
         engine.close()
 

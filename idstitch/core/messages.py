@@ -6,6 +6,7 @@ bytes for storage. JSON `null` counts as absent everywhere.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -112,8 +113,45 @@ _FIELD_CODES = {
 }
 
 
-def _decode_error(err: msgspec.DecodeError) -> InvalidMessage:
+# A `\uXXXX` escape: a run of backslashes of odd length before `u` (an even run is escaped
+# backslashes followed by a plain `u`).
+_ESCAPE = re.compile(rb"(\\+)u([0-9a-fA-F]{4})")
+
+
+def lone_surrogate(raw: bytes) -> int | None:
+    """The byte offset of the first `\ud800`-`\udfff` escape in JSON text that is not half of
+    a pair (a high one followed at once by a low one), or None."""
+    pending: int | None = None  # a high half waiting for its low half
+    expected = -1  # where that low half must start
+    for m in _ESCAPE.finditer(raw):
+        if len(m.group(1)) % 2 == 0:
+            continue
+        at = m.end(1) - 1
+        unit = int(m.group(2), 16)
+        if pending is not None:
+            if at == expected and 0xDC00 <= unit <= 0xDFFF:
+                pending = None
+                continue
+            return pending
+        if 0xD800 <= unit <= 0xDBFF:
+            pending, expected = at, m.end()
+        elif 0xDC00 <= unit <= 0xDFFF:
+            return at
+    return pending
+
+
+def _decode_error(err: msgspec.DecodeError, raw: bytes) -> InvalidMessage:
     text = str(err)
+    at = lone_surrogate(raw)
+    if at is not None:
+        # msgspec words this as truncated input or a bad hex escape, which sends the sender
+        # looking in the wrong place.
+        return InvalidMessage(
+            f"the body holds a lone UTF-16 surrogate escape "
+            f"(`{raw[at : at + 6].decode('ascii')}` at byte {at}), which is no character; "
+            "send the character itself, or both halves of its surrogate pair.",
+            "invalid_json",
+        )
     path = text.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in text else ""
     code = _FIELD_CODES.get(path, "invalid_message" if path else "invalid_json")
     field = path[2:] if path.startswith("$.") else path
@@ -151,7 +189,7 @@ def decode_message(raw: bytes) -> Message:
         if not raw.isascii():
             raw.decode()
     except msgspec.DecodeError as err:
-        raise _decode_error(err) from None
+        raise _decode_error(err, raw) from None
     except (RecursionError, UnicodeDecodeError) as err:
         raise _undecodable(err) from None
     return message
@@ -161,7 +199,7 @@ def decode_batch(raw: bytes) -> Batch:
     try:
         return _batch_decoder.decode(raw)
     except msgspec.DecodeError as err:
-        raise _decode_error(err) from None
+        raise _decode_error(err, raw) from None
     except (RecursionError, UnicodeDecodeError) as err:
         raise _undecodable(err) from None
 
@@ -201,12 +239,12 @@ def parse_time(value: str, field: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     try:
-        seconds = moment.timestamp()
+        seconds = moment.astimezone(UTC).timestamp()  # raises past the years 1 to 9999 UTC
     except (OverflowError, ValueError):
-        seconds = float("inf")
-    if not EARLIEST <= seconds <= LATEST:
-        raise _out_of_range(f"field `{field}`: {value!r}")
-    return seconds
+        raise _out_of_range(f"field `{field}`: {value!r}") from None
+    # A float cannot tell the last microseconds of 9999 from the year 10000: they read as the
+    # latest time a float can carry back into a date.
+    return min(seconds, LATEST)
 
 
 def _lenient_time(value: str, field: str) -> datetime:
@@ -386,7 +424,7 @@ def merge_batch_defaults(item: msgspec.Raw, batch: Batch) -> bytes:
     try:
         body = _dict_decoder.decode(item)
     except msgspec.DecodeError as err:
-        raise _decode_error(err) from None
+        raise _decode_error(err, bytes(item)) from None
     except (RecursionError, UnicodeDecodeError) as err:
         raise _undecodable(err) from None
     for key in ("context", "integrations"):

@@ -23,7 +23,7 @@ from idstitch.engine import Engine
 from idstitch.errors import IdstitchError, StorageError
 from idstitch.http import browser, docs, explorer, logs, openapi, profiles, tracking
 from idstitch.http.asgi import JSON, Receive, Scope, Send, query, send_bytes, send_json
-from idstitch.http.body import BodyBudget
+from idstitch.http.body import BodyBudget, unread_body
 from idstitch.http.errors import (
     MethodNotAllowed,
     NotFound,
@@ -41,9 +41,14 @@ _OPS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/")
 # requests/s. A networked store's reads all go to the threads (Store.local_reads).
 _OFFLOADED = frozenset({"events", "links"})
 _INTERNAL = "the server failed on this request; the failure is logged. Retry later."
-_STORE_FAILED = (
-    "the store could not complete this request, and nothing of it was acknowledged; retry "
-    "shortly (the server's log has the reason)."
+# What a caller is told when the store fails (the reason goes to the log). A write that
+# failed or timed out may still have been committed: resending is what makes it safe.
+_STORE_FAILED_WRITE = (
+    "the store could not confirm this request; it may or may not be stored. Resending it is "
+    "safe: messages with the same messageId are stored once (the server's log has the reason)."
+)
+_STORE_FAILED_READ = (
+    "the store could not answer this request; retry shortly (the server's log has the reason)."
 )
 
 
@@ -117,7 +122,7 @@ class App:
                 route = "browser_metrics"
                 if method != "POST":
                     raise MethodNotAllowed(path, method, "POST")
-                status = await browser.metrics(scope, receive, send)
+                status = await browser.metrics(scope, receive, send, self.bodies)
             elif (write_key := browser.settings_key(path)) is not None:
                 route = "browser_settings"
                 if method != "GET":
@@ -156,14 +161,15 @@ class App:
                 route, status = await self._profile(scope, send)
             elif path in _OPS:
                 route = path.strip("/").removesuffix(".json") or "root"
-                if method != "GET":
-                    raise MethodNotAllowed(path, method, "GET")
+                # HEAD too: load balancers probe health with it (the server sends no body).
+                if method not in ("GET", "HEAD"):
+                    raise MethodNotAllowed(path, method, "GET, HEAD")
                 status = await self._ops(path, send)
             else:
                 raise NotFound(f"no route {path}; see /docs for the routes.")
         except IdstitchError as err:
             status = status_of(err)
-            await self._fail(send, err, status, route, profile_api)
+            await self._fail(send, err, status, route, profile_api, unread_body(scope))
         except Exception:
             status = 500
             logs.logger.exception("request failed", extra={"fields": {"route": route}})
@@ -178,9 +184,17 @@ class App:
             self.http.observe(route, status, time.perf_counter() - started)
 
     async def _fail(
-        self, send: Send, err: IdstitchError, status: int, route: str, profile_api: bool
+        self,
+        send: Send,
+        err: IdstitchError,
+        status: int,
+        route: str,
+        profile_api: bool,
+        close: bool = False,
     ) -> None:
         headers = retry_headers(status)
+        if close:
+            headers.append((b"connection", b"close"))
         if status == 401 and route not in ("browser_settings", "explorer_graph"):
             # Not for what pages fetch (analytics.js's settings, the explorer's graph): the
             # browser would open its own sign-in dialog over the page.
@@ -197,7 +211,7 @@ class App:
                 route=route,
                 reason=str(err)[:1000],
             )
-            err = StorageError(_STORE_FAILED)
+            err = StorageError(_STORE_FAILED_READ if profile_api else _STORE_FAILED_WRITE)
         if profile_api:
             headers.append((b"request-id", self._request_id()))
             body = profile_body(err, status)

@@ -15,40 +15,128 @@ from idstitch.http.errors import UnsupportedEncoding
 
 # gzip adds a few bytes per block to data that does not compress; allow for it.
 _GZIP_SLACK = 64 * 1024
-# A body must arrive within this long of the request head, or one client could hold a
-# request (and its memory) open forever by sending a declared body byte by byte.
+# A body must arrive whole within this long of the request head.
 BODY_SECONDS = 60.0
+# ... and, after the first `BODY_GRACE_SECONDS`, at no less than `MIN_BODY_RATE` bytes/s on
+# average: a client that declares a large body and sends a byte now and then is cut off
+# within seconds, not after a minute. Segment's libraries send a whole body at once; a
+# 500 KiB batch over a 2G link (about 6 KB/s) still passes.
+BODY_GRACE_SECONDS = 5.0
+MIN_BODY_RATE = 1024
 # Concatenated gzip members a body may hold: clients send one; each costs a decompressor.
 MAX_GZIP_MEMBERS = 64
-# The request bodies the server holds at once, counted at their largest (the cap of their
-# route, or their declared length when smaller and not compressed). Past it a request is
-# answered 429 at once, before its body is read: a burst of clients cannot run the server
-# out of memory, and they are told to retry while it is still cheap to tell them.
+# The request bodies the server holds at once, counted as their bytes arrive (and at their
+# decompressed size once inflated). Past it a request is answered 429: a burst of clients
+# cannot run the server out of memory, and they are told to retry.
 MAX_BODY_BYTES_IN_FLIGHT = 64 * 1024 * 1024
+# Of that, bodies whose write key is not known yet (no Authorization header: the key is in
+# the body) may hold half, and those from one client address an eighth: clients without a
+# key cannot take the room of requests whose key the server already checked, and one
+# address cannot take all the room of the others.
+UNVERIFIED_SHARE = 2
+PEER_SHARE = 8
+
+
+# Set in the scope once the whole body was received (see `unread_body`).
+BODY_READ = "idstitch.body_read"
+
+
+def unread_body(scope: Scope) -> bool:
+    """Whether the request declared a body that was not read whole: answering it early must
+    close the connection, or a client trickling the rest would keep it open for ever."""
+    if scope.get(BODY_READ):
+        return False
+    length = header(scope, b"content-length")
+    if length is not None:
+        return length.strip() not in (b"", b"0")
+    return header(scope, b"transfer-encoding") is not None
 
 
 class BodyBudget:
-    """Bytes of request bodies in flight (the event loop's own counter: no lock)."""
+    """Bytes of request bodies in flight (the event loop's own counters: no lock)."""
 
     def __init__(self, total: int = MAX_BODY_BYTES_IN_FLIGHT) -> None:
         self.total = total
+        self.unverified_total = total // UNVERIFIED_SHARE
+        self.peer_total = total // PEER_SHARE
         self.used = 0
+        self.unverified = 0
+        self.by_peer: dict[str, int] = {}  # unverified bytes per client address
 
-    def reserve(self, scope: Scope, cap: int) -> int:
-        """Reserve room for this request's body (raises Overloaded); release it when done."""
-        amount = cap
-        length = header(scope, b"content-length")
-        if length is not None and length.isdigit() and header(scope, b"content-encoding") is None:
-            amount = min(int(length), cap)
-        if self.used and self.used + amount > self.total:
+    def hold(self, scope: Scope, *, verified: bool) -> BodyHold:
+        """An empty share for one request's body; it grows as the body arrives."""
+        client = scope.get("client")
+        peer = str(client[0]) if client else ""
+        return BodyHold(self, peer, verified)
+
+
+class BodyHold:
+    """One request's share of the budget: what its body holds now. Release it when done."""
+
+    __slots__ = ("amount", "budget", "peer", "verified")
+
+    def __init__(self, budget: BodyBudget, peer: str, verified: bool) -> None:
+        self.budget = budget
+        self.peer = peer
+        self.verified = verified
+        self.amount = 0
+
+    def grow(self, size: int) -> None:
+        """Count `size` more bytes (raises Overloaded, counting nothing, when they do not fit)."""
+        b = self.budget
+        if b.used + size > b.total:
             raise Overloaded(
-                f"{self.used:,} bytes of request bodies are being read or resolved; retry shortly."
+                f"{b.used:,} bytes of request bodies are being read or resolved; retry shortly."
             )
-        self.used += amount
-        return amount
+        if not self.verified:
+            if b.unverified + size > b.unverified_total:
+                raise Overloaded(
+                    f"{b.unverified:,} bytes of request bodies without an Authorization header "
+                    "are being read; retry shortly, or send the write key as the HTTP Basic "
+                    "user name."
+                )
+            held = b.by_peer.get(self.peer, 0)
+            if held + size > b.peer_total:
+                raise Overloaded(
+                    f"this client address holds {held:,} bytes of request bodies not yet "
+                    "authenticated; retry shortly, or send the write key as the HTTP Basic "
+                    "user name."
+                )
+            b.unverified += size
+            b.by_peer[self.peer] = held + size
+        b.used += size
+        self.amount += size
 
-    def release(self, amount: int) -> None:
-        self.used -= amount
+    def resize(self, size: int) -> None:
+        """Count the body at `size` bytes from now on (its decompressed size, say)."""
+        if size > self.amount:
+            self.grow(size - self.amount)
+        elif size < self.amount:
+            self._give_back(self.amount - size)
+
+    def verify(self) -> None:
+        """The body's write key was checked: its bytes no longer count as unverified."""
+        if not self.verified:
+            self._unverified_back(self.amount)
+            self.verified = True
+
+    def release(self) -> None:
+        self._give_back(self.amount)
+
+    def _give_back(self, size: int) -> None:
+        if not self.verified:
+            self._unverified_back(size)
+        self.budget.used -= size
+        self.amount -= size
+
+    def _unverified_back(self, size: int) -> None:
+        b = self.budget
+        b.unverified -= size
+        left = b.by_peer.get(self.peer, 0) - size
+        if left > 0:
+            b.by_peer[self.peer] = left
+        else:
+            b.by_peer.pop(self.peer, None)
 
 
 def _too_large(amount: str, cap: int, single: bool, *, compressed: bool = False) -> PayloadTooLarge:
@@ -65,8 +153,11 @@ def _too_large(amount: str, cap: int, single: bool, *, compressed: bool = False)
     )
 
 
-async def read_body(scope: Scope, receive: Receive, cap: int, *, single: bool = False) -> bytes:
-    """The decoded body, at most `cap` bytes after decompression (raises PayloadTooLarge).
+async def read_body(
+    scope: Scope, receive: Receive, cap: int, hold: BodyHold, *, single: bool = False
+) -> bytes:
+    """The decoded body, at most `cap` bytes after decompression (raises PayloadTooLarge),
+    counted in `hold` as it arrives (raises Overloaded when the budget is full).
 
     `single` words the 413 for a one-message route, where the body is the message."""
     # Every Content-Encoding header counts (a second one, or a list, is another encoding).
@@ -87,9 +178,17 @@ async def read_body(scope: Scope, receive: Receive, cap: int, *, single: bool = 
     chunks: list[bytes] = []
     size = 0
     more = True
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    last = started + BODY_SECONDS
     try:
-        async with asyncio.timeout(BODY_SECONDS):
+        async with asyncio.timeout(None) as deadline:
             while more:
+                # The next bytes are due when the average since the head would fall below
+                # the minimum rate (never before the grace period ends, never after the last
+                # moment for the whole body).
+                due = started + max(BODY_GRACE_SECONDS, size / MIN_BODY_RATE)
+                deadline.reschedule(min(due, last))
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     raise InvalidMessage(
@@ -100,16 +199,24 @@ async def read_body(scope: Scope, receive: Receive, cap: int, *, single: bool = 
                 if size > wire_cap:
                     over = f"more than {wire_cap:,} bytes" + (" compressed" if gzipped else "")
                     raise _too_large(over, cap, single, compressed=gzipped)
+                hold.grow(len(chunk))
                 chunks.append(chunk)
                 more = message.get("more_body", False)
     except TimeoutError:
+        if loop.time() >= last:
+            why = f"did not arrive within {BODY_SECONDS:.0f} seconds"
+        else:
+            why = f"arrived slower than {MIN_BODY_RATE:,} bytes per second ({size:,} bytes so far)"
         raise InvalidMessage(
-            f"the body did not arrive within {BODY_SECONDS:.0f} seconds; send it whole, or "
-            "in smaller requests.",
-            "body_timeout",
+            f"the body {why}; send it whole, or in smaller requests.", "body_timeout"
         ) from None
+    scope[BODY_READ] = True
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return gunzip(body, cap, single) if gzipped else body
+    if not gzipped:
+        return body
+    inflated = gunzip(body, cap, single)
+    hold.resize(len(inflated))
+    return inflated
 
 
 def gunzip(data: bytes, cap: int, single: bool = False) -> bytes:

@@ -21,7 +21,7 @@ import msgspec
 from idstitch.engine import Engine
 from idstitch.http import tracking
 from idstitch.http.asgi import Headers, Receive, Scope, Send, header, send_bytes
-from idstitch.http.body import read_body
+from idstitch.http.body import BodyBudget, read_body
 
 SETTINGS_PREFIX = "/v1/projects/"
 SETTINGS_SUFFIX = "/settings"
@@ -131,7 +131,11 @@ async def settings(engine: Engine, scope: Scope, send: Send, write_key: str) -> 
     return 200
 
 
-async def metrics(scope: Scope, receive: Receive, send: Send) -> int:
-    await read_body(scope, receive, METRICS_MAX_BYTES)  # bounded, then dropped
+async def metrics(scope: Scope, receive: Receive, send: Send, budget: BodyBudget) -> int:
+    hold = budget.hold(scope, verified=False)  # no key: these bodies carry none
+    try:
+        await read_body(scope, receive, METRICS_MAX_BYTES, hold)  # bounded, then dropped
+    finally:
+        hold.release()
     await send_bytes(send, 200, tracking.SUCCESS)
     return 200

@@ -202,13 +202,16 @@ async def handle(
     source = authenticate_header(engine, scope)
     single = type_ is not None
     cap = MAX_MESSAGE_BYTES if single else MAX_REQUEST_BYTES
-    reserved = budget.reserve(scope, cap)
+    # Counted as its bytes arrive, so a slow client holds only what it sent; one whose key
+    # is in the body counts against the smaller share of unverified bodies until it is known.
+    hold = budget.hold(scope, verified=source is not None)
     try:
-        raw = await read_body(scope, receive, cap, single=single)
+        raw = await read_body(scope, receive, cap, hold, single=single)
         if type_ is not None:
             source, items = prepare_single(engine, raw, type_, source, received_at)
         else:
             source, items = prepare_batch(engine, raw, source, received_at)
+        hold.verify()
         del raw
         ticket = engine.submit(items, source.id)
         try:
@@ -218,6 +221,6 @@ async def handle(
                 maybe_stored(f"the store did not confirm the write within {ACK_TIMEOUT:g} s")
             ) from None
     finally:
-        budget.release(reserved)
+        hold.release()
     await send_bytes(send, 200, SUCCESS)
     return 200

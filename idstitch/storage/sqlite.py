@@ -429,8 +429,36 @@ class SQLiteStore(Store):
             while not self._closing.wait(interval):
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._restart_if_stopped()
         finally:
             conn.close()
+
+    def _restart_if_stopped(self) -> None:
+        """Replace a committer that stopped while no write came (/healthz answers 503 until
+        it is back, and a load balancer that stops sending on 503 never sends the write that
+        would otherwise restart it). A batch that arrives meanwhile recovers it itself."""
+        committer = self._committer
+        if not (committer.gone or committer.process.poll() is not None):
+            return
+        if _pause(self._streak) > time.monotonic() - self._failed_at:
+            return
+        if not self._write_lock.acquire(blocking=False):
+            return  # a batch holds the store: it recovers it
+        try:
+            if self._closing.is_set() or committer is not self._committer:
+                return
+            if self._broken is None:  # stopped without a job pending: nothing failed yet
+                self._failed("the SQLite committer process stopped")
+            self._recover()
+            # The new committer answered a transaction on the right file: writes work again.
+            self._streak = 0
+        except (StorageError, sqlite3.Error) as err:
+            log.warning(
+                "the SQLite committer could not be restarted; trying again",
+                extra={"fields": {"reason": str(err)[:500]}},
+            )
+        finally:
+            self._write_lock.release()
 
     # ---- writes --------------------------------------------------------------------------
     def _start_committer(self) -> None:

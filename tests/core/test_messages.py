@@ -19,7 +19,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from idstitch.core.messages import MAX_MESSAGE_BYTES, format_time, parse_time, prepare
+from idstitch.core.messages import (
+    MAX_MESSAGE_BYTES,
+    decode_batch,
+    format_time,
+    lone_surrogate,
+    parse_time,
+    prepare,
+)
 from idstitch.errors import InvalidMessage, PayloadTooLarge
 from tests.conftest import MakeEngine
 
@@ -293,3 +300,55 @@ def test_format_time_never_fails_on_a_stored_value() -> None:
     assert format_time(1e20).startswith("9999-12-31T23:59:59.")
     assert format_time(-1e20) == "0001-01-01T00:00:00.000Z"
     assert format_time(0) == "1970-01-01T00:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "9999-12-31T23:59:59.999999Z",
+        "9999-12-31T23:59:59.999Z",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T18:59:59.999999-05:00",
+    ],
+)
+def test_the_first_and_last_instants_of_years_1_to_9999_are_accepted(value: str) -> None:
+    seconds = parse_time(value, "timestamp")
+    assert format_time(seconds)[:4] in ("0001", "9999")
+
+
+@pytest.mark.parametrize(
+    "value", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+01:00", "10000-01-01T00:00:00Z"]
+)
+def test_instants_past_the_years_1_to_9999_utc_are_refused(value: str) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse_time(value, "timestamp")
+    assert caught.value.code == "invalid_timestamp"
+
+
+@pytest.mark.parametrize(
+    ("body", "escape"),
+    [
+        (rb'{"userId":"\ud800"}', r"\ud800"),
+        (rb'{"userId":"x","traits":{"\ud800":1}}', r"\ud800"),
+        (rb'{"userId":"\ud800\"}"}', r"\ud800"),
+        (rb'{"userId":"a\udc00b"}', r"\udc00"),
+        (rb'{"userId":"\ud83d\ude00\udfff"}', r"\udfff"),
+    ],
+)
+def test_a_lone_surrogate_escape_is_named_as_such(body: bytes, escape: str) -> None:
+    """msgspec calls these truncated input or a bad hex escape; the answer names the escape."""
+    for raw in (body, b'{"batch":[' + body + b"]}"):
+        with pytest.raises(InvalidMessage) as caught:
+            if raw is body:
+                prepare(raw, type_="identify", received_at=0.0)
+            else:
+                decode_batch(raw)
+        assert caught.value.code == "invalid_json"
+        assert f"lone UTF-16 surrogate escape (`{escape}`" in str(caught.value)
+
+
+def test_pairs_and_escaped_backslashes_are_not_lone_surrogates() -> None:
+    assert lone_surrogate(rb'{"a":"\ud83d\ude00"}') is None
+    assert lone_surrogate(rb'{"a":"\\ud800"}') is None  # a backslash, then the text ud800
+    assert lone_surrogate(rb'{"a":"\\\ud800"}') == 8
+    assert lone_surrogate(rb'{"a":"\ud83d x"}') == 6

@@ -16,7 +16,7 @@ from idstitch.core.messages import MAX_BATCH_ITEMS, MAX_MESSAGE_BYTES, MAX_REQUE
 from idstitch.engine import Engine
 from idstitch.errors import PayloadTooLarge, ProfileNotFound
 from idstitch.http.body import gunzip
-from tests.http.conftest import WRITE, TestClient
+from tests.http.conftest import WRITE, WRITE_KEY, TestClient
 
 GZIP = {**WRITE, "Content-Encoding": "gzip", "Content-Type": "application/json"}
 JSON = {**WRITE, "Content-Type": "application/json"}
@@ -303,10 +303,8 @@ def test_a_body_of_many_gzip_members_is_refused(client: TestClient) -> None:
     assert client.post("/v1/track", content=few, headers=GZIP).status_code == 200
 
 
-def test_bodies_past_the_in_flight_budget_get_429_before_they_are_read(
-    client: TestClient,
-) -> None:
-    """The budget counts each request at its cap (or its declared, uncompressed length)."""
+def test_bodies_past_the_in_flight_budget_get_429_as_they_arrive(client: TestClient) -> None:
+    """The budget counts each body's bytes as they arrive."""
     bodies = client.app.bodies  # type: ignore[attr-defined]
     bodies.used = bodies.total - 1000  # as if other requests held the rest
     try:
@@ -319,3 +317,49 @@ def test_bodies_past_the_in_flight_budget_get_429_before_they_are_read(
     finally:
         bodies.used -= bodies.total - 1000
     assert bodies.used == 0  # every request gave its reservation back
+
+
+def test_bodies_without_a_key_header_have_a_share_of_their_own(client: TestClient) -> None:
+    """A body whose key is inside it counts against the unverified share until its key is
+    checked, and against its client address's share: keyed requests keep the rest."""
+    bodies = client.app.bodies  # type: ignore[attr-defined]
+    in_body = {"writeKey": WRITE_KEY, "userId": "b", "event": "E"}
+    bodies.unverified = bodies.unverified_total - 10  # as if others held the unverified share
+    try:
+        refused = client.post("/v1/track", json=in_body)
+        assert refused.status_code == 429, refused.text
+        assert "Authorization header" in refused.json()["message"]
+        keyed = client.post("/v1/track", json={"userId": "b", "event": "E"}, headers=WRITE)
+        assert keyed.status_code == 200, keyed.text
+    finally:
+        bodies.unverified -= bodies.unverified_total - 10
+    peer = "testclient"  # the test client's address
+    bodies.by_peer[peer] = bodies.peer_total - 10  # as if this address held its whole share
+    try:
+        refused = client.post("/v1/track", json=in_body)
+        assert refused.status_code == 429, refused.text
+        assert "this client address" in refused.json()["message"]
+    finally:
+        bodies.by_peer[peer] -= bodies.peer_total - 10
+    assert client.post("/v1/track", json=in_body).status_code == 200
+    assert (bodies.used, bodies.unverified) == (0, 0)
+    assert not any(bodies.by_peer.values())
+
+
+def test_a_gzip_body_counts_at_its_decompressed_size_while_it_is_resolved(
+    client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bodies = client.app.bodies  # type: ignore[attr-defined]
+    raw = json.dumps({"batch": [{"type": "track", "userId": "gz", "event": "E" * 5000}] * 20})
+    seen: list[int] = []
+    submit = engine.submit
+
+    def watching(items: list[Any], source: str) -> Any:
+        seen.append(bodies.used)
+        return submit(items, source)
+
+    monkeypatch.setattr(engine, "submit", watching)
+    response = client.post("/v1/batch", content=gzip.compress(raw.encode()), headers=GZIP)
+    assert response.status_code == 200, response.text
+    assert seen == [len(raw)]
+    assert bodies.used == 0

@@ -21,10 +21,14 @@ from tests.http.conftest import READ, TOKEN, WRITE, WRITE_KEY, TestClient, basic
 
 def test_healthz(client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.head("/healthz").status_code == 200  # what many load balancers send
     monkeypatch.setattr(engine.store, "healthy", lambda: False)
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable"}
+    assert client.head("/healthz").status_code == 503
+    refused = client.post("/healthz")
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
 
 
 def metric(text: str, name: str) -> float:

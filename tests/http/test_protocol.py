@@ -106,9 +106,60 @@ def test_a_body_that_stops_arriving_is_refused(monkeypatch: pytest.MonkeyPatch) 
         "type": "http",
         "headers": [(b"authorization", WRITE["Authorization"].encode())],
     }
+    budget = body.BodyBudget()
+    hold = budget.hold(scope, verified=True)
     with pytest.raises(InvalidMessage) as caught:
-        asyncio.run(body.read_body(scope, receive, 1000))
+        asyncio.run(body.read_body(scope, receive, 1000, hold))
     assert caught.value.code == "body_timeout"
+    assert "did not arrive within" in str(caught.value)
+
+
+def test_a_body_that_arrives_slower_than_the_minimum_rate_is_cut_off_after_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A byte now and then keeps a request alive only through the grace period: the next
+    bytes are due when the average since the head would fall below the minimum rate."""
+    monkeypatch.setattr(body, "BODY_GRACE_SECONDS", 0.3)
+    monkeypatch.setattr(body, "MIN_BODY_RATE", 100)
+    sent = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        await asyncio.sleep(0.05)
+        sent += 1
+        return {"type": "http.request", "body": b" ", "more_body": True}
+
+    scope: dict[str, Any] = {"type": "http", "headers": [], "client": ("192.0.2.1", 1)}
+    budget = body.BodyBudget()
+    hold = budget.hold(scope, verified=False)
+    started = time.monotonic()
+    with pytest.raises(InvalidMessage) as caught:
+        asyncio.run(body.read_body(scope, receive, 100_000, hold))
+    assert caught.value.code == "body_timeout"
+    assert "slower than 100 bytes per second" in str(caught.value)
+    # Cut off at the end of the grace period (0.3 s), long before the 60 s deadline.
+    assert time.monotonic() - started < 5
+    assert 3 <= sent <= 60
+    assert hold.amount == sent and budget.unverified == sent
+    hold.release()
+    assert (budget.used, budget.unverified, budget.by_peer) == (0, 0, {})
+
+
+def test_a_body_that_keeps_the_minimum_rate_is_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the grace period, a body sent in parts five times faster than the minimum rate
+    (50 bytes every 0.1 s against 100 bytes/s) is read whole."""
+    monkeypatch.setattr(body, "BODY_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr(body, "MIN_BODY_RATE", 100)
+    parts = [b"x" * 50 for _ in range(10)]
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0.1)
+        return {"type": "http.request", "body": parts.pop(), "more_body": bool(parts)}
+
+    scope: dict[str, Any] = {"type": "http", "headers": []}
+    hold = body.BodyBudget().hold(scope, verified=True)
+    assert asyncio.run(body.read_body(scope, receive, 1000, hold)) == b"x" * 500
+    assert hold.amount == 500
 
 
 def test_a_pipelined_request_is_not_cut_off_by_the_head_deadline(
@@ -169,3 +220,19 @@ def test_pipelined_heads_are_bounded_one_by_one(served: int) -> None:
     small = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     reply = _exchange(served, small * 600 + b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
     assert reply.count(b"HTTP/1.1 200") == 601
+
+
+def test_head_healthz_is_answered_without_a_body(served: int) -> None:
+    with socket.create_connection(("127.0.0.1", served), timeout=5) as conn:
+        conn.sendall(
+            b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        reply = b""
+        while chunk := conn.recv(65536):  # until the server closes, after the GET
+            reply += chunk
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), reply[:200]
+    # No body after the HEAD answer: what follows is the GET's answer.
+    assert rest.startswith(b"HTTP/1.1 200"), reply[:400]
+    assert rest.endswith(b'{"status":"ok"}')

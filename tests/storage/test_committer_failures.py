@@ -147,6 +147,28 @@ def test_a_stopped_committer_makes_the_store_unhealthy_until_it_goes_on(
         engine.close()
 
 
+def test_a_committer_that_dies_while_idle_is_restarted_without_traffic(tmp_path: Path) -> None:
+    """A load balancer stops sending on 503: the store must come back by itself, not on the
+    next write."""
+    engine, store = _engine(tmp_path)
+    try:
+        engine.ingest(msg("identify", userId="u1", anonymousId="a1", messageId="m1"))
+        old = store._committer.process
+        old.kill()
+        old.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not store.healthy():
+            assert time.monotonic() < deadline, "still unhealthy 10 s after the committer died"
+            time.sleep(0.05)
+        assert store._committer.process is not old
+        assert store._committer.process.poll() is None
+        result = engine.ingest(msg("track", event="E", anonymousId="a1", messageId="m2"))
+        assert result.outcome == "attached"
+        assert _stored(engine) == {"m1", "m2"}
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_a_database_file_deleted_or_replaced_while_open_refuses_writes(
     tmp_path: Path, how: str

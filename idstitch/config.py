@@ -27,11 +27,13 @@ from idstitch.core.rules import (
 )
 from idstitch.errors import ConfigError
 from idstitch.storage import sqlite_url_problem
+from idstitch.storage.base import STALL_SECONDS
 
 DEFAULT_DIR = Path("idstitch-data")
 DEFAULT_CONFIG = DEFAULT_DIR / "idstitch.toml"
 DEFAULT_DB_URL = "sqlite:///idstitch-data/idstitch.db"
 ENV_STORAGE_URL = "IDSTITCH_STORAGE_URL"
+MIN_STALL_SECONDS, MAX_STALL_SECONDS = 1, 300
 
 _TOP_KEYS = {"space_id", "storage", "sources", "access_tokens", "identity"}
 _IDENTITY_KEYS = {
@@ -69,6 +71,9 @@ class Settings:
     access_tokens: tuple[str, ...] = ()
     rules: IdentityRules = field(default_factory=IdentityRules)
     path: Path | None = None
+    # PostgreSQL: how long a write waits on another worker's transaction before that worker
+    # is taken as stalled and its transaction ended (`[storage] stall_seconds`).
+    stall_seconds: float = STALL_SECONDS
 
     def source_for_key(self, write_key: str) -> Source | None:
         for source in self.sources:
@@ -467,7 +472,8 @@ def settings_from(data: Mapping[str, Any], path: Path | None = None) -> Settings
     storage = data.get("storage", {})
     if not isinstance(storage, dict):
         raise _fail("storage", "must be a table", 'write [storage] url = "sqlite:///..."')
-    _check_keys(storage, {"url"}, "storage")
+    _check_keys(storage, {"url", "stall_seconds"}, "storage")
+    stall = _stall_seconds(storage.get("stall_seconds", STALL_SECONDS))
     env_url = os.environ.get(ENV_STORAGE_URL)
     if env_url:
         url = _storage_url(env_url, from_env=True)
@@ -493,7 +499,8 @@ def settings_from(data: Mapping[str, Any], path: Path | None = None) -> Settings
             raise _fail(key, "must be a table", 'write token = "..."')
         _check_keys(spec, {"token"}, key)
         tokens.append(_token(spec.get("token"), key))
-    return _settings(space_id, url, sources, tokens, rules_from(data.get("identity", {})), path)
+    rules = rules_from(data.get("identity", {}))
+    return _settings(space_id, url, sources, tokens, rules, path, stall)
 
 
 def _settings(
@@ -503,10 +510,25 @@ def _settings(
     tokens: Sequence[str],
     rules: IdentityRules,
     path: Path | None,
+    stall_seconds: float,
 ) -> Settings:
     """Checked parts -> Settings, once the secrets are checked against each other."""
     _check_secrets(sources, tokens)
-    return Settings(space_id, url, tuple(sources), tuple(tokens), rules, path)
+    return Settings(space_id, url, tuple(sources), tuple(tokens), rules, path, stall_seconds)
+
+
+def _stall_seconds(value: Any) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not MIN_STALL_SECONDS <= value <= MAX_STALL_SECONDS
+    ):
+        raise _fail(
+            "storage.stall_seconds",
+            f"is {value!r:.60}",
+            f"use a number of seconds from {MIN_STALL_SECONDS:g} to {MAX_STALL_SECONDS:g}",
+        )
+    return float(value)
 
 
 def check(settings: Settings) -> Settings:
@@ -546,7 +568,9 @@ def check(settings: Settings) -> Settings:
         )
     for i, token in enumerate(tokens):
         _token(token, f"access_tokens[{i}]")
-    return _settings(space_id, url, sources, tokens, check_rules(settings.rules), settings.path)
+    rules = check_rules(settings.rules)
+    stall = _stall_seconds(settings.stall_seconds)
+    return _settings(space_id, url, sources, tokens, rules, settings.path, stall)
 
 
 def load(path: str | Path) -> Settings:

@@ -150,7 +150,11 @@ class Engine:
         self.settings = settings
         self.rules = settings.rules
         self.extractor = Extractor(settings.rules)
-        self.store = store if store is not None else open_store(settings.storage_url)
+        self.store = (
+            store
+            if store is not None
+            else open_store(settings.storage_url, stall_seconds=settings.stall_seconds)
+        )
         self.metrics = Metrics()
         self.max_batch = max_batch
         self.max_pending = max_pending

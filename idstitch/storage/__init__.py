@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from idstitch.errors import ConfigError
-from idstitch.storage.base import Store
+from idstitch.storage.base import STALL_SECONDS, Store
 
 
 def sqlite_url_problem(url: str) -> str | None:
@@ -32,7 +32,7 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite:///") :])
 
 
-def open_store(url: str, *, read_only: bool = False) -> Store:
+def open_store(url: str, *, read_only: bool = False, stall_seconds: float = STALL_SECONDS) -> Store:
     """The store `url` names. `read_only` asks for reads alone: the SQLite store then takes
     no writer lock (so it opens beside a running service) and refuses writes; a PostgreSQL
     store is shared by design and opens as usual."""
@@ -48,7 +48,7 @@ def open_store(url: str, *, read_only: bool = False) -> Store:
                 f"storage url {url.split('@')[-1]!r} needs the PostgreSQL extra ({err.name} is "
                 "missing); install it with: pip install 'idstitch[postgres]'"
             ) from None
-        return PostgresStore(url)
+        return PostgresStore(url, stall_seconds=stall_seconds)
     raise ConfigError(
         f"storage url {url!r} names no known store; use sqlite:///path/to/file.db "
         "or postgresql://user@host/dbname."

@@ -20,6 +20,10 @@ from idstitch.core.plan import Plan
 
 SortOrder = Literal["asc", "desc"]
 
+# A store shared by several writers (PostgreSQL): how long a write waits on another writer's
+# transaction before that writer is taken as stalled and its transaction is ended.
+STALL_SECONDS = 10.0
+
 
 class ProfileRow(msgspec.Struct, frozen=True):
     pid: int

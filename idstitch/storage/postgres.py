@@ -10,6 +10,7 @@ connection pool. Install with `pip install 'idstitch[postgres]'`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +25,7 @@ from idstitch.config import redact_url
 from idstitch.errors import StorageError
 from idstitch.storage.base import (
     EVENT_COLUMNS,
+    STALL_SECONDS,
     EventRow,
     ExternalIdRow,
     LinkRow,
@@ -42,6 +44,8 @@ from idstitch.storage.base import (
 from idstitch.storage.migrations import POSTGRES as MIGRATIONS
 from idstitch.storage.pg_batch import Conflict, LockIds, PostgresTransaction
 from idstitch.storage.rows import stored_names
+
+log = logging.getLogger("idstitch.storage")
 
 _PROFILE_COLUMNS = (
     "p.id, p.segment_id, p.collection, p.created_at, p.merges, "
@@ -73,7 +77,7 @@ RETRYABLE: tuple[type[Exception], ...] = (
     errors.UniqueViolation,
     errors.LockNotAvailable,
     errors.OutOfMemory,
-    errors.QueryCanceled,  # a wait that outlasted WRITE_STALL_SECONDS
+    errors.QueryCanceled,  # a statement that outlasted twice the stall bound
 )
 
 
@@ -85,19 +89,43 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SET jit = off")
 
 
-# A writer that stalls inside its transaction (a frozen process, a lost host) holds locks
-# that other workers' batches wait for: PostgreSQL ends such a transaction after this long,
-# and the waiting batches go on (a cancelled wait counts as a conflict and is retried).
-WRITE_STALL_SECONDS = 30
-
+# A writer that stalls inside its transaction (a frozen process or VM, a long GC pause, a
+# lost host) holds locks that other workers' batches wait for. PostgreSQL's own timeouts do
+# not end every such stall: a session waiting for COPY data, or for the rest of a pipeline,
+# is neither idle in transaction nor running a statement. So a batch waits for a lock at most
+# `stall_seconds`; then it ends the transactions of this store's writers that have waited
+# longer than that on their own client (`_FENCE`) and runs again. The stalled writer finds
+# its connection gone and its batch not stored (its callers get 503 and resend).
+# A failed write makes the store unhealthy this long, or until a write succeeds.
+FAILED_SECONDS = 30.0
 
 WRITE_CONNECTION_WAIT = 10.0  # seconds a batch waits for the writer's connection
 
+# Sessions that hold this store's lock (every write transaction takes it first, shared or
+# exclusive: the two-int advisory form, objsubid 2) and have waited on their client, reading
+# or writing, for longer than the stall bound.
+_FENCE = (
+    "SELECT a.pid, pg_terminate_backend(a.pid) FROM pg_locks l "
+    "JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND l.classid::bigint = %s AND l.objid::bigint = 0 AND a.pid <> pg_backend_pid() "
+    "AND a.wait_event IN ('ClientRead', 'ClientWrite') "
+    "AND a.state_change < now() - make_interval(secs => %s)"
+)
 
-def _configure_writer(conn: psycopg.Connection[Any]) -> None:
-    _configure(conn)
-    conn.execute(f"SET idle_in_transaction_session_timeout = '{WRITE_STALL_SECONDS}s'")
-    conn.execute(f"SET statement_timeout = '{WRITE_STALL_SECONDS}s'")
+
+def _writer_settings(stall: float) -> Callable[[psycopg.Connection[Any]], None]:
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        _configure(conn)
+        ms = max(1, round(stall * 1000))
+        conn.execute(f"SET lock_timeout = {ms}")
+        # The server's own bound where it has one; twice the lock wait, so that a batch
+        # stuck behind a stalled writer is ended by its lock timeout first.
+        conn.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+        conn.execute(f"SET statement_timeout = {2 * ms}")
+
+    return configure
 
 
 def _first_line(err: BaseException) -> str:
@@ -154,9 +182,14 @@ class PostgresStore(Store):
         pool_size: int = 4,
         max_attempts: int = 6,
         connect_timeout: float = 10.0,
+        stall_seconds: float = STALL_SECONDS,
     ):
         self.url = redact_url(url)
         self.max_attempts = max_attempts
+        self.stall_seconds = stall_seconds
+        self.fenced = 0  # stalled writers' sessions this store ended
+        self._writing_since: float | None = None  # monotonic start of the batch in progress
+        self._failed_at: float | None = None  # the last failed batch, until one succeeds
         self.conflicts = 0  # batches restarted after a conflict with another writer
         self.exclusive_runs = 0  # batches that ended up running alone
         try:
@@ -199,7 +232,7 @@ class PostgresStore(Store):
             max_size=1,
             open=False,
             kwargs={"autocommit": True},
-            configure=_configure_writer,
+            configure=_writer_settings(stall_seconds),
             check=ConnectionPool.check_connection,
             # While the server is down a batch fails after this wait, not the pool's 30 s
             # default, so the batches queued behind it are answered sooner.
@@ -223,6 +256,18 @@ class PostgresStore(Store):
         after `max_attempts` it runs once more alone, under the store's exclusive lock, which
         no race can defeat. If even that fails, nothing was stored and StorageError says so."""
         distinct = list(dict.fromkeys(keys))
+        self._writing_since = time.monotonic()
+        try:
+            tx = self._run_batch(distinct, work)
+        except BaseException:
+            self._failed_at = time.monotonic()
+            raise
+        finally:
+            self._writing_since = None
+        self._failed_at = None
+        return tx
+
+    def _run_batch(self, distinct: list[str], work: Callable[[Transaction], None]) -> Transaction:
         attempt = 0
         while True:
             attempt += 1
@@ -249,6 +294,8 @@ class PostgresStore(Store):
                     ) from err
                 if isinstance(err, errors.OutOfMemory):
                     attempt = self.max_attempts  # the lock table is full: run alone next
+                if isinstance(err, errors.LockNotAvailable | errors.QueryCanceled):
+                    self._fence()
                 time.sleep(random.uniform(0, 0.002 * attempt))
             except psycopg.Error as err:
                 # It can fail in the COMMIT itself, after the server kept the batch.
@@ -258,6 +305,22 @@ class PostgresStore(Store):
             finally:
                 if exclusive:
                     self.exclusive_runs += 1
+
+    def _fence(self) -> None:
+        """End the write transactions of this store stalled on their own client for longer
+        than the stall bound (see `_FENCE`); logged, since a writer stopped responding."""
+        try:
+            ended = self._all(_FENCE, (self._locks.store & 0xFFFFFFFF, self.stall_seconds))
+        except StorageError as err:
+            log.warning("could not end a stalled writer", extra={"fields": {"reason": str(err)}})
+            return
+        pids = [pid for pid, done in ended if done]
+        if pids:
+            self.fenced += len(pids)
+            log.warning(
+                "ended the transaction of a stalled writer",
+                extra={"fields": {"pids": pids, "stall_seconds": self.stall_seconds}},
+            )
 
     @contextlib.contextmanager
     def batch(self, keys: Iterable[str]) -> Iterator[Transaction]:
@@ -501,6 +564,15 @@ class PostgresStore(Store):
         return Stats(*(int(v) for v in row))
 
     def healthy(self) -> bool:
+        """The server answers, no write has waited longer than the stall bound, and the last
+        write did not fail (in the last `FAILED_SECONDS`): a worker that cannot write says so,
+        even though its reads answer."""
+        now = time.monotonic()
+        since, failed = self._writing_since, self._failed_at
+        if since is not None and now - since > self.stall_seconds:
+            return False
+        if failed is not None and now - failed < FAILED_SECONDS:
+            return False
         try:
             self._all("SELECT 1", timeout=2.0)  # a health check must answer quickly
         except StorageError:

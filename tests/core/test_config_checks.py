@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from idstitch.config import ENV_STORAGE_URL, settings_from
+from idstitch.config import ENV_STORAGE_URL, check, settings_from
 from idstitch.errors import ConfigError
 
 KEY_A = "wk-aaaaaaaaaaaa"
@@ -164,3 +165,19 @@ def test_an_unknown_key_inside_a_limit_is_named() -> None:
     limits = {"phone": {"max": 1, "windw": "ever"}}
     with pytest.raises(ConfigError, match=r"identity\.limits\.phone\.windw"):
         settings_from(_config(identity={"limits": limits}))
+
+
+@pytest.mark.parametrize("value", [0, 0.5, 301, "10", True, float("nan")])
+def test_a_stall_bound_outside_1_to_300_seconds_is_refused(value: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from(_config(storage={"stall_seconds": value}))
+    assert "`storage.stall_seconds`" in str(caught.value)
+    assert "from 1 to 300" in str(caught.value)
+    with pytest.raises(ConfigError) as again:
+        check(replace(settings_from(_config()), stall_seconds=value))
+    assert str(again.value) == str(caught.value)
+
+
+def test_the_stall_bound_defaults_to_10_seconds_and_is_kept() -> None:
+    assert settings_from(_config()).stall_seconds == 10.0
+    assert settings_from(_config(storage={"stall_seconds": 25})).stall_seconds == 25.0

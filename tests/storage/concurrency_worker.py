@@ -55,3 +55,36 @@ def run(
         }
     )
     engine.close()
+
+
+def freeze_in_copy(url: str, stall_seconds: float, out: Any) -> None:
+    """Stop this process (SIGSTOP) inside the COPY of the message `freeze-me`, with the
+    batch's locks held; once continued, report what became of it and of a later message."""
+    import os
+    import signal
+
+    import psycopg
+
+    from idstitch.errors import StorageError
+
+    write_row = psycopg.Copy.write_row
+
+    def freezing(self: psycopg.Copy, row: Any) -> None:
+        write_row(self, row)
+        if "freeze-me" in row:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    psycopg.Copy.write_row = freezing  # type: ignore[method-assign]
+    engine = Engine(
+        settings_from({"storage": {"url": url, "stall_seconds": stall_seconds}}), tune_gc=False
+    )
+    report: dict[str, Any] = {}
+    try:
+        engine.ingest({"type": "identify", "userId": "shared", "messageId": "freeze-me"})
+        report["frozen"] = "stored"
+    except StorageError as err:
+        report["frozen"] = str(err)
+    after = engine.ingest({"type": "track", "event": "E", "userId": "shared", "messageId": "later"})
+    report["later"] = after.outcome
+    out.put(report)
+    engine.close()

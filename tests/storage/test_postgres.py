@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import sys
 import threading
@@ -23,7 +24,6 @@ from idstitch.core.planner import apply_plan, keys_of, plan_message
 from idstitch.engine import Engine
 from idstitch.errors import ConfigError, StorageError
 from idstitch.storage import open_store, pg_batch
-from idstitch.storage import postgres as postgres_module
 from idstitch.storage.base import Transaction
 from idstitch.storage.migrations import NAMES, POSTGRES, SQLITE
 from idstitch.storage.pg_batch import Conflict
@@ -544,18 +544,26 @@ def test_writes_that_fail_inside_the_pipeline_do_not_break_later_ones(
 
 
 def test_a_stalled_writer_cannot_hold_its_locks_for_ever(postgres_url: str) -> None:
-    store = PostgresStore(postgres_url)
+    store = PostgresStore(postgres_url, stall_seconds=7)
     try:
 
         def settings(tx: Transaction) -> None:
             conn = getattr(tx, "conn")  # noqa: B009
-            for name in ("idle_in_transaction_session_timeout", "statement_timeout"):
+            for name in (
+                "idle_in_transaction_session_timeout",
+                "statement_timeout",
+                "lock_timeout",
+            ):
                 seen[name] = conn.execute(f"SHOW {name}").fetchone()[0]
             tx.apply([])
 
         seen: dict[str, str] = {}
         store.run_batch(["uanonymous_id\x1fa"], settings)
-        assert seen == {"idle_in_transaction_session_timeout": "30s", "statement_timeout": "30s"}
+        assert seen == {
+            "idle_in_transaction_session_timeout": "7s",
+            "statement_timeout": "14s",
+            "lock_timeout": "7s",
+        }
     finally:
         store.close()
 
@@ -566,8 +574,7 @@ def test_a_writer_frozen_while_resolving_loses_its_transaction(
 ) -> None:
     # What a stopped process looks like from the server: a transaction that holds locks and
     # goes quiet after `seen`, while the resolver works. PostgreSQL must end it.
-    monkeypatch.setattr(postgres_module, "WRITE_STALL_SECONDS", 1)
-    store = PostgresStore(postgres_url)
+    store = PostgresStore(postgres_url, stall_seconds=1)
     try:
 
         def frozen(tx: Transaction) -> None:
@@ -580,4 +587,102 @@ def test_a_writer_frozen_while_resolving_loses_its_transaction(
             store.run_batch(["uanonymous_id\x1ffrozen"], frozen)
         store.run_batch(["uanonymous_id\x1fafter"], lambda tx: tx.apply([]))  # a fresh one
     finally:
+        store.close()
+
+
+def _hold_like_a_frozen_writer(
+    url: str, key: str, copying: bool
+) -> tuple[psycopg.Connection[Any], list[Any]]:
+    """A session that takes this store's locks as a writer does (the shared store lock, the
+    key's lock) and then goes quiet: idle in its transaction, or inside a COPY waiting for data
+    that never comes. No timeout of its own ends it. Returns the connection and the objects
+    that must stay alive (a COPY object that is collected sends the server a COPY failure)."""
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute("SET idle_in_transaction_session_timeout = 0")
+    conn.execute("SET statement_timeout = 0")
+    schema = conn.execute("SELECT current_schema()").fetchone()
+    assert schema is not None
+    locks = pg_batch.LockIds(schema[0])
+    keep: list[Any] = []
+    conn.execute("BEGIN")
+    conn.execute("SELECT pg_advisory_xact_lock_shared(%s::int, 0)", (locks.store,))
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s || %s, 0))", (locks.prefix, key))
+    if copying:
+        conn.execute("CREATE TEMP TABLE frozen (x int)")
+        cursor = conn.cursor()
+        copy = cursor.copy("COPY frozen FROM STDIN")
+        copy.__enter__()  # the server now waits for COPY data
+        keep += [cursor, copy]
+    return conn, keep
+
+
+@pytest.mark.parametrize("copying", [False, True], ids=["idle-in-transaction", "inside-copy"])
+def test_a_writer_stalled_with_its_locks_is_ended_after_the_stall_bound(
+    postgres_url: str, copying: bool
+) -> None:
+    """Another worker frozen mid-transaction (SIGSTOP, a GC pause, a lost host) must not stall
+    this one for longer than `stall_seconds`; meanwhile this one's /healthz says it cannot write."""
+    store = PostgresStore(postgres_url, stall_seconds=1)
+    key = "uuser_id\x1fshared"
+    frozen, _alive = _hold_like_a_frozen_writer(postgres_url, key, copying)
+    frozen_pid = frozen.info.backend_pid
+    try:
+        health: list[bool] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                health.append(store.healthy())
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        started = time.monotonic()
+        store.run_batch([key], lambda tx: tx.apply([]))
+        waited = time.monotonic() - started
+        done.set()
+        watcher.join(timeout=10)
+        assert 0.9 <= waited < 8, waited
+        assert store.fenced == 1
+        assert False in health  # while it waited past the stall bound
+        assert store.healthy()  # and again once it wrote
+        with psycopg.connect(postgres_url, autocommit=True) as other:
+            ended = other.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (frozen_pid,)
+            ).fetchone()
+        assert ended == (0,)  # its session was ended
+    finally:
+        with contextlib.suppress(Exception):
+            frozen.close()
+        store.close()
+
+
+def test_a_healthy_writer_that_only_holds_a_lock_a_while_is_waited_for(postgres_url: str) -> None:
+    """A session busy on the server (not waiting on its client) is never ended."""
+    store = PostgresStore(postgres_url, stall_seconds=1)
+    key = "uuser_id\x1fbusy"
+    busy = psycopg.connect(postgres_url, autocommit=True)
+    try:
+        schema = busy.execute("SELECT current_schema()").fetchone()
+        assert schema is not None
+        locks = pg_batch.LockIds(schema[0])
+
+        def hold() -> None:
+            with busy.transaction():
+                busy.execute("SELECT pg_advisory_xact_lock_shared(%s::int, 0)", (locks.store,))
+                busy.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s || %s, 0))",
+                    (locks.prefix, key),
+                )
+                busy.execute("SELECT pg_sleep(2.5)")  # working, past the stall bound
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        time.sleep(0.3)
+        store.run_batch([key], lambda tx: tx.apply([]))
+        holder.join(timeout=30)
+        assert store.fenced == 0
+        assert busy.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        busy.close()
         store.close()

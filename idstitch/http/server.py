@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import signal
 import socket
+import sys
+from types import FrameType
 
 import uvicorn
 
@@ -74,6 +78,18 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, remembering the signal that stopped it: the process then ends by
+    that signal itself (see `serve`), whatever uvicorn's and asyncio's handlers made of it."""
+
+    stopped_by: int | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = sig
+        super().handle_exit(sig, frame)
+
+
 def server_for(app: App, host: str, port: int) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
@@ -88,7 +104,7 @@ def server_for(app: App, host: str, port: int) -> uvicorn.Server:
         proxy_headers=False,  # client addresses are never used; skip the middleware
         timeout_graceful_shutdown=DRAIN_SECONDS,
     )
-    return uvicorn.Server(config)
+    return _Server(config)
 
 
 def serve(config_path: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
@@ -120,11 +136,22 @@ def serve(config_path: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT
             fix=f"[identity.sources.{sid}] applies only to a [[sources]] entry with id "
             f"{sid!r} (or to `idstitch import --source {sid}`); correct the id if it is a typo",
         )
+    server = server_for(app, host, port)
     try:
-        server_for(app, host, port).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         # A failed startup never reaches the app's shutdown; close() is idempotent.
         engine.close()
+    stopped_by = getattr(server, "stopped_by", None)
+    if stopped_by is not None:
+        # uvicorn raises the signal again once it has drained, and asyncio's runner turns a
+        # SIGINT into KeyboardInterrupt (the CLI ends by it), but the runner can also swallow
+        # it as a cancellation when it lands just as the server finishes: the process then
+        # exited 0. End by the signal here, as a service manager or a shell expects.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(stopped_by, signal.SIG_DFL)
+        os.kill(os.getpid(), stopped_by)
 
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "serve"]

@@ -21,7 +21,7 @@ import pytest
 from idstitch.config import load
 from idstitch.engine import Engine
 from tests.http.conftest import SPACE, WRITE_KEY, basic
-from tests.http.live import running, start, write_config
+from tests.http.live import free_port, running, start, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -209,3 +209,56 @@ def test_a_host_this_machine_does_not_have_is_named_as_the_problem() -> None:
 
     with pytest.raises(ConfigError, match="pass a --host this machine has"):
         listen("192.0.2.1", 18765)  # TEST-NET-1: documentation addresses, never assigned
+
+
+SWALLOWING = """
+import contextlib, sys
+import uvicorn
+from idstitch.cli import main
+
+@contextlib.contextmanager
+def capture_without_raising_again(self):
+    # What asyncio's runner can make of uvicorn's re-raised SIGINT when it lands as the
+    # server finishes: nothing at all.
+    import signal
+    originals = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in originals.items():
+            signal.signal(s, h)
+
+uvicorn.Server.capture_signals = capture_without_raising_again
+sys.exit(main(["serve", "--config", sys.argv[1], "--port", sys.argv[2]]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_server_ends_by_the_signal_even_when_uvicorn_does_not_raise_it_again(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    config = write_config(tmp_path)
+    port = free_port()
+    log = (tmp_path / "swallow.txt").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SWALLOWING, str(config), str(port)],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == -signum
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()

@@ -564,12 +564,13 @@ class PostgresStore(Store):
         return Stats(*(int(v) for v in row))
 
     def healthy(self) -> bool:
-        """The server answers, no write has waited longer than the stall bound, and the last
-        write did not fail (in the last `FAILED_SECONDS`): a worker that cannot write says so,
-        even though its reads answer."""
+        """The server answers, no write has waited half the stall bound, and the last write
+        did not fail (in the last `FAILED_SECONDS`): a worker that cannot write says so, even
+        though its reads answer. (A write stuck behind a stalled writer waits the whole bound,
+        and is then unhealthy for its second half.)"""
         now = time.monotonic()
         since, failed = self._writing_since, self._failed_at
-        if since is not None and now - since > self.stall_seconds:
+        if since is not None and now - since > self.stall_seconds / 2:
             return False
         if failed is not None and now - failed < FAILED_SECONDS:
             return False

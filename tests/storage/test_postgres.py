@@ -466,7 +466,7 @@ def test_stores_in_other_schemas_never_wait_for_each_other() -> None:
             time.sleep(0.2)
             started = time.monotonic()
             two.run_batch(key, lambda tx: tx.apply([]))
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 5  # a wait would last the 10 s stall bound
             go.set()
             holder.join(10)
             assert errors == []
@@ -490,7 +490,7 @@ def test_a_profile_lock_below_one_already_held_is_tried_never_waited_for(
                 started = time.monotonic()
                 with pytest.raises(Conflict):
                     lock({5})  # below 9 and held elsewhere: a wait here could deadlock
-                assert time.monotonic() - started < 1
+                assert time.monotonic() - started < 5  # a wait would last the 10 s stall bound
                 lock({12})  # above everything held: waited for
             other.rollback()
         assert store.healthy()
@@ -644,7 +644,7 @@ def test_a_writer_stalled_with_its_locks_is_ended_after_the_stall_bound(
         watcher.join(timeout=10)
         assert 0.9 <= waited < 8, waited
         assert store.fenced == 1
-        assert False in health  # while it waited past the stall bound
+        assert False in health  # while it waited past half the stall bound
         assert store.healthy()  # and again once it wrote
         with psycopg.connect(postgres_url, autocommit=True) as other:
             ended = other.execute(

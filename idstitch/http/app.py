@@ -21,7 +21,7 @@ import msgspec
 from idstitch.config import redact_url
 from idstitch.engine import Engine
 from idstitch.errors import IdstitchError, StorageError
-from idstitch.http import browser, docs, explorer, logs, openapi, profiles, tracking
+from idstitch.http import browser, docs, explorer, library, logs, openapi, profiles, tracking
 from idstitch.http.asgi import JSON, Receive, Scope, Send, query, send_bytes, send_json
 from idstitch.http.body import BodyBudget, unread_body
 from idstitch.http.errors import (
@@ -128,6 +128,11 @@ class App:
                 if method != "GET":
                     raise MethodNotAllowed(path, method, "GET")
                 status = await browser.settings(self.engine, scope, send, write_key)
+            elif (script := library.asset(path)) is not None:
+                route = script.route
+                if method not in ("GET", "HEAD"):
+                    raise MethodNotAllowed(path, method, "GET, HEAD")
+                status = await library.serve(self.engine, scope, send, script)
             elif path == explorer.DATA_PATH:
                 route = "explorer_graph"
                 profiles.authenticate(self.engine.settings, scope)
@@ -195,9 +200,9 @@ class App:
         headers = retry_headers(status)
         if close:
             headers.append((b"connection", b"close"))
-        if status == 401 and route not in ("browser_settings", "explorer_graph"):
-            # Not for what pages fetch (analytics.js's settings, the explorer's graph): the
-            # browser would open its own sign-in dialog over the page.
+        if status == 401 and route not in ("browser_settings", "browser_library", "explorer_graph"):
+            # Not for what pages fetch (analytics.js and its settings, the explorer's graph):
+            # the browser would open its own sign-in dialog over the page.
             headers.append((b"www-authenticate", b'Basic realm="idstitch"'))
         elif isinstance(err, MethodNotAllowed):
             headers.append((b"allow", err.allow.encode()))

@@ -378,6 +378,54 @@ def document() -> Schema:
             },
         }
     }
+    script = _text("text/javascript", "The script (gzip when accepted).")
+    paths["/analytics.js/v1/{write_key}/analytics.min.js"] = {
+        "get": {
+            "tags": ["Tracking API"],
+            "operationId": "browser_library",
+            "summary": "analytics.js as the classic snippet loads it, from this server.",
+            "description": (
+                "Segment's browser library (`@segment/analytics-next`, vendored), with the "
+                "write key set in it; it loads its settings and parts from this server. Change "
+                "only the snippet's host to use it. HEAD too."
+            ),
+            "parameters": [
+                {
+                    "name": "write_key",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "A source's write key.",
+                }
+            ],
+            "responses": {
+                "200": script,
+                "401": {**_json(_TRACKING_ERROR, ""), "description": "Unknown write key."},
+                "404": {**_json(_TRACKING_ERROR, ""), "description": "A key holding `/`."},
+            },
+        }
+    }
+    paths["/analytics-next/bundles/{file}"] = {
+        "get": {
+            "tags": ["Tracking API"],
+            "operationId": "browser_bundles",
+            "summary": "The parts analytics.js loads on demand, and its UMD build `index.js`.",
+            "description": "Only the vendored files of the library's `dist/umd`. HEAD too.",
+            "parameters": [
+                {
+                    "name": "file",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "A file name, e.g. `index.js`.",
+                }
+            ],
+            "responses": {
+                "200": script,
+                "404": {**_json(_TRACKING_ERROR, ""), "description": "No such file."},
+            },
+        }
+    }
     paths["/v1/m"] = {
         "post": {
             "tags": ["Tracking API"],

@@ -348,24 +348,19 @@ class Engine:
             tx.apply(fresh)
 
         try:
-            tx = self.store.run_batch(keys, resolve)
+            durable = self.store.write(keys, resolve)
         except Exception as err:
             self._fail(tickets, err)
             return
-        # A store may commit on its own thread: acknowledge when that commit is durable.
-        durable: Future[None] | None = getattr(tx, "done", None)
-        if durable is None:
-            self._acknowledge(tickets, results, fresh, started)
-        else:
 
-            def settle(future: Future[None]) -> None:
-                error = future.exception()
-                if error is not None:
-                    self._fail(tickets, error)
-                else:
-                    self._acknowledge(tickets, results, fresh, started)
+        def settle(future: Future[None]) -> None:
+            error = future.exception()
+            if error is not None:
+                self._fail(tickets, error)
+            else:
+                self._acknowledge(tickets, results, fresh, started)
 
-            durable.add_done_callback(settle)
+        durable.add_done_callback(settle)
 
     def _fail(self, tickets: list[Ticket], err: BaseException) -> None:
         failure = (

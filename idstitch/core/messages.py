@@ -119,8 +119,8 @@ _ESCAPE = re.compile(rb"(\\+)u([0-9a-fA-F]{4})")
 
 
 def lone_surrogate(raw: bytes) -> int | None:
-    """The byte offset of the first `\ud800`-`\udfff` escape in JSON text that is not half of
-    a pair (a high one followed at once by a low one), or None."""
+    """The byte offset of the first `\\uD800`-`\\uDFFF` escape in JSON text that is not half
+    of a pair (a high one followed at once by a low one), or None."""
     pending: int | None = None  # a high half waiting for its low half
     expected = -1  # where that low half must start
     for m in _ESCAPE.finditer(raw):

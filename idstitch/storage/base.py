@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
@@ -130,6 +131,13 @@ class Stats(msgspec.Struct, frozen=True):
     violations: int
 
 
+class IndexLag(msgspec.Struct, frozen=True):
+    """How far derived state (built behind the log) trails the acknowledged messages."""
+
+    messages: int
+    seconds: float
+
+
 class Transaction(ABC):
     """One micro-batch: a graph snapshot plus the means to persist plans against it."""
 
@@ -157,15 +165,22 @@ class Store(ABC):
     def batch(self, keys: Iterable[str]) -> AbstractContextManager[Transaction]:
         """A transaction whose graph covers `keys`; commits durably on a clean exit."""
 
-    def run_batch(self, keys: Iterable[str], work: Callable[[Transaction], None]) -> Transaction:
-        """Run `work` on a `batch(keys)` transaction and commit it; returns that transaction.
+    def write(self, keys: Iterable[str], work: Callable[[Transaction], None]) -> Future[None]:
+        """Run `work` on a `batch(keys)` transaction and commit it; the future completes when
+        the commit is durable (at once for a store that commits before returning).
 
         A store shared by several writers may run `work` again, on a fresh transaction, after
         a conflict; `work` must therefore start from scratch each time it is called.
         """
         with self.batch(keys) as tx:
             work(tx)
-        return tx
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+
+    def index_lag(self) -> IndexLag:
+        """How far derived state trails the log (none for a store that derives nothing)."""
+        return IndexLag(0, 0.0)
 
     @abstractmethod
     def close(self) -> None: ...

@@ -129,6 +129,28 @@ SQLITE: list[tuple[str, str]] = [
     ),
     # PostgreSQL's 0003 re-keys its identifier index; SQLite's already keys on a hash.
     ("0003_identifier_digest", "SELECT 1"),
+    # The log-first write path. What a commit makes durable is the message log (`events`,
+    # appended in `seq` order) and the graph changes (profiles, identifiers, merges, links,
+    # violations, each appended in id order): no index a commit would have to update at
+    # random. Everything else is derived from those tables and lives in the index database
+    # beside this one (`<db>-index`, see `sqlite_index`): events by profile and account, the
+    # dedupe index, identifiers by key and by profile, traits. So these go from here; the
+    # index database is built from the log when the store next opens.
+    (
+        "0004_log_first",
+        """
+        DROP INDEX IF EXISTS events_profile;
+        DROP INDEX IF EXISTS events_account;
+        DROP INDEX IF EXISTS events_seq_hash;
+        DROP INDEX IF EXISTS identifiers_key;
+        DROP INDEX IF EXISTS identifiers_profile;
+        DROP TABLE IF EXISTS traits;
+        DROP TABLE IF EXISTS message_index;
+        DROP TABLE IF EXISTS index_progress;
+        CREATE TABLE store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO store_meta (name, value) VALUES ('store_id', lower(hex(randomblob(16))))
+        """,
+    ),
 ]
 
 # PostgreSQL keeps text keys under a unique index: the database itself then guarantees that no
@@ -247,6 +269,9 @@ POSTGRES: list[tuple[str, str]] = [
             ON identifiers (collection, type, identifier_digest(value));
         """,
     ),
+    # SQLite's 0004 moves everything but the log and the graph out of the commit; PostgreSQL
+    # keeps its indexes (several workers need them inside each transaction).
+    ("0004_log_first", "SELECT 1"),
 ]
 
 NAMES = [name for name, _ in SQLITE]

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import msgspec
@@ -266,6 +267,13 @@ class PostgresStore(Store):
             self._writing_since = None
         self._failed_at = None
         return tx
+
+    def write(self, keys: Iterable[str], work: Callable[[Transaction], None]) -> Future[None]:
+        """`run_batch`: the commit is durable when it returns, so the future is complete."""
+        self.run_batch(keys, work)
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
 
     def _run_batch(self, distinct: list[str], work: Callable[[Transaction], None]) -> Transaction:
         attempt = 0

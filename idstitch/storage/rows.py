@@ -54,9 +54,12 @@ def rows_from_plans(
     graph: Graph,
     seq: int,
     hashes: Mapping[tuple[str, str], int] | None = None,
+    *,
+    traits: bool = True,
 ) -> tuple[BatchRows, int]:
     """Rows for `plans`, numbering events from `seq`; returns the rows and the next seq.
-    `hashes` holds message hashes the store already computed, by (source, message id).
+    `hashes` holds message hashes the store already computed, by (source, message id);
+    `traits=False` leaves out the trait rows (a store that derives them from the log).
 
     Column orders:
       events      (seq, msg_hash, source_id, message_id, type, event, timestamp, received_at,
@@ -124,7 +127,7 @@ def rows_from_plans(
             )
         )
         owner = user_pid if plan.type == "identify" else account_pid
-        if plan.traits and owner is not None:
+        if traits and plan.traits and owner is not None:
             for key, value in plan.traits.items():
                 encoded = None if value is None else _json.encode(value).decode()
                 rows.traits.append((owner, key, encoded, ts, seq, source))

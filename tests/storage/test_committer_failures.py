@@ -20,6 +20,8 @@ from idstitch.config import settings_from
 from idstitch.engine import Engine
 from idstitch.errors import StorageError
 from idstitch.storage.sqlite import SQLiteStore
+from idstitch.storage.sqlite_committer import identity
+from idstitch.storage.sqlite_protocol import Reset
 from tests.helpers import msg
 
 
@@ -85,7 +87,7 @@ def test_killing_the_committer_under_load_never_hangs_and_loses_no_acknowledged_
 
 
 class _EndedPipe:
-    def recv(self) -> None:
+    def recv_bytes(self) -> bytes:
         raise EOFError
 
     def close(self) -> None:
@@ -101,10 +103,11 @@ def test_a_committer_whose_replies_ended_is_replaced_even_before_its_process_exi
     old = store._committer
     os.kill(old.process.pid, signal.SIGSTOP)  # alive, and it will never answer
     try:
-        store._receive_loop(old, _EndedPipe())  # type: ignore[arg-type]
+        old.replies = _EndedPipe()  # type: ignore[assignment]
+        store._receive_loop(old)
         assert old.process.poll() is None
         with pytest.raises(StorageError, match="committer process stopped"):
-            store._send("rows", None).result(timeout=5)  # refused at once, not queued
+            store._send(Reset).result(timeout=5)  # refused at once, not queued
         done = threading.Event()
         result: list[object] = []
 
@@ -205,8 +208,6 @@ def test_a_database_file_deleted_or_replaced_while_open_refuses_writes(
 def test_failures_in_a_row_pause_the_rebuilds_and_one_success_ends_the_pause(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from idstitch.storage import sqlite_committer
-
     engine, store = _engine(tmp_path)
     try:
         engine.ingest(msg("track", event="E", userId="u0"))
@@ -232,7 +233,7 @@ def test_failures_in_a_row_pause_the_rebuilds_and_one_success_ends_the_pause(
         assert loads <= 3, loads  # not one rebuild per batch
         assert any("tries again in" in e for e in errors), errors[:4]
         # The file is back (its identity matches again): writes resume after the pause.
-        monkeypatch.setattr(store, "_file", sqlite_committer.identity(str(store.path)))
+        monkeypatch.setattr(store, "_file", identity(str(store.path)))
         store._committer.process.kill()
         deadline = time.monotonic() + 10
         while True:

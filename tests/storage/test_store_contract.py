@@ -15,8 +15,7 @@ from idstitch.core.messages import parse_time
 from idstitch.engine import Engine
 from idstitch.errors import InvalidMessage, ProfileNotFound
 from idstitch.importer import import_paths
-from idstitch.storage import open_store
-from idstitch.storage import sqlite as sqlite_store
+from idstitch.storage import open_store, sqlite_reads
 from idstitch.storage.migrations import NAMES
 from tests.conftest import MakeEngine
 from tests.helpers import at, msg
@@ -82,7 +81,7 @@ def test_events_of_a_merged_profile_page_in_one_order_across_its_members(
     make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch, per_query: int
 ) -> None:
     # per_query=2: the SQLite store reads a long merge history in parts, merged in order.
-    monkeypatch.setattr(sqlite_store, "MEMBERS_PER_QUERY", per_query)
+    monkeypatch.setattr(sqlite_reads, "MEMBERS_PER_QUERY", per_query)
     engine = make_engine()
     sent: list[tuple[float, int, str]] = []  # (timestamp, arrival, message id)
     for n in range(24):

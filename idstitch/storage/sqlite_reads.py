@@ -1,0 +1,380 @@
+"""Profile reads on the SQLite store: the index up to its watermarks, plus the log past them.
+
+The index database (`sqlite_index`, attached as `ix`) holds events by profile and by account,
+identifiers by key and by profile, and traits, up to its watermarks; the log and the graph
+tables of the main database hold everything committed. A read takes the index's snapshot
+first (its watermarks), then the main database's, which is newer: every row the index names
+is there, and the rows past the watermarks (the tail, a fraction of a second of traffic while
+the indexer keeps up) are read from the log itself. So a message is visible to every read as
+soon as its commit is acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from idstitch.storage.base import (
+    EVENT_COLUMNS,
+    EventRow,
+    ExternalIdRow,
+    LinkRow,
+    MergeRow,
+    ProfileRow,
+    SortOrder,
+    Stats,
+    TraitRow,
+    ViolationRow,
+    event_row,
+    events_column,
+)
+from idstitch.storage.rows import identifier_hash, stored_names
+from idstitch.storage.sqlite_index import Watermarks, trait_rows, watermarks
+
+PROFILE_COLUMNS = (
+    "p.id, p.segment_id, p.collection, p.created_at, p.merges, "
+    "p.first_message_id, p.first_source_id"
+)
+# Member profiles (a profile and those merged into it) per query of `events`.
+MEMBERS_PER_QUERY = 200
+_json_encode = msgspec.json.Encoder().encode
+
+
+def _json_list(values: Any) -> str:
+    return _json_encode(values).decode()
+
+
+@contextlib.contextmanager
+def reading(conn: sqlite3.Connection) -> Iterator[Watermarks]:
+    """One read transaction: the index's snapshot first, then the log's (see the module)."""
+    conn.execute("BEGIN")
+    try:
+        yield watermarks(conn)
+    finally:
+        conn.execute("COMMIT")
+
+
+def members(conn: sqlite3.Connection, pid: int) -> list[int]:
+    """The profile and those merged into it, through its canonical id: a merge committed
+    between finding a profile and reading it must not empty the answer."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM profiles WHERE canonical_id = "
+            "(SELECT canonical_id FROM profiles WHERE id = ?)",
+            (pid,),
+        )
+    ]
+
+
+def _collection(conn: sqlite3.Connection, pid: int) -> str | None:
+    row = conn.execute("SELECT collection FROM profiles WHERE id = ?", (pid,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def find_by_identifier(
+    conn: sqlite3.Connection, collection: str, type_: str, value: str
+) -> ProfileRow | None:
+    h = identifier_hash(collection, type_, value)
+    with reading(conn) as marks:
+        row = conn.execute(
+            f"SELECT {PROFILE_COLUMNS} FROM identifiers i "
+            "JOIN profiles q ON q.id = i.profile_id JOIN profiles p ON p.id = q.canonical_id "
+            "WHERE i.id IN (SELECT id FROM ix.identifier_keys WHERE key_hash = ? UNION ALL "
+            "SELECT id FROM identifiers WHERE id > ? AND key_hash = ?) "
+            "AND i.collection = ? AND i.type = ? AND i.value = ?",
+            (h, marks.identifiers, h, collection, type_, value),
+        ).fetchone()
+    return ProfileRow(*row) if row else None
+
+
+def find_by_segment_id(conn: sqlite3.Connection, segment_id: str) -> ProfileRow | None:
+    row = conn.execute(
+        f"SELECT {PROFILE_COLUMNS} FROM profiles q "
+        "JOIN profiles p ON p.id = q.canonical_id WHERE q.segment_id = ?",
+        (segment_id,),
+    ).fetchone()
+    return ProfileRow(*row) if row else None
+
+
+def external_ids(conn: sqlite3.Connection, pid: int) -> list[ExternalIdRow]:
+    columns = "collection, type, value, source_id, first_message_id, created_at"
+    with reading(conn) as marks:
+        mine = members(conn, pid)
+        rows = [
+            ExternalIdRow(*r)
+            for member in mine
+            for r in conn.execute(
+                f"SELECT {columns} FROM identifiers WHERE id IN "
+                "(SELECT id FROM ix.identifier_profiles WHERE profile_id = ?)",
+                (member,),
+            )
+        ]
+        rows.extend(
+            ExternalIdRow(*r)
+            for r in conn.execute(
+                f"SELECT {columns} FROM identifiers WHERE id > ? "
+                "AND profile_id IN (SELECT value FROM json_each(?))",
+                (marks.identifiers, _json_list(mine)),
+            )
+        )
+    rows.sort(key=lambda r: (r.created_at, r.type, r.id))
+    return rows
+
+
+def _tail_traits(
+    conn: sqlite3.Connection, marks: Watermarks, mine: list[int], keys: frozenset[str] | None
+) -> dict[str, tuple[float, int, str | None, str]]:
+    """The newest trait per key among the members' identify and group events past the
+    watermark: key -> (timestamp, seq, value JSON or None, source_id)."""
+    found = conn.execute(
+        "SELECT seq, type, profile_id, account_id, timestamp, source_id, body FROM events "
+        "WHERE seq > ?1 AND type IN ('identify', 'group') AND (profile_id IN "
+        "(SELECT value FROM json_each(?2)) OR account_id IN (SELECT value FROM json_each(?2)))",
+        (marks.events, _json_list(mine)),
+    ).fetchall()
+    best: dict[str, tuple[float, int, str | None, str]] = {}
+    wanted = set(mine)
+    for owner, key, value, ts, seq, source in trait_rows(found):
+        if owner not in wanted or (keys is not None and key not in keys):
+            continue
+        held = best.get(key)
+        if held is None or (ts, seq) >= held[:2]:
+            best[key] = (ts, seq, value, source)
+    return best
+
+
+def traits(
+    conn: sqlite3.Connection,
+    pid: int,
+    *,
+    start: str = "",
+    limit: int | None = None,
+    keys: frozenset[str] | None = None,
+) -> list[TraitRow]:
+    sql = "SELECT key, value, timestamp, seq, source_id FROM ix.traits WHERE profile_id = ?"
+    args: list[Any] = []
+    if keys is not None:
+        sql += " AND key IN (SELECT value FROM json_each(?))"
+        args.append(_json_list(sorted(keys)))
+    # Each member in key order, `chunk` rows at a time. Keys up to the lowest last key of a
+    # member cut short are complete (every member has given all of its own); removed traits
+    # are skipped, so a page may take more than one round. The tail's traits join each round.
+    chunk = None if limit is None else max(limit + 1, 64)
+    out: list[TraitRow] = []
+    above, inclusive = start, True
+    with reading(conn) as marks:
+        mine = members(conn, pid)
+        tail = _tail_traits(conn, marks, mine, keys)
+        while True:
+            best: dict[str, tuple[float, int, str | None, str]] = {
+                k: v for k, v in tail.items() if k > above or (inclusive and k == above)
+            }
+            bound: str | None = None
+            where = sql + (" AND key >= ?" if inclusive else " AND key > ?") + " ORDER BY key"
+            for member in mine:
+                tail_args = (above,) if chunk is None else (above, chunk)
+                rows = conn.execute(
+                    where + ("" if chunk is None else " LIMIT ?"), (member, *args, *tail_args)
+                ).fetchall()
+                if chunk is not None and len(rows) == chunk:
+                    last = rows[-1][0]
+                    bound = last if bound is None or last < bound else bound
+                for key, value, ts, seq, source in rows:
+                    held = best.get(key)
+                    if held is None or (ts, seq) >= held[:2]:
+                        best[key] = (ts, seq, value, source)
+            for key in sorted(best):
+                if bound is not None and key > bound:
+                    break
+                ts, _, value, source = best[key]
+                if value is not None:
+                    out.append(TraitRow(key, msgspec.json.decode(value), ts, source))
+                    if limit is not None and len(out) >= limit:
+                        return out
+            if bound is None:
+                return out
+            above, inclusive = bound, False
+
+
+def events(
+    conn: sqlite3.Connection,
+    pid: int,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    sort: SortOrder = "desc",
+    after: tuple[float, int] | None = None,
+    limit: int = 10,
+    names: frozenset[str] | None = None,
+    excluded: frozenset[str] | None = None,
+) -> list[EventRow]:
+    with reading(conn) as marks:
+        collection = _collection(conn, pid)
+        if collection is None:
+            return []
+        column = events_column(collection)
+        indexed = "ix.profile_events" if column == "profile_id" else "ix.account_events"
+        where: list[str] = []
+        filters: list[Any] = []
+        # One JSON parameter per list, however long: a query's variables are capped.
+        if names is not None:
+            where.append("e.event IN (SELECT value FROM json_each(?))")
+            filters.append(_json_list(stored_names(names)))
+        if excluded is not None:
+            where.append("(e.event IS NULL OR e.event NOT IN (SELECT value FROM json_each(?)))")
+            filters.append(_json_list(stored_names(excluded)))
+        if start is not None:
+            where.append("k.timestamp >= ?")
+            filters.append(start)
+        if end is not None:
+            where.append("k.timestamp < ?")
+            filters.append(end)
+        if after is not None:
+            where.append("(k.timestamp, k.seq) " + ("<" if sort == "desc" else ">") + " (?, ?)")
+            filters.extend(after)
+        order = "DESC" if sort == "desc" else "ASC"
+        by_name = names is not None or excluded is not None
+        join = " JOIN events e ON e.seq = k.seq" if by_name else ""
+        conditions = "".join(f" AND {w}" for w in where)
+        # One index range per member profile, each cut at `limit`, then merged: a single
+        # `IN (members)` query would sort every event of a merged profile for each page.
+        one = (
+            f"SELECT * FROM (SELECT k.seq, k.timestamp FROM {indexed} k{join} "
+            f"WHERE k.{column} = ?{conditions} "
+            f"ORDER BY k.timestamp {order}, k.seq {order} LIMIT ?)"
+        )
+        mine = members(conn, pid)
+        # The tail: the members' events past the watermark, from the log itself.
+        tail = (
+            "SELECT * FROM (SELECT k.seq, k.timestamp FROM events k"
+            + (" JOIN events e ON e.seq = k.seq" if by_name else "")
+            + f" WHERE k.seq > ? AND k.{column} IN (SELECT value FROM json_each(?)){conditions} "
+            f"ORDER BY k.timestamp {order}, k.seq {order} LIMIT ?)"
+        )
+        rows: list[Any] = []
+        # SQLite caps a compound SELECT at 500 terms: a long merge history goes in parts.
+        parts = [mine[at : at + MEMBERS_PER_QUERY] for at in range(0, len(mine), MEMBERS_PER_QUERY)]
+        for n, part in enumerate(parts):
+            terms = [one] * len(part)
+            args: list[Any] = []
+            for member in part:
+                args.extend((member, *filters, limit))
+            if n == 0:
+                terms.append(tail)
+                args.extend((marks.events, _json_list(mine), *filters, limit))
+            args.append(limit)
+            sql = (
+                f"SELECT {EVENT_COLUMNS} "
+                f"FROM ({' UNION ALL '.join(terms)}) k "
+                "JOIN events e ON e.seq = k.seq "
+                f"LEFT JOIN profiles q ON q.id = e.{column} "
+                "LEFT JOIN profiles p ON p.id = q.canonical_id "
+                f"ORDER BY k.timestamp {order}, k.seq {order} LIMIT ?"
+            )
+            rows.extend(conn.execute(sql, args))
+        if len(parts) > 1:
+            rows.sort(key=lambda r: (r[5], r[0]), reverse=sort == "desc")
+            del rows[limit:]
+        return [event_row(r) for r in rows]
+
+
+def latest_arrival(conn: sqlite3.Connection, pid: int) -> EventRow | None:
+    with reading(conn) as marks:
+        collection = _collection(conn, pid)
+        if collection is None:
+            return None
+        column = events_column(collection)
+        indexed = "ix.profile_events" if column == "profile_id" else "ix.account_events"
+        mine = members(conn, pid)
+        # The tail first: any event there arrived after every indexed one.
+        last = conn.execute(
+            f"SELECT MAX(seq) FROM events WHERE seq > ? AND {column} IN "
+            "(SELECT value FROM json_each(?))",
+            (marks.events, _json_list(mine)),
+        ).fetchone()[0]
+        if last is None:
+            # MAX per member, each from its own index range.
+            seqs = [
+                conn.execute(f"SELECT MAX(seq) FROM {indexed} WHERE {column} = ?", (m,)).fetchone()[
+                    0
+                ]
+                for m in mine
+            ]
+            last = max((s for s in seqs if s is not None), default=None)
+        if last is None:
+            return None
+        r = conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events e "
+            f"LEFT JOIN profiles q ON q.id = e.{column} "
+            "LEFT JOIN profiles p ON p.id = q.canonical_id WHERE e.seq = ?",
+            (last,),
+        ).fetchone()
+    return event_row(r)
+
+
+def links(
+    conn: sqlite3.Connection, pid: int, *, after: int | None = None, limit: int | None = None
+) -> list[LinkRow]:
+    collection = _collection(conn, pid)
+    if collection is None:
+        return []
+    mine, theirs = (
+        ("account_id", "user_id") if collection == "accounts" else ("user_id", "account_id")
+    )
+    ids = members(conn, pid)
+    marks = ",".join("?" * len(ids))
+    args: list[Any] = [*ids, -1 if after is None else after]
+    args.append(-1 if limit is None else limit)
+    return [
+        LinkRow(r[-1], ProfileRow(*r[:-1]))
+        for r in conn.execute(
+            f"SELECT {PROFILE_COLUMNS}, MAX(q.id) AS position FROM links l "
+            f"JOIN profiles q ON q.id = l.{theirs} JOIN profiles p ON p.id = q.canonical_id "
+            f"WHERE l.{mine} IN ({marks}) GROUP BY p.id HAVING position > ? "
+            "ORDER BY position LIMIT ?",
+            args,
+        )
+    ]
+
+
+def merges(conn: sqlite3.Connection, pid: int) -> list[MergeRow]:
+    ids = members(conn, pid)
+    marks = ",".join("?" * len(ids))
+    return [
+        MergeRow(*r)
+        for r in conn.execute(
+            "SELECT f.segment_id, i.segment_id, m.message_id, m.source_id, m.timestamp "
+            "FROM merges m JOIN profiles f ON f.id = m.from_id "
+            f"JOIN profiles i ON i.id = m.into_id WHERE m.into_id IN ({marks}) ORDER BY m.id",
+            ids,
+        )
+    ]
+
+
+def violations(conn: sqlite3.Connection, limit: int = 100) -> list[ViolationRow]:
+    return [
+        ViolationRow(*r)
+        for r in conn.execute(
+            "SELECT source_id, message_id, collection, type, value, rule, detail, timestamp "
+            "FROM violations ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+    ]
+
+
+def stats(conn: sqlite3.Connection) -> Stats:
+    def count(sql: str) -> int:
+        return int(conn.execute(sql).fetchone()[0])
+
+    return Stats(
+        profiles=count("SELECT COUNT(*) FROM profiles WHERE id = canonical_id"),
+        identifiers=count("SELECT COUNT(*) FROM identifiers"),
+        events=count("SELECT COUNT(*) FROM events"),
+        merges=count("SELECT COUNT(*) FROM merges"),
+        violations=count("SELECT COUNT(*) FROM violations"),
+    )

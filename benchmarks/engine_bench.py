@@ -243,7 +243,7 @@ class Stages:
 
 def stages(messages: Sequence[bytes], db: Path, ticket_size: int, window: int) -> Stages:
     from idstitch.core.graph import Graph
-    from idstitch.core.ksuid import segment_id
+    from idstitch.core.ksuid import segment_id_for as segment_id
     from idstitch.core.planner import apply_plan, plan_message
 
     engine = Engine(settings_for(db))

@@ -119,9 +119,9 @@ def serve(config_path: str | None, host: str, port: int) -> None:
 )
 @click.option(
     "--batch-size",
-    default=1000,
+    default=5000,
     show_default=True,
-    type=click.IntRange(1, 10000),
+    type=click.IntRange(1, 50000),
     help="Messages per durable commit.",
 )
 @click.option("--no-progress", is_flag=True, help="Do not draw a progress bar.")
@@ -150,12 +150,13 @@ def import_(
     try:
         files = find_files(list(paths))
         total = sum(f.stat().st_size for f in files)
-        with Engine(settings) as engine:
+        # Bulk: several batches per store transaction (each file's position in the same one).
+        with Engine(settings, max_batch=4 * batch_size) as engine:
             if no_progress or not sys.stderr.isatty():
                 summary = import_paths(engine, list(paths), source=source, batch_size=batch_size)
             else:
                 bar = Progress(
-                    TextColumn("importing"),
+                    TextColumn("{task.description}"),
                     BarColumn(),
                     DownloadColumn(),
                     TransferSpeedColumn(),
@@ -163,7 +164,7 @@ def import_(
                     console=err_console,
                 )
                 with bar:
-                    task = bar.add_task("import", total=total)
+                    task = bar.add_task("importing", total=total)
                     done: dict[str, int] = {"base": 0, "last": 0}
 
                     def advance(position: int) -> None:
@@ -172,8 +173,16 @@ def import_(
                         done["last"] = position
                         bar.update(task, completed=done["base"] + position)
 
+                    def indexing(left: int) -> None:
+                        bar.update(task, description=f"indexing ({left:,} messages left)")
+
                     summary = import_paths(
-                        engine, list(paths), source=source, batch_size=batch_size, progress=advance
+                        engine,
+                        list(paths),
+                        source=source,
+                        batch_size=batch_size,
+                        progress=advance,
+                        indexing=indexing,
                     )
     except IdstitchError as err:
         _fail(err)

@@ -23,7 +23,7 @@ from idstitch import config as config_module
 from idstitch import profiles
 from idstitch.config import Settings
 from idstitch.core.identifiers import Extracted, Extractor
-from idstitch.core.ksuid import segment_id as new_segment_id
+from idstitch.core.ksuid import segment_id_for as new_segment_id
 from idstitch.core.messages import EARLIEST, LATEST, MAX_MESSAGE_BYTES, Prepared, encode, prepare
 from idstitch.core.plan import Plan, Violation
 from idstitch.core.planner import apply_plan, keys_of, plan_message
@@ -119,11 +119,12 @@ class Resolution(msgspec.Struct, frozen=True):
 class Ticket:
     """One submission: its future, and the times the benchmarks read."""
 
-    __slots__ = ("arrived", "committed", "future", "items", "resolved", "source_id")
+    __slots__ = ("arrived", "committed", "future", "items", "progress", "resolved", "source_id")
 
-    def __init__(self, source_id: str, items: list[Item]):
+    def __init__(self, source_id: str, items: list[Item], progress: tuple[str, int] | None = None):
         self.source_id = source_id
         self.items = items
+        self.progress = progress  # an import's position after these items
         self.future: Future[list[Plan]] = Future()
         self.arrived = time.perf_counter()
         self.resolved = 0.0
@@ -218,9 +219,13 @@ class Engine:
         )
         return prepared, self.extractor.extract(prepared.message, prepared.type)
 
-    def submit(self, items: list[Item], source: str) -> Ticket:
-        """Queue prepared messages; the ticket's future completes once they are on disk."""
-        ticket = Ticket(source, items)
+    def submit(
+        self, items: list[Item], source: str, progress: tuple[str, int] | None = None
+    ) -> Ticket:
+        """Queue prepared messages; the ticket's future completes once they are on disk.
+        `progress` (an import's file and position after these messages) is stored in the
+        same transaction as they are."""
+        ticket = Ticket(source, items, progress)
         with self._cond:
             if self._closing:
                 raise StorageError("the engine is closed; open a new one.")
@@ -317,6 +322,8 @@ class Engine:
         rules = self.rules
         results: list[list[Plan]] = []
         fresh: list[Plan] = []
+        # Each import file's position after the last of its tickets in this batch.
+        progress = dict(t.progress for t in tickets if t.progress is not None)
 
         def resolve(tx: Transaction) -> None:
             # A store may run this again on a fresh transaction after a conflict with
@@ -346,6 +353,8 @@ class Engine:
                 ticket.resolved = time.perf_counter()
                 results.append(plans)
             tx.apply(fresh)
+            for name, offset in progress.items():
+                tx.record_progress(name, offset)
 
         try:
             durable = self.store.write(keys, resolve)

@@ -216,11 +216,13 @@ def import_paths(
     paths: list[str | Path],
     *,
     source: str = "import",
-    batch_size: int = 1000,
+    batch_size: int = 5000,
     window: int = 4,
     progress: Progress | None = None,
+    indexing: Progress | None = None,
 ) -> ImportSummary:
-    """Import every message under `paths`; `progress(bytes_read)` is called as files advance.
+    """Import every message under `paths`; `progress(bytes_read)` is called as files advance,
+    then `indexing(messages left)` while the store's derived state catches up.
 
     Invalid lines are counted and skipped (the first MAX_REPORTED_LINES are described in
     `errors`). A file that cannot be read to its end (truncated or corrupt gzip, I/O error)
@@ -233,8 +235,27 @@ def import_paths(
     summary.files = len(files)
     for path in files:
         _import_file(engine, path, source, batch_size, window, progress, summary)
+    wait_for_index(engine.store, indexing)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+INDEX_STALL_SECONDS = 60.0
+
+
+def wait_for_index(store: Store, report: Progress | None = None) -> None:
+    """Until the store's derived state covers everything stored (`report(messages left)` as
+    it goes): reads after an import are then fast from the first one. An indexer that makes
+    no progress for a minute is left to finish on its own; reads are right meanwhile."""
+    last, since = -1, time.monotonic()
+    while (left := store.index_lag().messages) > 0:
+        if report is not None:
+            report(left)
+        if left != last:
+            last, since = left, time.monotonic()
+        elif time.monotonic() - since > INDEX_STALL_SECONDS:
+            return
+        time.sleep(0.05)
 
 
 def _import_file(
@@ -260,9 +281,9 @@ def _import_file(
         return
     with raw, stream:
         summary.skipped_bytes += resume
-        inflight: deque[tuple[Ticket, int]] = deque()
+        inflight: deque[Ticket] = deque()
         items: list[tuple[Prepared, Extracted]] = []
-        last_offset = resume
+        last_offset = recorded = resume
         accepted = 0
         lines = _Lines(stream, resume)
         for line_no, offset, line, length in lines:
@@ -294,25 +315,28 @@ def _import_file(
                 if len(summary.errors) < MAX_REPORTED_LINES:
                     summary.errors.append(f"{path}:{line_no}: {err}")
             if len(items) >= batch_size:
-                inflight.append((engine.submit(items, source), offset))
+                # The position after these lines is stored in the same commit as they are.
+                inflight.append(engine.submit(items, source, (name, offset)))
+                recorded = offset
                 items = []
                 if progress is not None:
                     progress(raw.tell())
                 while len(inflight) >= window:
-                    _settle(inflight.popleft(), summary, store, name)
+                    _settle(inflight.popleft(), summary)
         if items:
-            inflight.append((engine.submit(items, source), last_offset))
+            inflight.append(engine.submit(items, source, (name, last_offset)))
+            recorded = last_offset
         while inflight:
-            _settle(inflight.popleft(), summary, store, name)
-        store.set_import_offset(name, last_offset)
+            _settle(inflight.popleft(), summary)
+        if last_offset != recorded:  # the file ends with blank or invalid lines
+            store.set_import_offset(name, last_offset)
         if progress is not None:
             progress(raw.tell())
         if lines.error is not None:
             summary.damaged.append(_damage(path, lines.error, accepted))
 
 
-def _settle(entry: tuple[Ticket, int], summary: ImportSummary, store: Store, name: str) -> None:
-    ticket, offset = entry
+def _settle(ticket: Ticket, summary: ImportSummary) -> None:
     plans = ticket.future.result()
     for plan in plans:
         summary.events += 1
@@ -324,4 +348,3 @@ def _settle(entry: tuple[Ticket, int], summary: ImportSummary, store: Store, nam
                 summary.created += side.created
                 summary.merges += len(side.merged)
         summary.violations += len(plan.all_violations())
-    store.set_import_offset(name, offset)

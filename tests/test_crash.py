@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from idstitch.config import settings_from
-from idstitch.core.identifiers import key_of
+from idstitch.core.identifiers import key_of, slot_of
 from idstitch.engine import Engine
 from idstitch.storage.sqlite import SQLiteStore
 from idstitch.storage.sqlite_index import index_path
@@ -204,12 +204,11 @@ def check_graph(engine: Engine) -> None:
             owners[ident] = state.segment_id
             found = engine.store.find_by_identifier(*ident)
             assert found is not None and found.segment_id == state.segment_id
-            owner = graph.owner(key_of(*ident))
+            owner = graph.owner(slot_of(key_of(*ident)))
             assert owner is state, f"{ident}: the graph says {owner}, the store {state}"
             stamps[ext.type].append(ext.created_at)
-        held = {t: [s] if isinstance(s, float) else list(s) for t, s in state.stamps.items()}
         assert {t: sorted(s) for t, s in stamps.items()} == {
-            t: sorted(s) for t, s in held.items() if s
+            t: sorted(s) for t, s in state.held().items()
         }
     assert len(owners) == engine.store.stats().identifiers
     assert len(graph.owners) == len(owners)

@@ -7,9 +7,33 @@ are found through a union-find parent map, so a merge never rewrites identifier 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import struct
+import threading
+from collections.abc import Iterable, Iterator
 
 import msgspec
+
+# Identifier types by small integer code, for the packed stamps below. Codes live as long as
+# the process and are never stored.
+_TYPE_CODES: dict[str, int] = {}
+_TYPE_NAMES: list[str] = []
+_register = threading.Lock()
+
+
+def type_code(type_: str) -> int:
+    code = _TYPE_CODES.get(type_)
+    if code is None:
+        with _register:
+            code = _TYPE_CODES.get(type_)
+            if code is None:
+                code = _TYPE_CODES[type_] = len(_TYPE_NAMES)
+                _TYPE_NAMES.append(type_)
+    return code
+
+
+# One attached identifier: its type's code and the event time it was first attached at.
+_ENTRY = struct.Struct("<Id")
+_CREATED = struct.Struct("<d")
 
 
 class ProfileState(msgspec.Struct, gc=False):
@@ -17,40 +41,64 @@ class ProfileState(msgspec.Struct, gc=False):
 
     The graph holds one per profile for the life of the process: none of them may be seen by
     the cyclic garbage collector, or every collection walks them all (a 25 ms pause every
-    second at 10,000 requests/s, measured). So this is a Struct the collector does not track,
-    and `stamps` holds floats and tuples of floats, which it stops tracking after one look.
+    second at 10,000 requests/s, measured). So this is a Struct the collector does not track.
     Nothing here refers back to a profile, so no cycle can form.
+
+    `packed` holds the time the profile was created, then, for every identifier it holds, that
+    identifier's type and the event time at which it was first attached (12 bytes each), all in
+    one bytes object: a dict of tuples of floats cost ten times that, and with a million
+    identifiers memory is what runs out first.
     """
 
     pid: int
     segment_id: str
-    created_at: float
+    packed: bytes
     merges: int = 0
-    n_ids: int = 0
-    # type -> the event time(s) at which each of its values was first attached: a bare float
-    # while the profile holds one value of the type (most do), else a tuple.
-    stamps: dict[str, float | tuple[float, ...]] = msgspec.field(default_factory=dict)
+
+    @classmethod
+    def new(cls, pid: int, segment_id: str, created_at: float, merges: int = 0) -> ProfileState:
+        return cls(pid, segment_id, _CREATED.pack(created_at), merges)
+
+    @property
+    def created_at(self) -> float:
+        created: float = _CREATED.unpack_from(self.packed)[0]
+        return created
+
+    @property
+    def n_ids(self) -> int:
+        return (len(self.packed) - _CREATED.size) // _ENTRY.size
+
+    def _entries(self) -> Iterator[tuple[int, float]]:
+        return _ENTRY.iter_unpack(memoryview(self.packed)[_CREATED.size :])
 
     def count(self, type_: str, at: float, window: float | None) -> int:
-        held = self.stamps.get(type_)
-        if held is None:
+        """How many values of `type_` the profile holds, counting only those attached less
+        than `window` seconds before or after `at` when a window is given."""
+        code = _TYPE_CODES.get(type_)
+        if code is None:
             return 0
-        if isinstance(held, float):
-            return 1 if window is None or abs(held - at) < window else 0
-        if window is None:
-            return len(held)
-        return sum(1 for s in held if abs(s - at) < window)
+        n = 0
+        for held, stamp in self._entries():
+            if held == code and (window is None or abs(stamp - at) < window):
+                n += 1
+        return n
+
+    def types(self) -> set[str]:
+        return {_TYPE_NAMES[code] for code, _ in self._entries()}
 
     def add(self, type_: str, stamp: float) -> None:
-        stamp = float(stamp)
-        held = self.stamps.get(type_)
-        if held is None:
-            self.stamps[type_] = stamp
-        elif isinstance(held, float):
-            self.stamps[type_] = (held, stamp)
-        else:
-            self.stamps[type_] = (*held, stamp)  # at most the type's limit (capped at 1,000)
-        self.n_ids += 1
+        self.packed += _ENTRY.pack(type_code(type_), stamp)
+
+    def absorb(self, other: ProfileState) -> None:
+        """Take every identifier of `other` (merged into this one)."""
+        self.packed += memoryview(other.packed)[_CREATED.size :]
+
+    def held(self) -> dict[str, list[float]]:
+        """Type -> the stamps of its values (for checks and tests)."""
+        out: dict[str, list[float]] = {}
+        for code, stamp in self._entries():
+            out.setdefault(_TYPE_NAMES[code], []).append(stamp)
+        return out
 
 
 class Graph:
@@ -59,7 +107,8 @@ class Graph:
     __slots__ = ("next_pid", "owners", "parent", "profiles")
 
     def __init__(self) -> None:
-        self.owners: dict[str, int] = {}
+        # Identifier slot (`identifiers.slot_of`) -> the profile that first held it.
+        self.owners: dict[int, int] = {}
         self.parent: dict[int, int] = {}
         self.profiles: dict[int, ProfileState] = {}
         self.next_pid = 1
@@ -75,8 +124,8 @@ class Graph:
             pid = nxt
         return root
 
-    def owner(self, key: str) -> ProfileState | None:
-        pid = self.owners.get(key)
+    def owner(self, slot: int) -> ProfileState | None:
+        pid = self.owners.get(slot)
         if pid is None:
             return None
         if pid in self.parent:
@@ -91,26 +140,17 @@ class Graph:
         if pid is None:
             pid = self.next_pid
         self.next_pid = max(self.next_pid, pid + 1)
-        state = ProfileState(pid, segment_id, created_at)
+        state = ProfileState.new(pid, segment_id, created_at)
         self.profiles[pid] = state
         return state
 
-    def attach(self, state: ProfileState, key: str, type_: str, stamp: float) -> None:
-        self.owners[key] = state.pid
+    def attach(self, state: ProfileState, slot: int, type_: str, stamp: float) -> None:
+        self.owners[slot] = state.pid
         state.add(type_, stamp)
 
     def merge(self, into: ProfileState, others: Iterable[ProfileState]) -> None:
         for other in others:
-            for type_, held in other.stamps.items():
-                theirs = (held,) if isinstance(held, float) else held
-                mine = into.stamps.get(type_)
-                if mine is None:
-                    into.stamps[type_] = held
-                elif isinstance(mine, float):
-                    into.stamps[type_] = (mine, *theirs)
-                else:
-                    into.stamps[type_] = (*mine, *theirs)
-            into.n_ids += other.n_ids
+            into.absorb(other)
             into.merges += other.merges + 1
             self.parent[other.pid] = into.pid
             del self.profiles[other.pid]

@@ -5,6 +5,7 @@ The 27-character text form sorts by creation second, like Segment's own ids.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -47,8 +48,17 @@ os.register_at_fork(after_in_child=_random.forget)
 
 def ksuid(now: float | None = None) -> str:
     """A new KSUID in its 27-character text form."""
-    seconds = int(time.time() if now is None else now) - EPOCH
-    number = (max(seconds, 0) << 128) | int.from_bytes(_random.take16(), "big")
+    return _text(int(time.time() if now is None else now), _random.take16())
+
+
+def derived_ksuid(at: float, seed: bytes) -> str:
+    """The KSUID of second `at` whose 16 payload bytes are a digest of `seed`: the same seed
+    and second always give the same id."""
+    return _text(int(at), hashlib.blake2b(seed, digest_size=16).digest())
+
+
+def _text(unix_seconds: int, payload: bytes) -> str:
+    number = (max(unix_seconds - EPOCH, 0) << 128) | int.from_bytes(payload, "big")
     chunks = []
     # Two base-62 digits per step: 14 steps cover 28 digits; the top one is always zero.
     for _ in range(14):
@@ -75,5 +85,14 @@ def is_ksuid(text: str) -> bool:
 
 
 def segment_id(collection: str, now: float | None = None) -> str:
-    """`use_` + KSUID for users, `acc_` + KSUID for accounts."""
+    """`use_` + a random KSUID for users, `acc_` + one for accounts."""
     return ("acc_" if collection == "accounts" else "use_") + ksuid(now)
+
+
+def segment_id_for(collection: str, source_id: str, message_id: str, received_at: float) -> str:
+    """The segment_id of the profile that message `message_id` of `source_id` creates in
+    `collection`: the same whenever that message creates it (live traffic, an import of the
+    same history, a rebuild), a different one for every other message (a 128-bit digest), and
+    sorted by when the message was received, as Segment's ids sort by creation."""
+    seed = "\x1f".join((collection, source_id, message_id)).encode("utf-8", "surrogatepass")
+    return ("acc_" if collection == "accounts" else "use_") + derived_ksuid(received_at, seed)

@@ -31,21 +31,19 @@ def plan_message(
     source = rules.source(source_id)
     at = prepared.timestamp
     users = resolve_side(
-        extracted.users,
-        graph,
-        rules,
-        source,
-        source_id,
-        at,
-        USERS,
-        new_segment_id,
-        extracted.alias_previous,
+        extracted.users, graph, rules, source, source_id, at, USERS, extracted.alias_previous
     )
+    if users.created:
+        users.segment_id = new_segment_id(
+            USERS, source_id, prepared.message_id, prepared.received_at
+        )
     accounts = None
     if extracted.accounts:
-        accounts = resolve_side(
-            extracted.accounts, graph, rules, source, source_id, at, ACCOUNTS, new_segment_id
-        )
+        accounts = resolve_side(extracted.accounts, graph, rules, source, source_id, at, ACCOUNTS)
+        if accounts.created:
+            accounts.segment_id = new_segment_id(
+                ACCOUNTS, source_id, prepared.message_id, prepared.received_at
+            )
     traits = None
     if kind in ("identify", "group") and message.traits:
         traits = message.traits

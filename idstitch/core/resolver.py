@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from idstitch.core.graph import Graph, ProfileState
-from idstitch.core.identifiers import Identifier, key_of
+from idstitch.core.identifiers import Identifier, key_of, slot_of
 from idstitch.core.plan import SidePlan, Violation
 from idstitch.core.rules import IdentityRules, SourceRules
 
-NewId = Callable[[str], str]
+# The segment_id of a profile a message creates: (collection, source_id, message_id,
+# received_at) -> id (`ksuid.segment_id_for`).
+NewId = Callable[[str, str, str, float], str]
 
 
 def _violation(ident: Identifier, rule: str, detail: str) -> Violation:
@@ -28,7 +30,7 @@ def _over_limit(
     if len(matched) > 1:
         types: set[str] = {i.type for i in new}
         for state in matched:
-            types.update(state.stamps)
+            types.update(state.types())
     elif new:
         types = {i.type for i in new}
     else:
@@ -49,7 +51,7 @@ def _single_owner(ids: list[Identifier], graph: Graph) -> ProfileState | None:
     owners, parent = graph.owners, graph.parent
     root = None
     for ident in ids:
-        pid = owners.get(ident.key)
+        pid = owners.get(ident.slot)
         if pid is None:
             return None
         if pid in parent:
@@ -64,7 +66,7 @@ def _single_owner(ids: list[Identifier], graph: Graph) -> ProfileState | None:
 def choose_alias_previous(candidates: list[Identifier], graph: Graph) -> Identifier | None:
     """`previousId` is a user_id or an anonymous_id, whichever exists (anonymous_id if neither)."""
     for ident in candidates:
-        if graph.owner(ident.key) is not None:
+        if graph.owner(ident.slot) is not None:
             return ident
     anonymous = [i for i in candidates if i.type == "anonymous_id"]
     if anonymous:
@@ -80,9 +82,10 @@ def resolve_side(
     source_id: str,
     at: float,
     collection: str,
-    new_segment_id: NewId,
     alias_previous: list[Identifier] | None = None,
 ) -> SidePlan:
+    """How the message's identifiers `ids` resolve in `collection`. A profile the message
+    creates is left unnamed (`segment_id` None): the planner names it after the message."""
     if not alias_previous and ids:
         known = _single_owner(ids, graph)
         if known is not None:  # the common case: every identifier already on one profile
@@ -111,7 +114,7 @@ def resolve_side(
         matched = []
         new = []
         for ident in live:
-            pid = owners.get(ident.key)
+            pid = owners.get(ident.slot)
             if pid is None:
                 new.append(ident)
                 continue
@@ -158,7 +161,7 @@ def resolve_side(
         return SidePlan(
             collection,
             "created",
-            new_segment_id(collection),
+            None,
             created=True,
             added=[(i.type, i.value) for i in added],
             identifiers=used,
@@ -220,4 +223,4 @@ def apply_side(graph: Graph, side: SidePlan, at: float, created_at: float) -> No
         graph.merge(state, [graph.profiles[pid] for pid, _ in side.merged])
     collection = side.collection
     for type_, value in side.added:
-        graph.attach(state, key_of(collection, type_, value), type_, at)
+        graph.attach(state, slot_of(key_of(collection, type_, value)), type_, at)

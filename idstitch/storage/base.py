@@ -151,6 +151,11 @@ class Transaction(ABC):
     def apply(self, plans: list[Plan]) -> None:
         """Persist the plans, in order; the enclosing `batch` commits them."""
 
+    @abstractmethod
+    def record_progress(self, name: str, offset: int) -> None:
+        """Record an import's position (`import_offset`) in this same transaction: a batch
+        and the position after it are stored together or not at all."""
+
 
 class Store(ABC):
     url: str

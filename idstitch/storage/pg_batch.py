@@ -24,12 +24,14 @@ then keys, then profiles, each ascending); only try-locks break it, and they nev
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
 from idstitch.core.graph import Graph, ProfileState
+from idstitch.core.identifiers import slot_of
 from idstitch.core.plan import Plan
 from idstitch.errors import StorageError
 from idstitch.storage.base import Transaction
@@ -119,6 +121,11 @@ _STAMPS = (
     "WHERE m.canonical_id = ANY(%b::bigint[])"
 )
 _RESERVE = "SELECT nextval('profile_id_seq') FROM generate_series(1, %s)"
+_PROGRESS = (
+    "INSERT INTO import_progress (name, byte_offset, updated_at) VALUES (%s, %s, %s) "
+    "ON CONFLICT (name) DO UPDATE SET byte_offset = excluded.byte_offset, "
+    "updated_at = excluded.updated_at"
+)
 # Both in one statement: the ids already stored (second column null), then new event numbers.
 _SEEN_AND_SEQS = (
     f"SELECT m.id, NULL::bigint FROM {_KEYS} AS m(id) CROSS JOIN LATERAL (SELECT 1 FROM events "
@@ -170,11 +177,11 @@ class PostgresTransaction(Transaction):
             found = conn.execute(_OWNERS, (sent,)) if keys else None
         canonicals: set[int] = set()
         for n, pid, canonical in found or ():
-            owners[keys[n - 1]] = pid
+            owners[slot_of(keys[n - 1])] = pid
             if pid != canonical:
                 parent[pid] = canonical
             canonicals.add(canonical)
-        absent = len(keys) - len(owners)
+        absent = len(keys) - len(owners)  # keys are distinct, and so are their slots
         if canonicals:
             with conn.pipeline():
                 self._load_profiles(canonicals)
@@ -196,7 +203,7 @@ class PostgresTransaction(Transaction):
             moved: set[int] = set()
             for pid, canonical, segment_id, created_at, merges in found:
                 if pid == canonical:
-                    profiles[pid] = ProfileState(pid, segment_id, created_at, merges)
+                    profiles[pid] = ProfileState.new(pid, segment_id, created_at, merges)
                 else:  # merged away after we read its owner: follow the pointer
                     graph.parent[pid] = canonical
                     moved.add(canonical)
@@ -241,6 +248,9 @@ class PostgresTransaction(Transaction):
     def apply(self, plans: list[Plan]) -> None:
         self._writes.extend(write_plans(self.conn, plans, self.graph, self.seqs))
         self.seqs = []
+
+    def record_progress(self, name: str, offset: int) -> None:
+        self._writes.append((_PROGRESS, (name, offset, time.time())))
 
     # ---- ending ----------------------------------------------------------------------------
     def commit(self) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
 
 from idstitch.core.graph import Graph
-from idstitch.core.identifiers import key_of
+from idstitch.core.identifiers import key_of, slot_of
 from idstitch.core.plan import Plan
 from idstitch.errors import StorageError, StoreNotFound
 from idstitch.storage import sqlite_committer
@@ -185,6 +185,7 @@ class SQLiteTransaction(Transaction):
         self.graph = store.graph
         self.rows: BatchRows | None = None
         self.done: Future[None] | None = None  # the commit of this batch's rows
+        self.progress: list[tuple[str, int, float]] = []
         self.hashes: dict[tuple[str, str], int] = {}  # computed here once, reused for rows
 
     def seen(self, source_id: str, message_ids: list[str]) -> set[str]:
@@ -211,6 +212,9 @@ class SQLiteTransaction(Transaction):
         self.rows, self.store.next_seq = rows_from_plans(
             plans, self.graph, self.store.next_seq, self.hashes, traits=False
         )
+
+    def record_progress(self, name: str, offset: int) -> None:
+        self.progress.append((name, offset, time.time()))
 
 
 class SQLiteStore(Store):
@@ -377,15 +381,14 @@ class SQLiteStore(Store):
         owners = graph.owners
         profiles = graph.profiles
         parent = graph.parent
-        types: dict[str, str] = {}
         for coll, type_, value, pid, created_at in c.execute(
             "SELECT collection, type, value, profile_id, created_at FROM identifiers"
         ):
-            # Point keys straight at the canonical profile and share its int and the type
-            # strings: one object each instead of one per row.
+            # Point keys straight at the canonical profile and share its int: one object
+            # instead of one per row.
             state = profiles[parent.get(pid, pid)]
-            owners[key_of(coll, type_, value)] = state.pid
-            state.add(types.setdefault(type_, type_), created_at)
+            owners[slot_of(key_of(coll, type_, value))] = state.pid
+            state.add(type_, created_at)
         self.graph = graph
         last = c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         self.messages.load(c, indexed)
@@ -590,6 +593,7 @@ class SQLiteStore(Store):
                     rows.identifiers,
                     rows.links,
                     rows.violations,
+                    tx.progress,
                 )
 
             tx.done = self._send(

@@ -113,14 +113,16 @@ def write_rows(c: sqlite3.Connection, job: Write) -> None:
             "detail, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             job.violations,
         )
+    for name, offset, at in job.progress:
+        write_offset(c, name, offset, at)
 
 
-def write_offset(c: sqlite3.Connection, job: Offset) -> None:
+def write_offset(c: sqlite3.Connection, name: str, offset: int, at: float) -> None:
     c.execute(
         "INSERT INTO import_progress (name, byte_offset, updated_at) VALUES (?, ?, ?) "
         "ON CONFLICT (name) DO UPDATE SET byte_offset = excluded.byte_offset, "
         "updated_at = excluded.updated_at",
-        (job.name, job.offset, job.at),
+        (name, offset, at),
     )
 
 
@@ -249,7 +251,7 @@ class Committer:
                         continue
                     write_rows(conn, job)
                 elif isinstance(job, Offset):
-                    write_offset(conn, job)
+                    write_offset(conn, job.name, job.offset, job.at)
                 else:  # pragma: no cover - Stop never reaches a commit
                     continue
                 done.append(job.job)

@@ -31,6 +31,8 @@ class Write(NamedTuple):
     identifiers: list[tuple[Any, ...]]
     links: list[tuple[Any, ...]]
     violations: list[tuple[Any, ...]]
+    # Imports' positions in their files, recorded in the same transaction: (name, offset, at).
+    progress: list[tuple[str, int, float]] = []
 
 
 class Offset(NamedTuple):

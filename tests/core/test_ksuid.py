@@ -10,13 +10,16 @@ from __future__ import annotations
 import os
 import re
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import idstitch
 from idstitch.core import ksuid
+from idstitch.core.ksuid import is_ksuid, segment_id_for, timestamp_of
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KSUID_EPOCH = 1_400_000_000
@@ -123,3 +126,36 @@ def test_text_sorts_by_creation_second(first: int, second: int, fraction: float)
         assert a < b
     elif first > second:
         assert a > b
+
+
+def test_a_profile_is_named_after_the_message_that_creates_it() -> None:
+    at = 1_736_900_000.5
+    one = segment_id_for("users", "web", "m-1", at)
+    assert one == segment_id_for("users", "web", "m-1", at)
+    assert one.startswith("use_") and is_ksuid(one[4:])
+    assert timestamp_of(one[4:]) == int(at)
+    others = {
+        segment_id_for("accounts", "web", "m-1", at)[4:],
+        segment_id_for("users", "ios", "m-1", at)[4:],
+        segment_id_for("users", "web", "m-2", at)[4:],
+        one[4:],
+    }
+    assert len(others) == 4
+    assert segment_id_for("accounts", "web", "m-1", at).startswith("acc_")
+    # Later messages sort after earlier ones, whatever their ids.
+    assert segment_id_for("users", "web", "zzz", at) < segment_id_for("users", "web", "a", at + 1)
+
+
+def test_two_stores_fed_the_same_messages_name_their_profiles_alike(tmp_path: Path) -> None:
+    messages = [
+        {"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "m1"},
+        {"type": "group", "userId": "u1", "groupId": "g1", "messageId": "m2"},
+        {"type": "track", "event": "E", "anonymousId": "a2", "messageId": "m3"},
+    ]
+    named = []
+    for n in (1, 2):
+        with idstitch.open(f"sqlite:///{tmp_path / f's{n}.db'}", tune_gc=False) as engine:
+            results = engine.ingest_batch(messages, source="web", received_at=1_736_900_000)
+            named.append([(r.segment_id, r.account_segment_id) for r in results])
+    assert named[0] == named[1]
+    assert named[0][0][0] == segment_id_for("users", "web", "m1", 1_736_900_000)

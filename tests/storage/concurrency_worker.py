@@ -60,8 +60,8 @@ def run(
 def freeze_in_copy(url: str, stall_seconds: float, out: Any) -> None:
     """Stop this process (SIGSTOP) inside the COPY of the message `freeze-me`, with the
     batch's locks held; once continued, report what became of it and of a later message."""
-    import os
     import signal
+    import threading
 
     import psycopg
 
@@ -72,7 +72,10 @@ def freeze_in_copy(url: str, stall_seconds: float, out: Any) -> None:
     def freezing(self: psycopg.Copy, row: Any) -> None:
         write_row(self, row)
         if "freeze-me" in row:
-            os.kill(os.getpid(), signal.SIGSTOP)
+            # Sent to this thread, so that this thread stops on its way out of the call: sent
+            # to the process, the kernel may pick another thread, and this one runs on
+            # (through the COPY and the COMMIT) until the stop reaches it.
+            signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
 
     psycopg.Copy.write_row = freezing  # type: ignore[method-assign]
     engine = Engine(

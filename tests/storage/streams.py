@@ -21,8 +21,8 @@ import msgspec
 
 from idstitch.config import settings_from
 from idstitch.core.graph import Graph
-from idstitch.core.identifiers import Extractor, key_of
-from idstitch.core.ksuid import segment_id
+from idstitch.core.identifiers import Extractor, key_of, slot_of
+from idstitch.core.ksuid import segment_id_for as segment_id
 from idstitch.core.messages import prepare
 from idstitch.core.planner import apply_plan, plan_message
 
@@ -128,18 +128,20 @@ def reference(messages: list[tuple[float, bytes]], config: dict[str, Any]) -> tu
     extractor = Extractor(rules)
     graph = Graph()
     merges = 0
+    added: list[Ident] = []
     for received_at, raw in messages:
         prepared = prepare(raw, received_at=received_at)
         extracted = extractor.extract(prepared.message, prepared.type)
         plan = plan_message(prepared, extracted, graph, rules, SOURCE, segment_id)
         apply_plan(graph, plan)
-        merges += sum(len(s.merged) for s in (plan.users, plan.accounts) if s is not None)
+        for side in (plan.users, plan.accounts):
+            if side is not None:
+                merges += len(side.merged)
+                added.extend((side.collection, t, v) for t, v in side.added)
     groups: dict[int, set[Ident]] = {}
-    for key, pid in graph.owners.items():
-        collection = "accounts" if key[0] == "a" else "users"
-        type_, _, value = key[1:].partition("\x1f")
-        assert key == key_of(collection, type_, value)
-        groups.setdefault(graph.find(pid), set()).add((collection, type_, value))
+    for ident in added:
+        pid = graph.owners[slot_of(key_of(*ident))]
+        groups.setdefault(graph.find(pid), set()).add(ident)
     return {frozenset(g) for g in groups.values()}, merges
 
 

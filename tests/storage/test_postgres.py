@@ -17,7 +17,7 @@ import pytest
 from idstitch.config import redact_url, settings_from
 from idstitch.core import messages
 from idstitch.core.identifiers import Extracted, Extractor
-from idstitch.core.ksuid import segment_id
+from idstitch.core.ksuid import segment_id_for as segment_id
 from idstitch.core.messages import Prepared, encode, prepare
 from idstitch.core.plan import Plan
 from idstitch.core.planner import apply_plan, keys_of, plan_message

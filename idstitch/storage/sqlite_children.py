@@ -15,7 +15,8 @@ import fcntl
 import os
 import subprocess
 import sys
-from multiprocessing.connection import Connection
+
+from idstitch.storage.pipe import Pipe
 
 
 def widen(fd: int) -> None:
@@ -62,8 +63,8 @@ class Child:
             os.close(from_parent)
             if replies:
                 os.close(to_parent)
-        self.pipe = Connection(to_child, readable=False)
-        self.replies = Connection(from_child, writable=False) if replies else None
+        self.pipe = Pipe(to_child)
+        self.replies = Pipe(from_child) if replies else None
         self.gone = False  # its replies ended: nothing sent to it will be answered
 
     def running(self) -> bool:

@@ -24,9 +24,9 @@ import os
 import signal
 import sqlite3
 import sys
-from multiprocessing.connection import Connection
 
 try:
+    from idstitch.storage.pipe import Pipe
     from idstitch.storage.sqlite_protocol import (
         Done,
         Failed,
@@ -40,6 +40,7 @@ try:
     )
 except ImportError:  # run as a script with `python -I -S`: its sibling, by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from pipe import Pipe  # type: ignore[import-not-found,no-redef]
     from sqlite_protocol import (  # type: ignore[import-not-found,no-redef]
         Done,
         Failed,
@@ -165,8 +166,8 @@ class Committer:
     def __init__(
         self,
         path: str,
-        jobs: Connection,
-        replies: Connection,
+        jobs: Pipe,
+        replies: Pipe,
         max_events: int,
         wal_pages: int,
         expected: str,
@@ -284,8 +285,8 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     Committer(
         path,
-        Connection(int(in_fd), writable=False),
-        Connection(int(out_fd), readable=False),
+        Pipe(int(in_fd)),
+        Pipe(int(out_fd)),
         int(max_events),
         int(wal_pages),
         expected,

@@ -25,11 +25,12 @@ import signal
 import sqlite3
 import sys
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from idstitch.storage.pipe import Pipe
 
 VERSION = "1"
 # Events per indexing transaction: large enough to sort well, small enough that the lag a
@@ -249,7 +250,7 @@ def catch_up(main: Path, index: Path) -> None:
         conn.close()
 
 
-def run(main: Path, index: Path, control: Connection) -> None:
+def run(main: Path, index: Path, control: Pipe) -> None:
     """The indexer process's life: index what is committed until the engine says stop (or is
     gone). A run that had a whole chunk to take goes on at once; otherwise it rests."""
     conn = open_index(main, index)
@@ -266,7 +267,7 @@ def run(main: Path, index: Path, control: Connection) -> None:
         conn.close()
 
 
-def _drain(control: Connection) -> bool:
+def _drain(control: Pipe) -> bool:
     """Read every waiting message; False once the engine asked to stop or is gone."""
     try:
         while control.poll():
@@ -283,7 +284,7 @@ def main(argv: list[str]) -> None:
     main_db, index_db, fd = argv
     started = time.monotonic()
     try:
-        run(Path(main_db), Path(index_db), Connection(int(fd), writable=False))
+        run(Path(main_db), Path(index_db), Pipe(int(fd)))
     except sqlite3.Error as err:
         print(
             f"the SQLite indexer stopped after {time.monotonic() - started:.1f} s: {err}",

@@ -1,6 +1,6 @@
 """What the engine and the SQLite committer process say to each other, as typed messages.
 
-Each side sends pickled tuples over an OS pipe (`multiprocessing.connection` framing):
+Each side sends pickled tuples over an OS pipe (`pipe.Pipe`, length-prefixed frames):
 a message travels as `(type name, *fields)` and is rebuilt into its type on the other side
 (`to_wire`, `from_wire`), so that the committer, a plain script that starts in milliseconds,
 needs nothing but the standard library and this module.

@@ -514,7 +514,7 @@ def forget(engine: Engine) -> None:
     engine loads its whole store at startup). Other stores keep the examples side by side."""
     if engine.store.url.startswith("sqlite:"):
         path = sqlite_path(engine.store.url)
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", "-index", "-index-wal", "-index-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 

@@ -33,6 +33,7 @@ from idstitch.http.errors import (
     tracking_body,
 )
 from idstitch.http.metrics import HttpMetrics, render
+from idstitch.storage.base import IndexLag
 
 _OPS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/")
 # Reads whose cost grows with a profile's history run on the read threads; on a local store
@@ -256,12 +257,16 @@ class App:
     async def _ops(self, path: str, send: Send) -> int:
         if path == "/healthz":
             # Not on the read threads: slow Profile API reads must not make health wait.
-            healthy = await asyncio.to_thread(self.engine.store.healthy)
+            healthy, lag = await asyncio.to_thread(self._health)
             status = 200 if healthy else 503
-            await send_json(send, status, {"status": "ok" if healthy else "unavailable"})
+            body: dict[str, Any] = {"status": "ok" if healthy else "unavailable"}
+            if lag is not None:
+                body["index_lag"] = {"messages": lag.messages, "seconds": round(lag.seconds, 3)}
+            await send_json(send, status, body)
             return status
         if path == "/metrics":
-            text = render(self.engine.metrics, self.http)
+            lag = await asyncio.to_thread(self._index_lag)
+            text = render(self.engine.metrics, self.http, lag)
             await send_bytes(send, 200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
         elif path == "/openapi.json":
             await send_bytes(send, 200, self._openapi, JSON)
@@ -271,6 +276,17 @@ class App:
             await send_bytes(send, 307, b"", b"text/plain", [(b"location", b"/docs")])
             return 307
         return 200
+
+    def _health(self) -> tuple[bool, IndexLag | None]:
+        return self.engine.store.healthy(), self._index_lag()
+
+    def _index_lag(self) -> IndexLag | None:
+        """How far derived state trails the log; None when the store cannot say (it is then
+        unhealthy, which /healthz reports on its own)."""
+        try:
+            return self.engine.store.index_lag()
+        except StorageError:
+            return None
 
     # ---- lifespan ------------------------------------------------------------------------
     async def _lifespan(self, receive: Receive, send: Send) -> None:

@@ -10,6 +10,7 @@ import time
 from collections import Counter, deque
 
 from idstitch.metrics import Histogram, Metrics
+from idstitch.storage.base import IndexLag
 
 
 class RateMeter:
@@ -53,7 +54,7 @@ def _metric(out: list[str], name: str, kind: str, help_: str) -> None:
     out.append(f"# TYPE {name} {kind}")
 
 
-def render(engine: Metrics, http: HttpMetrics) -> str:
+def render(engine: Metrics, http: HttpMetrics, lag: IndexLag | None = None) -> str:
     out: list[str] = []
     with engine.lock:
         events, duplicates = engine.events, engine.duplicates
@@ -95,6 +96,21 @@ def render(engine: Metrics, http: HttpMetrics) -> str:
         "Messages acknowledged per second over the last ten seconds.",
     )
     out.append(f"idstitch_events_per_second {http.events.rate():.3f}")
+    if lag is not None:  # None: the store could not say (and /healthz is 503)
+        _metric(
+            out,
+            "idstitch_index_lag_messages",
+            "gauge",
+            "Acknowledged messages not yet in the derived index (reads cover them from the log).",
+        )
+        out.append(f"idstitch_index_lag_messages {lag.messages}")
+        _metric(
+            out,
+            "idstitch_index_lag_seconds",
+            "gauge",
+            "Age of the oldest acknowledged message not yet in the derived index.",
+        )
+        out.append(f"idstitch_index_lag_seconds {lag.seconds:.3f}")
     _metric(out, "idstitch_violations_total", "counter", "Identifiers or merges refused, by rule.")
     out.extend(f'idstitch_violations_total{{rule="{rule}"}} {n}' for rule, n in violations)
     _metric(

@@ -351,7 +351,18 @@ def document() -> Schema:
     health = {
         "type": "object",
         "required": ["status"],
-        "properties": {"status": {"type": "string"}},
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]},
+            "index_lag": {
+                "type": "object",
+                "description": "How far the derived index trails acknowledged messages.",
+                "required": ["messages", "seconds"],
+                "properties": {
+                    "messages": {"type": "integer", "minimum": 0},
+                    "seconds": {"type": "number", "minimum": 0},
+                },
+            },
+        },
     }
     paths["/v1/projects/{write_key}/settings"] = {
         "get": {

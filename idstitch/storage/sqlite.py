@@ -642,9 +642,14 @@ class SQLiteStore(Store):
     def index_lag(self) -> IndexLag:
         if self.read_only:
             return IndexLag(0, 0.0)
-        marks = watermarks(self._read())
+        try:
+            marks = watermarks(self._read())
+        except sqlite3.Error as err:
+            raise StorageError(f"could not read the index's watermark: {err}") from err
         behind = max(0, self._committed_seq - marks.events)
-        oldest = next((at for seq, at in self._unindexed if seq > marks.events), None)
+        # A copy (taken whole, under the GIL): the acks thread appends while we look.
+        unindexed = self._unindexed.copy()
+        oldest = next((at for seq, at in unindexed if seq > marks.events), None)
         seconds = 0.0 if behind == 0 or oldest is None else time.monotonic() - oldest
         return IndexLag(behind, seconds)
 

@@ -2,33 +2,76 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from idstitch.config import redact_url
+from idstitch.config import redact_url, settings_from
 from idstitch.engine import Engine
 from idstitch.http import logs
 from idstitch.http import profiles as profile_routes
+from idstitch.http.app import App
 from idstitch.http.logs import JsonFormatter
 from idstitch.http.metrics import RateMeter
 from idstitch.http.openapi import document
 from idstitch.http.tracking import ROUTES
-from tests.http.conftest import READ, TOKEN, WRITE, WRITE_KEY, TestClient, basic, profile_url
+from idstitch.storage.sqlite import SQLiteStore
+from tests.http.conftest import (
+    CONFIG,
+    READ,
+    TOKEN,
+    WRITE,
+    WRITE_KEY,
+    TestClient,
+    basic,
+    profile_url,
+)
 
 
 def test_healthz(client: TestClient, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {
+        "status": "ok",
+        "index_lag": {"messages": 0, "seconds": 0.0},
+    }
     assert client.head("/healthz").status_code == 200  # what many load balancers send
     monkeypatch.setattr(engine.store, "healthy", lambda: False)
     response = client.get("/healthz")
     assert response.status_code == 503
-    assert response.json() == {"status": "unavailable"}
+    assert response.json()["status"] == "unavailable"
     assert client.head("/healthz").status_code == 503
     refused = client.post("/healthz")
     assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
+
+
+def test_index_lag_is_on_healthz_and_metrics(tmp_path: Path) -> None:
+    """Messages acknowledged but not yet indexed are counted, with the age of the oldest; once
+    the indexer has run, both are back to zero."""
+    db = tmp_path / "idstitch.db"
+    settings = settings_from({**CONFIG, "storage": {"url": f"sqlite:///{db}"}})
+    lagging = Engine(settings, SQLiteStore(db, indexer=False), tune_gc=False)
+    with contextlib.closing(lagging), TestClient(App(lagging)) as c:
+        for n in range(3):
+            assert c.post("/v1/track", json={"userId": f"u{n}", "event": "E"}, headers=WRITE)
+        time.sleep(0.05)
+        lag = c.get("/healthz").json()["index_lag"]
+        assert lag["messages"] == 3 and lag["seconds"] >= 0.05, lag
+        text = c.get("/metrics").text
+        assert metric(text, "idstitch_index_lag_messages") == 3
+        assert metric(text, "idstitch_index_lag_seconds") >= 0.05
+        assert "# TYPE idstitch_index_lag_seconds gauge" in text
+    indexing = Engine(settings, SQLiteStore(db), tune_gc=False)
+    with contextlib.closing(indexing), TestClient(App(indexing)) as c:
+        deadline = time.monotonic() + 30
+        while (lag := c.get("/healthz").json()["index_lag"])["messages"]:
+            assert time.monotonic() < deadline, lag
+            time.sleep(0.05)
+        assert lag == {"messages": 0, "seconds": 0.0}
+        assert metric(c.get("/metrics").text, "idstitch_index_lag_messages") == 0
 
 
 def metric(text: str, name: str) -> float:

@@ -24,8 +24,14 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest -n 2 --dist worksteal
 
+# make bench BASELINE=v0.1.0 [BENCH=http]: the same benchmark beside an earlier release.
+BENCH ?= engine
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+ifdef BASELINE
+	$(BIN)/python -m benchmarks baseline $(BASELINE) --rounds 3 $(BENCH) --runs 1
+else
+	$(BIN)/python -m benchmarks $(BENCH)
+endif
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,7 @@
 """`python -m benchmarks [engine|http|postgres|growth] [options]`: the engine benchmark by default.
 
+`python -m benchmarks baseline REV NAME [options]` runs one of them beside release REV.
+
 Each benchmark is a module of this package with a `main(argv)`; `--help` after the name
 shows its options.
 """
@@ -14,6 +16,7 @@ BENCHMARKS = {
     "http": "benchmarks.http_bench",
     "postgres": "benchmarks.postgres_bench",
     "growth": "benchmarks.growth",
+    "baseline": "benchmarks.baseline",
 }
 
 

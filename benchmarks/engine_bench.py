@@ -43,7 +43,7 @@ from typing import NamedTuple
 import msgspec
 
 from benchmarks.memory import probe, watch_peak
-from benchmarks.unionfind import UnionFindRun, file_lines, union_find
+from benchmarks.unionfind import UnionFindRun, file_lines, stdlib_stitch, union_find
 from benchmarks.workload import Workload, generate, write_messages
 from idstitch.config import Settings, settings_from
 from idstitch.engine import Engine, Ticket
@@ -243,7 +243,11 @@ class Stages:
 
 def stages(messages: Sequence[bytes], db: Path, ticket_size: int, window: int) -> Stages:
     from idstitch.core.graph import Graph
-    from idstitch.core.ksuid import segment_id_for as segment_id
+
+    try:
+        from idstitch.core.ksuid import segment_id_for as segment_id
+    except ImportError:  # a release before derived segment ids (`benchmarks baseline`)
+        from idstitch.core.ksuid import segment_id  # type: ignore[assignment]
     from idstitch.core.planner import apply_plan, plan_message
 
     engine = Engine(settings_for(db))
@@ -347,6 +351,7 @@ class Round:
     uf_memory: UnionFindRun
     open: dict[str, EngineRun] = field(default_factory=dict)
     uf_file: UnionFindRun | None = None
+    stdlib_file: UnionFindRun | None = None
     imported: ImportRun | None = None
     stages: Stages | None = None
 
@@ -466,8 +471,29 @@ def report(
             "import / union-find",
             f"{iratio:.3f}",
             ", ".join(f"{i.rate / u.rate:.3f}" for i, u in imports),
-            f">= 0.5: {_mark(iratio >= 0.5)}",
         )
+        naive = [(r.imported, r.stdlib_file) for r in rounds if r.imported and r.stdlib_file]
+        if naive:
+            srate = median([n.rate for _, n in naive])
+            sratio = median([i.rate / n.rate for i, n in naive])
+            row(
+                "naive stitch, stdlib json.loads, same file",
+                f"{srate:,.0f}",
+                ", ".join(f"{n.rate:,.0f}" for _, n in naive),
+            )
+            row(
+                "import / naive stitch",
+                f"{sratio:.3f}",
+                ", ".join(f"{i.rate / n.rate:.3f}" for i, n in naive),
+                f">= 1.0: {_mark(sratio >= 1.0)}",
+            )
+            seconds = median([len(workload.messages) / i.rate for i, _ in naive])
+            row(
+                "import: seconds for 1,000,000 messages at that rate",
+                f"{seconds * 1e6 / len(workload.messages):,.1f}",
+                "",
+                f"<= 10 s (floor 15): {_mark(seconds * 1e6 / len(workload.messages) <= 10)}",
+            )
     elif args.skip_import:
         row("idstitch import", "skipped", "--skip-import")
     else:
@@ -622,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if import_how is not None:
                 rnd.uf_file = union_find(file_lines(stream))
+                rnd.stdlib_file = stdlib_stitch(file_lines(stream))
                 rnd.imported = run_import(stream, here, len(messages), import_how)
                 print(
                     f"round {n}: import {rnd.imported.rate:,.0f}/s, union-find over the file "

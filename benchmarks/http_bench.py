@@ -16,12 +16,20 @@ Phases, each run:
   rate       /v1/track at a fixed 1,000 requests/s: p50 / p95 / p99
   saturate   /v1/track, 64 connections: requests/s and p99
   traits     Profile API /traits, 16 connections: requests/s and p95; then 1 connection: p95
+  events     Profile API /events?limit=100, 16 connections: p95 on small profiles (one event
+             each), then on one profile holding `--big-events` events (100,000)
+
+During the batch phase the index lag (how far derived state trails the acknowledged messages:
+`/healthz`'s `index_lag`, `store.index_lag()` in process) is sampled every 0.2 s; its largest
+value is reported, and how long the indexer took after the phase to reach zero. A release
+without derived state reports it as n/a.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing
 import os
 import secrets
@@ -124,6 +132,32 @@ request = function()
 end
 {LUA_DONE}
 """
+
+
+def lua_events(space: str, profiles_count: int, tag: str) -> str:
+    """/events?limit=100 across the small profiles (`profiles_count` > 1) or on one profile."""
+    ref = f"user_id:{tag}-" if profiles_count > 1 else f"user_id:{tag}"
+    which = f'" .. (n % {profiles_count}) .. "' if profiles_count > 1 else ""
+    return f"""
+local n = 0
+wrk.headers["Authorization"] = "Basic {_basic(TOKEN)}"
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/v1/spaces/{space}/collections/users/profiles/{ref}{which}" ..
+    "/events?limit=100")
+end
+{LUA_DONE}
+"""
+
+
+def big_profile_batches(tag: str, count: int) -> Iterator[bytes]:
+    """`count` track events of the one user `u-{tag}-big`, as /v1/batch bodies of 100."""
+    for first in range(0, count, BATCH):
+        events = (
+            f"{TRACK_HEAD}{tag}-big{TRACK_MID}{tag}-big{TRACK_MID2}{tag}-big-{i}{TRACK_TAIL}"
+            for i in range(first, min(first + BATCH, count))
+        )
+        yield ("{" + '"batch":[' + ",".join(events) + "]}").encode()
 
 
 # wrk's latency percentiles are in microseconds; done() runs once, after all threads.
@@ -475,30 +509,120 @@ def engine_traits(engine: Engine, tag: str, seconds: float) -> Load:
     return _load(n, time.perf_counter() - start, latencies)
 
 
+def engine_events(engine: Engine, refs: Callable[[int], str], seconds: float) -> Load:
+    latencies = []
+    start = time.perf_counter()
+    end = start + seconds
+    n = 0
+    while (now := time.perf_counter()) < end:
+        n += 1
+        row = profiles.find(engine.store, refs(n), "users")
+        profiles.events(engine.store, row, limit=100)
+        latencies.append(time.perf_counter() - now)
+    return _load(n, time.perf_counter() - start, latencies)
+
+
+# ---- index lag ----------------------------------------------------------------------------
+NO_LAG = (float("nan"), float("nan"))  # a release without derived state
+
+
+def engine_lag(engine: Engine) -> Callable[[], tuple[float, float]]:
+    """(messages, seconds) behind, from the store."""
+    read = getattr(engine.store, "index_lag", None)
+    if read is None:
+        return lambda: NO_LAG
+
+    def lag() -> tuple[float, float]:
+        got = read()
+        return float(got.messages), float(got.seconds)
+
+    return lag
+
+
+def http_lag(port: int) -> Callable[[], tuple[float, float]]:
+    """(messages, seconds) behind, from /healthz."""
+
+    def lag() -> tuple[float, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            found = msgspec.json.decode(response.read()).get("index_lag")
+        return NO_LAG if found is None else (float(found["messages"]), float(found["seconds"]))
+
+    return lag
+
+
+@dataclass
+class Lag:
+    messages: float  # the most messages behind, sampled every 0.2 s
+    seconds: float  # the oldest unindexed message's age, at its largest
+    catch_up: float  # seconds from the end of the load to no lag
+
+
+@contextmanager
+def sampling(lag: Callable[[], tuple[float, float]], result: list[Lag]) -> Iterator[None]:
+    """Sample the lag while the block runs; then wait (up to 60 s) until it is zero."""
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            samples.append(lag())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+    ended = time.perf_counter()
+    while (now := lag())[0] > 0 and time.perf_counter() - ended < 60:
+        time.sleep(0.05)
+    if math.isnan(now[0]):  # nothing to sample
+        result.append(Lag(*NO_LAG, float("nan")))
+        return
+    result.append(
+        Lag(
+            max((m for m, _ in samples), default=0.0),
+            max((sec for _, sec in samples), default=0.0),
+            time.perf_counter() - ended,
+        )
+    )
+
+
 # ---- one run ------------------------------------------------------------------------------
 @dataclass
 class Run:
     figures: dict[str, tuple[Load, Load]] = field(default_factory=dict)  # http, in-process
+    lags: dict[str, tuple[Lag, Lag]] = field(default_factory=dict)  # http, in-process
 
 
-def one_run(root: Path, seconds: float, rate: float, use_wrk: bool) -> Run:
+def one_run(root: Path, seconds: float, rate: float, use_wrk: bool, big: int) -> Run:
     run = Run()
     tag = secrets.token_hex(3)
+    lags: list[Lag] = []
 
     with engine_at(root / "engine") as engine:
-        inproc_batch = engine_closed_loop(
-            engine, lambda n: [track_event(tag + "b", n, k) for k in range(BATCH)], 16, seconds
-        )
+        with sampling(engine_lag(engine), lags):
+            inproc_batch = engine_closed_loop(
+                engine, lambda n: [track_event(tag + "b", n, k) for k in range(BATCH)], 16, seconds
+            )
         inproc_rate = engine_fixed_rate(engine, tag + "r", rate, seconds)
         inproc_sat = engine_closed_loop(engine, lambda n: [track_event(tag + "s", n)], 64, seconds)
         seed_traits(lambda body: _ingest(engine, body), tag + "t")
         inproc_traits = engine_traits(engine, tag + "t", seconds)
+        inproc_events = engine_events(
+            engine, lambda n: f"user_id:{tag}t-{n % TRAIT_PROFILES}", seconds
+        )
+        for body in big_profile_batches(tag, big):
+            _ingest(engine, body)
+        inproc_big = engine_events(engine, lambda n: f"user_id:u-{tag}-big", seconds)
 
     with server(root / "server") as port:
-        if use_wrk:
-            http_batch = wrk(port, lua_track(tag + "b", "/v1/batch", BATCH), 16, seconds, root)
-        else:
-            http_batch = python_client(port, "batch", tag + "b", 16, seconds, None)
+        with sampling(http_lag(port), lags):
+            if use_wrk:
+                http_batch = wrk(port, lua_track(tag + "b", "/v1/batch", BATCH), 16, seconds, root)
+            else:
+                http_batch = python_client(port, "batch", tag + "b", 16, seconds, None)
         http_rate = python_client(port, "track", tag + "r", 32, seconds, rate)
         if use_wrk:
             http_sat = wrk(port, lua_track(tag + "s", "/v1/track", 1), 64, seconds, root)
@@ -512,6 +636,14 @@ def one_run(root: Path, seconds: float, rate: float, use_wrk: bool) -> Run:
         else:
             http_traits = python_client(port, "traits", tag + "t", 16, seconds, None)
         http_traits_one = python_client(port, "traits", tag + "t", 1, seconds, None)
+        if use_wrk:
+            small = lua_events("bench", TRAIT_PROFILES, tag + "t")
+            http_events = wrk(port, small, 16, seconds, root)
+            for body in big_profile_batches(tag, big):
+                post(port, "/v1/batch", body, WRITE_KEY)
+            http_big = wrk(port, lua_events("bench", 1, f"u-{tag}-big"), 16, seconds, root)
+        else:
+            http_events = http_big = Load(*[float("nan")] * 4)
 
     http_batch.rps *= BATCH  # events per second
     run.figures = {
@@ -520,7 +652,10 @@ def one_run(root: Path, seconds: float, rate: float, use_wrk: bool) -> Run:
         "saturate": (http_sat, inproc_sat),
         "traits": (http_traits, inproc_traits),
         "traits_one": (http_traits_one, inproc_traits),
+        "events": (http_events, inproc_events),
+        "events_big": (http_big, inproc_big),
     }
+    run.lags = {"batch": (lags[1], lags[0])}
     return run
 
 
@@ -529,7 +664,7 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def report(runs: list[Run], command: str, rate: float) -> str:
+def report(runs: list[Run], command: str, rate: float, big_events: int) -> str:
     def col(name: str, side: int, attr: str) -> float:
         return _median([getattr(r.figures[name][side], attr) for r in runs])
 
@@ -567,6 +702,29 @@ def report(runs: list[Run], command: str, rate: float) -> str:
         f"{'/traits, 1 connection, p95 ms':<44}{col('traits_one', 0, 'p95'):>12.2f}"
         f"{col('traits_one', 1, 'p95'):>12.2f}{ratio('traits_one', 'p95'):>8.1f}",
     ]
+    lines += [
+        f"{'/events?limit=100 small, 16 conn, p95 ms':<44}{col('events', 0, 'p95'):>12.2f}"
+        f"{col('events', 1, 'p95'):>12.2f}{ratio('events', 'p95'):>8.1f}  <= 5 ms",
+        f"{f'/events?limit=100 {big_events:,} events, p95 ms':<44}"
+        f"{col('events_big', 0, 'p95'):>12.2f}{col('events_big', 1, 'p95'):>12.2f}"
+        f"{ratio('events_big', 'p95'):>8.1f}  <= 10 ms",
+    ]
+
+    def lag(attr: str) -> tuple[float, float]:
+        return tuple(  # type: ignore[return-value]
+            _median([getattr(r.lags["batch"][side], attr) for r in runs]) for side in (0, 1)
+        )
+
+    for label, attr, fmt, target in (
+        ("index lag in /v1/batch phase, max messages", "messages", ",.0f", ""),
+        ("index lag in /v1/batch phase, max seconds", "seconds", ".2f", "<= 1 s"),
+        ("index catch-up after the phase, seconds", "catch_up", ".2f", ""),
+    ):
+        http_value, inproc_value = lag(attr)
+        lines.append(
+            f"{label:<44}{format(http_value, fmt):>12}{format(inproc_value, fmt):>12}"
+            f"{'':>8}  {target}"
+        )
     errors = sum(f[0].errors for r in runs for f in r.figures.values())
     lines.append(f"non-200 answers during load: {errors}")
     return "\n".join(lines)
@@ -577,6 +735,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--rate", type=float, default=1000.0, help="fixed-rate requests/s")
+    parser.add_argument(
+        "--big-events", type=int, default=100_000, help="events of the large profile (100000)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args(argv)
     use_wrk = shutil.which("wrk") is not None
@@ -591,14 +752,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for i in range(args.runs):
             started = time.perf_counter()
-            runs.append(one_run(root / f"run{i}", args.duration, args.rate, use_wrk))
+            runs.append(
+                one_run(root / f"run{i}", args.duration, args.rate, use_wrk, args.big_events)
+            )
             print(
                 f"run {i + 1}/{args.runs} done in {time.perf_counter() - started:.0f} s", flush=True
             )
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print(report(runs, command.strip(), args.rate))
+    print(report(runs, command.strip(), args.rate, args.big_events))
     print(f"machine: {os.cpu_count()} cores; load generators run in their own processes.")
 
 

@@ -12,6 +12,7 @@ fills while the graph is rebuilt from the tables).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -19,6 +20,8 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+
+import idstitch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +119,11 @@ def memory_probe(db: Path, mode: str) -> dict[str, float]:
 def probe(db: Path, mode: str) -> dict[str, float]:
     """`memory_probe` in a fresh interpreter, so that nothing else sits in its heap."""
     cmd = [sys.executable, "-m", "benchmarks.memory", mode, str(db)]
-    done = subprocess.run(cmd, capture_output=True, check=True, cwd=ROOT)
+    # The idstitch this process runs (a baseline's, say), then these benchmarks; from a
+    # directory holding neither, since `-m` puts the working directory first on the path.
+    package = Path(idstitch.__file__).parent.parent  # not resolved: a baseline's is a link
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join((str(package), str(ROOT))))
+    done = subprocess.run(cmd, capture_output=True, check=True, cwd=db.parent, env=env)
     return dict(json.loads(done.stdout))
 
 

@@ -31,7 +31,7 @@ from idstitch.core.graph import Graph
 from idstitch.core.identifiers import key_of, slot_of
 from idstitch.core.plan import Plan
 from idstitch.errors import StorageError, StoreNotFound
-from idstitch.storage import sqlite_committer
+from idstitch.storage import sqlite_committer, sqlite_index
 from idstitch.storage import sqlite_reads as reads
 from idstitch.storage.base import (
     EventRow,
@@ -65,6 +65,12 @@ from idstitch.storage.sqlite_protocol import (
     Write,
     from_wire,
     to_wire,
+)
+
+# The indexer's entry: argv[1] is the directory holding the `idstitch` package to run.
+_RUN_INDEXER = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from idstitch.storage.sqlite_index import main; main(sys.argv[2:5])"
 )
 
 log = logging.getLogger("idstitch.storage")
@@ -407,7 +413,10 @@ class SQLiteStore(Store):
         receiver.start()
 
     def _start_indexer(self) -> None:
-        command = ["-I", "-m", "idstitch.storage.sqlite_index", str(self.path), str(self.index)]
+        # The package this engine runs from, by path (`-I` ignores PYTHONPATH): the indexer
+        # must be the same code as the engine, even where another idstitch is installed.
+        package_root = str(Path(sqlite_index.__file__).resolve().parent.parent.parent)
+        command = ["-I", "-c", _RUN_INDEXER, package_root, str(self.path), str(self.index)]
         self._indexer = Child(command, replies=False)
 
     # ---- the committer's answers ----------------------------------------------------------

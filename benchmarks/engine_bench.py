@@ -169,7 +169,7 @@ def closed_loop(
     profiles: dict[str, cProfile.Profile] | None = None,
 ) -> EngineRun:
     """Prepare + submit as fast as the engine takes them, `window` tickets in flight."""
-    engine = Engine(settings_for(db))
+    engine = Engine(settings_for(db), tune_gc=True)
     profile = None
     if profiles is not None:
         profiles["writer"] = _profile_writer(engine)
@@ -199,7 +199,7 @@ def closed_loop(
 
 def open_loop(messages: Sequence[bytes], db: Path, rate: float, ticket_size: int) -> EngineRun:
     """Submit a ticket every `ticket_size / rate` seconds, on schedule, whatever the backlog."""
-    engine = Engine(settings_for(db))
+    engine = Engine(settings_for(db), tune_gc=True)
     tickets: list[Timing] = []
     inflight: deque[Ticket] = deque()
     lags: list[tuple[float, int]] = []
@@ -250,7 +250,7 @@ def stages(messages: Sequence[bytes], db: Path, ticket_size: int, window: int) -
         from idstitch.core.ksuid import segment_id  # type: ignore[assignment]
     from idstitch.core.planner import apply_plan, plan_message
 
-    engine = Engine(settings_for(db))
+    engine = Engine(settings_for(db), tune_gc=True)
     try:
         started = time.perf_counter()
         items = [engine.prepare(raw) for raw in messages]
@@ -338,7 +338,7 @@ def run_import(path: Path, workdir: Path, events: int, how: str) -> ImportRun:
     from idstitch.importer import import_paths
 
     started = time.perf_counter()
-    with Engine(settings_for(db)) as engine:
+    with Engine(settings_for(db), tune_gc=True) as engine:
         import_paths(engine, [path], source="import")
     seconds = time.perf_counter() - started
     return ImportRun(events / seconds, seconds, float("nan"), "library")

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n{:>16} {:>11} {:>11} {:>9} {:>7}".format(*head))
     rates: list[float] = []
     try:
-        engine = Engine(settings_for(db))
+        engine = Engine(settings_for(db), tune_gc=True)
         try:
             inflight: deque[Ticket] = deque()
             started, commits, step_start = time.perf_counter(), 0, 0

@@ -414,7 +414,7 @@ def engine_at(workdir: Path) -> Iterator[Engine]:
             "sources": [{"id": "bench", "write_key": WRITE_KEY}],
         }
     )
-    engine = Engine(settings)
+    engine = Engine(settings, tune_gc=True)
     try:
         yield engine
     finally:

@@ -73,7 +73,7 @@ def worker(url: str, tickets: list[list[bytes]], window: int, barrier: Barrier, 
     from idstitch.config import settings_from
     from idstitch.engine import Engine, Ticket
 
-    engine = Engine(settings_from({"storage": {"url": url}}))
+    engine = Engine(settings_from({"storage": {"url": url}}), tune_gc=True)
     prepare, submit = engine.prepare, engine.submit
     latencies: list[float] = []  # not the tickets: they hold messages and plans
     inflight: deque[Ticket] = deque()

@@ -151,7 +151,7 @@ def import_(
         files = find_files(list(paths))
         total = sum(f.stat().st_size for f in files)
         # Bulk: several batches per store transaction (each file's position in the same one).
-        with Engine(settings, max_batch=4 * batch_size) as engine:
+        with Engine(settings, max_batch=4 * batch_size, tune_gc=True) as engine:
             if no_progress or not sys.stderr.isatty():
                 summary = import_paths(engine, list(paths), source=source, batch_size=batch_size)
             else:

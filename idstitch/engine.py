@@ -145,7 +145,7 @@ class Engine:
         *,
         max_batch: int = 1000,
         max_pending: int = 200_000,
-        tune_gc: bool = True,  # also the thread switch interval (process-wide settings)
+        tune_gc: bool = False,
     ):
         settings = config_module.check(settings)  # raises ConfigError, before the store opens
         self.settings = settings
@@ -165,6 +165,8 @@ class Engine:
         self._closing = False
         self._closed = False
         if tune_gc:
+            # Process-wide settings, so only for the processes idstitch owns (`serve`,
+            # `import`), never a host application's by default.
             # The graph is long-lived: keep the cyclic GC off it and make collections rare,
             # which removes the millisecond pauses from the latency tail.
             gc.collect()

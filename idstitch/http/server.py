@@ -114,7 +114,7 @@ def serve(config_path: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT
     sock = listen(host, port)
     logs.setup(logging.INFO)
     try:
-        engine = Engine(settings)
+        engine = Engine(settings, tune_gc=True)  # this process is idstitch's own
     except BaseException:
         sock.close()
         raise

@@ -7,6 +7,8 @@ refuses one message passed where a list belongs, and `source` must be a non-empt
 
 from __future__ import annotations
 
+import gc
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -279,3 +281,30 @@ def test_reads_after_close_say_the_engine_is_closed(tmp_path: Path) -> None:
 def test_open_names_what_it_takes(config: Any) -> None:
     with pytest.raises(ConfigError, match="neither a config file path nor a storage URL"):
         idstitch.open(config)
+
+
+def process_settings() -> tuple[float, tuple[int, int, int], int]:
+    return sys.getswitchinterval(), gc.get_threshold(), gc.get_freeze_count()
+
+
+def test_the_library_changes_no_process_wide_setting(tmp_path: Path) -> None:
+    """The GC and thread-switch tunings are for idstitch's own processes (serve, import); an
+    application that opens the library keeps its own."""
+    before = process_settings()
+    with idstitch.open(f"sqlite:///{tmp_path / 'x.db'}") as engine:
+        engine.ingest({"type": "identify", "userId": "u1", "anonymousId": "a1"})
+        assert process_settings() == before
+    assert process_settings() == before
+
+
+def test_an_engine_asked_to_tune_the_process_does(tmp_path: Path) -> None:
+    before = process_settings()
+    try:
+        with idstitch.open(f"sqlite:///{tmp_path / 'x.db'}", tune_gc=True):
+            interval, threshold, frozen = process_settings()
+            assert interval == pytest.approx(0.0005) and threshold[0] == 50_000
+            assert frozen >= before[2]
+    finally:
+        sys.setswitchinterval(before[0])
+        gc.set_threshold(*before[1])
+        gc.unfreeze()

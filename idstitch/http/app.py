@@ -21,7 +21,16 @@ import msgspec
 from idstitch.config import redact_url
 from idstitch.engine import Engine
 from idstitch.errors import IdstitchError, StorageError
-from idstitch.http import browser, docs, explorer, library, logs, openapi, profiles, tracking
+from idstitch.http import (
+    browser,
+    docs,
+    explorer,
+    library,
+    logs,
+    openapi,
+    profile_api,
+    tracking,
+)
 from idstitch.http.asgi import JSON, Receive, Scope, Send, query, send_bytes, send_json
 from idstitch.http.body import BodyBudget, unread_body
 from idstitch.http.errors import (
@@ -95,12 +104,12 @@ class App:
         method: str = scope["method"]
         route = "unknown"
         status = 500
-        profile_api = (
-            path.startswith(profiles.PREFIX)
-            or path == profiles.PREFIX[:-1]
+        token_route = (  # a route of the Profile API family: access token, its error shape
+            path.startswith(profile_api.PREFIX)
+            or path == profile_api.PREFIX[:-1]
             or path == explorer.DATA_PATH
         )
-        if not profile_api and path.startswith("/v1/"):
+        if not token_route and path.startswith("/v1/"):
             # analytics.js posts straight from browsers, from any origin (as to Segment);
             # the Profile API is for servers, with tokens that never belong in a page.
             send = browser.with_cors(send)
@@ -136,7 +145,7 @@ class App:
                 status = await library.serve(self.engine, scope, send, script)
             elif path == explorer.DATA_PATH:
                 route = "explorer_graph"
-                profiles.authenticate(self.engine.settings, scope)
+                profile_api.authenticate(self.engine.settings, scope)
                 if method != "GET":
                     raise MethodNotAllowed(path, method, "GET")
                 loop = asyncio.get_running_loop()
@@ -158,10 +167,10 @@ class App:
                 content, kind = self._explorer[path]
                 await send_bytes(send, 200, content, kind, list(explorer.HEADERS))
                 status = 200
-            elif profile_api:
+            elif token_route:
                 route = "profiles"
                 # The token first, as Segment: without one, nothing about the routes is told.
-                profiles.authenticate(self.engine.settings, scope)
+                profile_api.authenticate(self.engine.settings, scope)
                 if method != "GET":
                     raise MethodNotAllowed("the Profile API", method, "GET")
                 route, status = await self._profile(scope, send)
@@ -175,13 +184,13 @@ class App:
                 raise NotFound(f"no route {path}; see /docs for the routes.")
         except IdstitchError as err:
             status = status_of(err)
-            await self._fail(send, err, status, route, profile_api, unread_body(scope))
+            await self._fail(send, err, status, route, token_route, unread_body(scope))
         except Exception:
             status = 500
             logs.logger.exception("request failed", extra={"fields": {"route": route}})
             body = (
                 {"error": {"code": "server_error", "message": _INTERNAL}}
-                if profile_api
+                if token_route
                 else ({"success": False, "code": "internal_error", "message": _INTERNAL})
             )
             with contextlib.suppress(Exception):
@@ -237,7 +246,7 @@ class App:
             await send_json(send, status, body, headers)
 
     async def _profile(self, scope: Scope, send: Send) -> tuple[str, int]:
-        target = profiles.parse_path(scope)
+        target = profile_api.parse_path(scope)
         route = f"profiles.{target.resource}"
         settings = self.engine.settings
         if target.space != settings.space_id:
@@ -248,9 +257,9 @@ class App:
         args = (self.engine.store, settings.space_id, target, query(scope))
         if target.resource in _OFFLOADED or not self.engine.store.local_reads:
             loop = asyncio.get_running_loop()
-            body = await loop.run_in_executor(self._reads, profiles.read, *args)
+            body = await loop.run_in_executor(self._reads, profile_api.read, *args)
         else:
-            body = profiles.read(*args)
+            body = profile_api.read(*args)
         await send_json(send, 200, body, [(b"request-id", self._request_id())])
         return route, 200
 

@@ -14,7 +14,7 @@ import pytest
 from idstitch.config import redact_url, settings_from
 from idstitch.engine import Engine
 from idstitch.http import logs
-from idstitch.http import profiles as profile_routes
+from idstitch.http import profile_api as profile_routes
 from idstitch.http.app import App
 from idstitch.http.logs import JsonFormatter
 from idstitch.http.metrics import RateMeter

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     import psycopg
 
     from benchmarks.workload import generate
-    from idstitch.config import redact_url
+    from idstitch.checks import redact_url
 
     try:
         admin(args.url, "SELECT 1")

@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from idstitch import __version__, config
+from idstitch import __version__, checks, config
 from idstitch.config import Settings
 from idstitch.errors import IdstitchError, InvalidReference, ProfileNotFound, StoreNotFound
 
@@ -143,7 +143,7 @@ def import_(
     from idstitch.engine import Engine
     from idstitch.importer import find_files, import_paths
 
-    problem = config.source_id_problem(source)
+    problem = checks.source_id_problem(source)
     if problem is not None:
         _fail(IdstitchError(f"--source {source!r:.60} {problem}; pass a short printable id."))
     settings = _settings(config_path)

@@ -13,8 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
+from idstitch.checks import (
+    redact_url,
+    same_secret,
+    source_id_problem,
+    sqlite_url_problem,
+)
 from idstitch.core.rules import (
     BUILTIN_TYPES,
     DEFAULT_BLOCKLIST,
@@ -26,7 +32,6 @@ from idstitch.core.rules import (
     WindowName,
 )
 from idstitch.errors import ConfigError
-from idstitch.storage import sqlite_url_problem
 from idstitch.storage.base import STALL_SECONDS
 
 DEFAULT_DIR = Path("idstitch-data")
@@ -53,14 +58,6 @@ _TYPE_RE = re.compile(r"^[a-z0-9_.\-]{1,64}$")
 class Source:
     id: str
     write_key: str
-
-
-def same_secret(expected: str, given: str) -> bool:
-    """A constant-time comparison of two secrets, whatever characters `given` holds (on str,
-    `compare_digest` refuses non-ASCII text with a TypeError)."""
-    return secrets.compare_digest(
-        expected.encode("utf-8", "surrogatepass"), given.encode("utf-8", "surrogatepass")
-    )
 
 
 @dataclass(frozen=True)
@@ -344,25 +341,6 @@ def _space_id(value: Any) -> str:
     return value
 
 
-def redact_url(url: str) -> str:
-    """`url` with any password (in the user part or a `password=` parameter) shown as `***`,
-    fit for logs and error messages; a URL without one comes back unchanged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url.partition("://")[0] + "://***"
-    netloc, query = parts.netloc, parts.query
-    user, at, host = netloc.rpartition("@")
-    if at and ":" in user:
-        netloc = user.split(":", 1)[0] + ":***@" + host
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if any(k == "password" for k, _ in pairs):
-        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="=-,*")
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def _storage_url(url: Any, from_env: bool = False) -> str:
     """A storage URL: any `scheme://...` (the store checks its own form when it opens), and a
     PostgreSQL URL must name its database, or libpq would pick one by its defaults."""
@@ -396,23 +374,6 @@ def _storage_url(url: Any, from_env: bool = False) -> str:
                 "postgresql://user@host/dbname, or postgresql:///dbname for the local socket)"
             )
     return url
-
-
-MAX_SOURCE_ID_LENGTH = 200
-
-
-def source_id_problem(source_id: object) -> str | None:
-    """Why `source_id` cannot name a source (None when it can): every store keeps it as
-    text and every log line shows it, so it is printable, not blank, and short."""
-    if not isinstance(source_id, str):
-        return f"is {type(source_id).__name__}, not a string"
-    if not source_id.strip():
-        return "is empty"
-    if not source_id.isprintable():
-        return "holds control characters"
-    if len(source_id) > MAX_SOURCE_ID_LENGTH:
-        return f"is {len(source_id):,} characters long; the limit is {MAX_SOURCE_ID_LENGTH}"
-    return None
 
 
 def _source(source_id: Any, write_key: Any, key: str) -> Source:

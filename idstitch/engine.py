@@ -19,8 +19,8 @@ from typing import Any
 
 import msgspec
 
+from idstitch import checks, profiles
 from idstitch import config as config_module
-from idstitch import profiles
 from idstitch.config import Settings
 from idstitch.core.identifiers import Extracted, Extractor
 from idstitch.core.ksuid import segment_id_for as new_segment_id
@@ -58,7 +58,7 @@ def _check_sort(sort: object) -> SortOrder:
 
 
 def _check_source(source: object) -> str:
-    problem = config_module.source_id_problem(source)
+    problem = checks.source_id_problem(source)
     if problem is None and isinstance(source, str):
         return source
     raise InvalidMessage(

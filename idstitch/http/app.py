@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from idstitch.config import redact_url
+from idstitch.checks import redact_url
 from idstitch.engine import Engine
 from idstitch.errors import IdstitchError, StorageError
 from idstitch.http import (

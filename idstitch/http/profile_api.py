@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from idstitch import profiles
-from idstitch.config import Settings, same_secret
+from idstitch.checks import same_secret
+from idstitch.config import Settings
 from idstitch.core.identifiers import ACCOUNTS, USERS
 from idstitch.errors import AuthenticationError
 from idstitch.http.asgi import Scope, basic_user

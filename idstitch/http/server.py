@@ -18,7 +18,8 @@ from types import FrameType
 
 import uvicorn
 
-from idstitch.config import DEFAULT_CONFIG, Settings, load, redact_url, write_default
+from idstitch.checks import redact_url
+from idstitch.config import DEFAULT_CONFIG, Settings, load, write_default
 from idstitch.engine import Engine
 from idstitch.errors import ConfigError
 from idstitch.http import logs

@@ -2,34 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from idstitch.checks import sqlite_path, sqlite_url_problem
 from idstitch.errors import ConfigError
 from idstitch.storage.base import STALL_SECONDS, Store
-
-
-def sqlite_url_problem(url: str) -> str | None:
-    """Why `url` names no SQLite store file (None when it does): `sqlite:////abs/path.db`
-    (four slashes) or `sqlite:///relative/path.db` (three), and nothing else."""
-    rest = url[len("sqlite:///") :]
-    if not url.startswith("sqlite:///") or not rest:
-        return "names no file"
-    if "?" in rest or "#" in rest:
-        return "has parameters; a SQLite URL takes no parameters, only a file path"
-    if rest in (":memory:", "/:memory:") or rest.startswith("file:"):
-        return "is no file path; the store must be a file, which keeps what it stores"
-    return None
-
-
-def sqlite_path(url: str) -> Path:
-    """The file a SQLite URL names (raises ConfigError, see `sqlite_url_problem`)."""
-    problem = sqlite_url_problem(url)
-    if problem is not None:
-        raise ConfigError(
-            f"storage url {url!r} {problem}; write sqlite:////absolute/path.db or "
-            "sqlite:///relative/path.db."
-        )
-    return Path(url[len("sqlite:///") :])
 
 
 def open_store(url: str, *, read_only: bool = False, stall_seconds: float = STALL_SECONDS) -> Store:

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from idstitch.config import redact_url
+from idstitch.checks import redact_url
 from idstitch.errors import StorageError
 from idstitch.storage.base import (
     EVENT_COLUMNS,

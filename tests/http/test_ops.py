@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from idstitch.config import redact_url, settings_from
+from idstitch.checks import redact_url
+from idstitch.config import settings_from
 from idstitch.engine import Engine
 from idstitch.http import logs
 from idstitch.http import profile_api as profile_routes

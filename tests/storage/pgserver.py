@@ -42,7 +42,7 @@ def unavailable() -> str | None:
         import psycopg
     except ImportError:
         return "psycopg is not installed (pip install 'idstitch[postgres]')"
-    from idstitch.config import redact_url
+    from idstitch.checks import redact_url
 
     try:
         with psycopg.connect(base_url(), connect_timeout=3) as conn:

@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from idstitch.config import redact_url, settings_from
+from idstitch.checks import redact_url
+from idstitch.config import settings_from
 from idstitch.core import messages
 from idstitch.core.identifiers import Extracted, Extractor
 from idstitch.core.ksuid import segment_id_for as segment_id

@@ -35,8 +35,9 @@ from idstitch.errors import (
     StorageError,
 )
 from idstitch.metrics import Metrics
+from idstitch.reads import ProfileReads
 from idstitch.storage import Store, open_store
-from idstitch.storage.base import SortOrder, Transaction
+from idstitch.storage.base import IndexLag, SortOrder, Transaction
 
 Item = tuple[Prepared, Extracted]
 
@@ -157,6 +158,7 @@ class Engine:
             else open_store(settings.storage_url, stall_seconds=settings.stall_seconds)
         )
         self.metrics = Metrics()
+        self.reads = ProfileReads(self.store)  # the HTTP layer's way to the store's reads
         self.max_batch = max_batch
         self.max_pending = max_pending
         self._queue: deque[Ticket] = deque()
@@ -455,6 +457,19 @@ class Engine:
         `limit` is a whole number from 1 up; anything else raises InvalidArgument."""
         limit = _check_limit(limit)
         return [profiles.violation(v) for v in self._reading().violations(limit)]
+
+    # ---- operations -----------------------------------------------------------------------
+    def healthy(self) -> bool:
+        """The store answers and can take writes (what /healthz reports)."""
+        return self.store.healthy()
+
+    def index_lag(self) -> IndexLag:
+        """How far the store's derived state trails the acknowledged messages."""
+        return self.store.index_lag()
+
+    @property
+    def storage_url(self) -> str:
+        return self.store.url
 
     def _reading(self) -> Store:
         if self._closed:

@@ -75,3 +75,15 @@ def test_the_import_graph_has_no_cycle() -> None:
 def test_a_cycle_is_found() -> None:
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_http_layer_reads_through_the_engine_not_the_store() -> None:
+    """Every read has one way in (`Engine.reads` and the engine's operations): no module of
+    idstitch.http reaches for `.store`."""
+    reached = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted((PACKAGE / "http").glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "store"
+    ]
+    assert reached == []

@@ -152,7 +152,7 @@ class App:
                 graph = await loop.run_in_executor(
                     self._reads,
                     explorer.graph,
-                    self.engine.store,
+                    self.engine.reads,
                     query(scope),
                     self.engine.rules.rank,
                 )
@@ -254,8 +254,8 @@ class App:
                 f"space {target.space!r} does not exist; this server's space is "
                 f"{settings.space_id!r} (space_id in the config)."
             )
-        args = (self.engine.store, settings.space_id, target, query(scope))
-        if target.resource in _OFFLOADED or not self.engine.store.local_reads:
+        args = (self.engine.reads, settings.space_id, target, query(scope))
+        if target.resource in _OFFLOADED or not self.engine.reads.local:
             loop = asyncio.get_running_loop()
             body = await loop.run_in_executor(self._reads, profile_api.read, *args)
         else:
@@ -287,13 +287,13 @@ class App:
         return 200
 
     def _health(self) -> tuple[bool, IndexLag | None]:
-        return self.engine.store.healthy(), self._index_lag()
+        return self.engine.healthy(), self._index_lag()
 
     def _index_lag(self) -> IndexLag | None:
         """How far derived state trails the log; None when the store cannot say (it is then
         unhealthy, which /healthz reports on its own)."""
         try:
-            return self.engine.store.index_lag()
+            return self.engine.index_lag()
         except StorageError:
             return None
 
@@ -324,7 +324,7 @@ class App:
         self._reads.shutdown(wait=True)
         if self.owns_engine:
             await asyncio.to_thread(self.engine.close)
-            logs.event("store closed", storage=redact_url(self.engine.store.url))
+            logs.event("store closed", storage=redact_url(self.engine.storage_url))
 
 
 def create_app(engine: Engine, *, owns_engine: bool = False, **options: Any) -> App:

@@ -15,7 +15,8 @@ from typing import Any
 from idstitch import profiles
 from idstitch.core.messages import format_time
 from idstitch.errors import InvalidReference
-from idstitch.storage.base import ExternalIdRow, ProfileRow, Store
+from idstitch.reads import ProfileReads
+from idstitch.storage.base import ExternalIdRow, ProfileRow
 
 Rank = Callable[[str], Any]  # IdentityRules.rank: smaller sorts first
 
@@ -56,7 +57,7 @@ def script() -> bytes:
     return _static("explorer.js")
 
 
-def graph(store: Store, params: dict[str, str], rank: Rank) -> dict[str, Any]:
+def graph(reads: ProfileReads, params: dict[str, str], rank: Rank) -> dict[str, Any]:
     """The drawing's data for `?ref=type:value` or `?ref=segment_id` (users first, then
     accounts, as `idstitch profile`). A linked profile is named by its highest-priority
     identifiers (`rank`, as the identity rules order types)."""
@@ -71,11 +72,11 @@ def graph(store: Store, params: dict[str, str], rank: Rank) -> dict[str, Any]:
             f"the profile reference is {len(ref):,} characters; the limit is "
             f"{MAX_REF_LENGTH:,} (identifier values hold at most 1,000)."
         )
-    row = profiles.find(store, ref)
-    linked = store.links(row.pid, limit=MAX_LINKS + 1)
-    traits = profiles.traits(store, row, limit=MAX_TRAITS + 1)
-    identifiers = [profiles.external_id(r) for r in _by_priority(store, row, rank)]
-    merges = store.merges(row.pid)
+    row = reads.find(ref)
+    linked = reads.links(row, limit=MAX_LINKS + 1)
+    traits = reads.traits(row, limit=MAX_TRAITS + 1)
+    identifiers = [profiles.external_id(r) for r in _by_priority(reads, row, rank)]
+    merges = reads.merges(row)
     return {
         "ref": ref,
         "profile": {
@@ -89,20 +90,20 @@ def graph(store: Store, params: dict[str, str], rank: Rank) -> dict[str, Any]:
         "more_identifiers": len(identifiers) > MAX_IDENTIFIERS,
         "merges": [profiles.merge(m) for m in merges[:MAX_MERGES]],
         "more_merges": len(merges) > MAX_MERGES,
-        "links": [_linked(store, link.profile, rank) for link in linked[:MAX_LINKS]],
+        "links": [_linked(reads, link.profile, rank) for link in linked[:MAX_LINKS]],
         "more_links": len(linked) > MAX_LINKS,
         "traits": dict(list(traits.items())[:MAX_TRAITS]),
         "more_traits": len(traits) > MAX_TRAITS,
     }
 
 
-def _by_priority(store: Store, row: ProfileRow, rank: Rank) -> list[ExternalIdRow]:
+def _by_priority(reads: ProfileReads, row: ProfileRow, rank: Rank) -> list[ExternalIdRow]:
     """Highest priority first, so that a list cut short shows the user_id and the email."""
-    return sorted(store.external_ids(row.pid), key=lambda r: (rank(r.type), r.created_at))
+    return sorted(reads.external_ids(row), key=lambda r: (rank(r.type), r.created_at))
 
 
-def _linked(store: Store, row: ProfileRow, rank: Rank) -> dict[str, Any]:
-    found = _by_priority(store, row, rank)
+def _linked(reads: ProfileReads, row: ProfileRow, rank: Rank) -> dict[str, Any]:
+    found = _by_priority(reads, row, rank)
     return {
         "segment_id": row.segment_id,
         "collection": row.collection,

@@ -28,7 +28,8 @@ from idstitch.http.paging import (
     options,
     profile_tag,
 )
-from idstitch.storage.base import ProfileRow, Store
+from idstitch.reads import ProfileReads
+from idstitch.storage.base import ProfileRow
 
 PREFIX = "/v1/spaces/"
 COLLECTIONS = (USERS, ACCOUNTS)
@@ -105,7 +106,7 @@ def _cursor(url: str, has_more: bool, next_: str) -> dict[str, Any]:
 
 
 def _position(
-    store: Store, row: ProfileRow, o: Options, resource: str, kinds: tuple[type, ...]
+    reads: ProfileReads, row: ProfileRow, o: Options, resource: str, kinds: tuple[type, ...]
 ) -> tuple[Any, ...] | None:
     """The position in `o.next`, refused unless it is a cursor of this resource and profile.
 
@@ -117,7 +118,7 @@ def _position(
         return None
     tag, position = cursor
     if tag != profile_tag(row.segment_id) and tag not in {
-        profile_tag(m.from_segment_id) for m in store.merges(row.pid)
+        profile_tag(m.from_segment_id) for m in reads.merges(row)
     }:
         raise ParameterError(
             "The `next` cursor belongs to another profile; pass a cursor only to the profile "
@@ -130,12 +131,10 @@ def _next(row: ProfileRow, resource: str, position: list[Any]) -> str:
     return encode_cursor(resource, profile_tag(row.segment_id), position)
 
 
-def _traits(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
+def _traits(reads: ProfileReads, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
     items: list[tuple[str, Any]] = []
     if o.trait_class is None:  # no audiences or computed traits are made here: none to read
-        found = profiles.traits(
-            store, row, o.verbose, start=o.next, limit=o.limit + 1, keys=o.include
-        )
+        found = reads.traits(row, o.verbose, start=o.next, limit=o.limit + 1, keys=o.include)
         items = list(found.items())
     page = items[: o.limit]
     has_more = len(items) > o.limit
@@ -144,9 +143,9 @@ def _traits(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, An
     return {"traits": dict(page), "cursor": cursor}
 
 
-def _external_ids(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
-    after = _position(store, row, o, "external_ids", (float, str, str))
-    rows = sorted(store.external_ids(row.pid), key=lambda r: (r.created_at, r.type, r.id))
+def _external_ids(reads: ProfileReads, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
+    after = _position(reads, row, o, "external_ids", (float, str, str))
+    rows = sorted(reads.external_ids(row), key=lambda r: (r.created_at, r.type, r.id))
     chosen = [
         r
         for r in rows
@@ -167,11 +166,11 @@ def _external_ids(store: Store, row: ProfileRow, o: Options, url: str) -> dict[s
     }
 
 
-def _events(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
-    position = _position(store, row, o, "events", (float, int))
+def _events(reads: ProfileReads, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
+    position = _position(reads, row, o, "events", (float, int))
     after = (position[0], position[1]) if position is not None else None
-    chosen = store.events(
-        row.pid,
+    chosen = reads.events(
+        row,
         start=o.start,
         end=o.end,
         sort=o.sort,
@@ -186,14 +185,14 @@ def _events(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, An
     return {"data": [profiles.event(e) for e in page], "cursor": _cursor(url, has_more, next_)}
 
 
-def _metadata(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
-    return {"metadata": profiles.metadata(store, row)}
+def _metadata(reads: ProfileReads, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
+    return {"metadata": reads.metadata(row)}
 
 
-def _links(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
-    position = _position(store, row, o, "links", (int,))
+def _links(reads: ProfileReads, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
+    position = _position(reads, row, o, "links", (int,))
     after = None if position is None else int(position[0])
-    linked = store.links(row.pid, after=after, limit=o.limit + 1)  # one more: is there a next?
+    linked = reads.links(row, after=after, limit=o.limit + 1)  # one more: is there a next?
     page = linked[: o.limit]
     has_more = len(linked) > o.limit
     other = USERS if row.collection == ACCOUNTS else ACCOUNTS
@@ -202,7 +201,7 @@ def _links(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any
         p = link.profile
         ids = [
             {k: v for k, v in profiles.external_id(r).items() if k != "first_message_id"}
-            for r in store.external_ids(p.pid)
+            for r in reads.external_ids(p)
             if o.include is None or r.type in o.include
         ]
         data.append({"to_collection": other, "segment_id": p.segment_id, "external_ids": ids})
@@ -210,7 +209,7 @@ def _links(store: Store, row: ProfileRow, o: Options, url: str) -> dict[str, Any
     return {"data": data, "cursor": _cursor(url, has_more, next_)}
 
 
-Renderer = Callable[[Store, ProfileRow, Options, str], dict[str, Any]]
+Renderer = Callable[[ProfileReads, ProfileRow, Options, str], dict[str, Any]]
 RENDERERS: dict[str, Renderer] = {
     "traits": _traits,
     "external_ids": _external_ids,
@@ -220,12 +219,12 @@ RENDERERS: dict[str, Renderer] = {
 }
 
 
-def read(store: Store, space: str, target: Target, params: dict[str, str]) -> dict[str, Any]:
-    """The response body for one request (synchronous: it runs the store's reads)."""
+def read(reads: ProfileReads, space: str, target: Target, params: dict[str, str]) -> dict[str, Any]:
+    """The response body for one request (synchronous: it runs the reads)."""
     opts = options(params, target.resource)
-    row = profiles.find(store, target.ref, target.collection)
+    row = reads.find(target.ref, target.collection)
     url = (
         f"/v1/spaces/{space}/collections/{target.collection}/profiles/{row.segment_id}/"
         f"{target.resource}"
     )
-    return RENDERERS[target.resource](store, row, opts, url)
+    return RENDERERS[target.resource](reads, row, opts, url)

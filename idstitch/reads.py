@@ -1,0 +1,84 @@
+"""The engine's reads, in one façade: what the HTTP layer (Profile API, explorer) asks of the
+store, by profile. The HTTP layer reads through `Engine.reads` and never touches the store,
+so that every read has one way in (and one place to change it).
+
+Profiles are addressed by the `ProfileRow` that `find` returns: its canonical profile, which
+the store follows through merges.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from idstitch import profiles
+from idstitch.storage.base import (
+    EventRow,
+    ExternalIdRow,
+    LinkRow,
+    MergeRow,
+    ProfileRow,
+    SortOrder,
+    Store,
+)
+
+
+class ProfileReads:
+    def __init__(self, store: Store):
+        self._store = store
+
+    @property
+    def local(self) -> bool:
+        """Reads are in-process and cheap (SQLite): bounded ones need no thread of their own."""
+        return self._store.local_reads
+
+    def find(self, ref: str, collection: str | None = None) -> ProfileRow:
+        """The canonical profile a reference names (ProfileNotFound, InvalidReference)."""
+        return profiles.find(self._store, ref, collection)
+
+    def traits(
+        self,
+        row: ProfileRow,
+        verbose: bool = False,
+        *,
+        start: str = "",
+        limit: int | None = None,
+        keys: frozenset[str] | None = None,
+    ) -> dict[str, Any]:
+        return profiles.traits(self._store, row, verbose, start=start, limit=limit, keys=keys)
+
+    def metadata(self, row: ProfileRow) -> dict[str, Any]:
+        return profiles.metadata(self._store, row)
+
+    def external_ids(self, row: ProfileRow) -> list[ExternalIdRow]:
+        return self._store.external_ids(row.pid)
+
+    def events(
+        self,
+        row: ProfileRow,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        sort: SortOrder = "desc",
+        after: tuple[float, int] | None = None,
+        limit: int = 10,
+        names: frozenset[str] | None = None,
+        excluded: frozenset[str] | None = None,
+    ) -> list[EventRow]:
+        return self._store.events(
+            row.pid,
+            start=start,
+            end=end,
+            sort=sort,
+            after=after,
+            limit=limit,
+            names=names,
+            excluded=excluded,
+        )
+
+    def links(
+        self, row: ProfileRow, *, after: int | None = None, limit: int | None = None
+    ) -> list[LinkRow]:
+        return self._store.links(row.pid, after=after, limit=limit)
+
+    def merges(self, row: ProfileRow) -> list[MergeRow]:
+        return self._store.merges(row.pid)

@@ -496,30 +496,34 @@ def _ingest(engine: Engine, body: bytes) -> None:
     engine.ingest_batch(msgspec.json.decode(body)["batch"], source="bench")
 
 
-def engine_traits(engine: Engine, tag: str, seconds: float) -> Load:
+def engine_reads(
+    engine: Engine, ref: Callable[[int], str], read: Callable[[Any], object], seconds: float
+) -> Load:
+    """Read `read(row)` of profile `ref(n)` for request n = 1, 2, ... for `seconds`, in process
+    (the store's reads, as the Profile API makes them, without HTTP)."""
     latencies = []
     start = time.perf_counter()
     end = start + seconds
     n = 0
     while (now := time.perf_counter()) < end:
         n += 1
-        row = profiles.find(engine.store, f"user_id:{tag}-{n % TRAIT_PROFILES}", "users")
-        profiles.traits(engine.store, row)
+        read(profiles.find(engine.store, ref(n), "users"))
         latencies.append(time.perf_counter() - now)
     return _load(n, time.perf_counter() - start, latencies)
+
+
+def engine_traits(engine: Engine, tag: str, seconds: float) -> Load:
+    def traits(row: Any) -> object:
+        return profiles.traits(engine.store, row)
+
+    return engine_reads(engine, lambda n: f"user_id:{tag}-{n % TRAIT_PROFILES}", traits, seconds)
 
 
 def engine_events(engine: Engine, refs: Callable[[int], str], seconds: float) -> Load:
-    latencies = []
-    start = time.perf_counter()
-    end = start + seconds
-    n = 0
-    while (now := time.perf_counter()) < end:
-        n += 1
-        row = profiles.find(engine.store, refs(n), "users")
-        profiles.events(engine.store, row, limit=100)
-        latencies.append(time.perf_counter() - now)
-    return _load(n, time.perf_counter() - start, latencies)
+    def events(row: Any) -> object:
+        return profiles.events(engine.store, row, limit=100)
+
+    return engine_reads(engine, refs, events, seconds)
 
 
 # ---- index lag ----------------------------------------------------------------------------
@@ -643,7 +647,8 @@ def one_run(root: Path, seconds: float, rate: float, use_wrk: bool, big: int) ->
                 post(port, "/v1/batch", body, WRITE_KEY)
             http_big = wrk(port, lua_events("bench", 1, f"u-{tag}-big"), 16, seconds, root)
         else:
-            http_events = http_big = Load(*[float("nan")] * 4)
+            nan = float("nan")  # no wrk: these phases need it
+            http_events = http_big = Load(nan, nan, nan, nan)
 
     http_batch.rps *= BATCH  # events per second
     run.figures = {

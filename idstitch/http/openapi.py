@@ -1,5 +1,8 @@
 """The OpenAPI 3.1 description of both APIs, served at `/openapi.json` and rendered at `/docs`.
 
+This module holds the schemas and one path item per route; `routes.ROUTES` says which path
+each documents, and `routes.document()` assembles the document from that table.
+
 Schemas say what the server accepts, so generated requests exercise real validation:
 ids are strings or numbers, JSON null counts as absent, and the limits are the real ones.
 """
@@ -15,8 +18,8 @@ from idstitch.core.messages import (
     MAX_MESSAGE_ID_LENGTH,
     MAX_REQUEST_BYTES,
 )
-from idstitch.http.paging import LIMITS, RESOURCES, TRAIT_CLASSES
-from idstitch.http.tracking import ROUTES, SHORT_ROUTES
+from idstitch.http.paging import LIMITS, TRAIT_CLASSES
+from idstitch.http.tracking import SHORT_ROUTES
 
 Schema = dict[str, Any]
 
@@ -195,7 +198,7 @@ def _json(schema: Schema, description: str) -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _tracking_operation(path: str, kind: str | None) -> Schema:
+def tracking_operation(path: str, kind: str | None) -> Schema:
     if kind is None:
         variants = [_message(k, typed=True) for k in _MESSAGES]
         body: Schema = {
@@ -268,7 +271,7 @@ def _query(name: str, schema: Schema, description: str) -> Schema:
     }
 
 
-def _profile_operation(resource: str) -> Schema:
+def profile_operation(resource: str) -> Schema:
     params: list[Schema] = [
         {"name": "space_id", "in": "path", "required": True, "schema": {"type": "string"}},
         {
@@ -343,28 +346,27 @@ def _text(media: str, description: str) -> Schema:
     return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
 
 
-def document() -> Schema:
-    paths: dict[str, Schema] = {p: _tracking_operation(p, k) for p, k in ROUTES.items()}
-    for resource in RESOURCES:
-        path = "/v1/spaces/{space_id}/collections/{collection}/profiles/{ref}/" + resource
-        paths[path] = _profile_operation(resource)
-    health = {
-        "type": "object",
-        "required": ["status"],
-        "properties": {
-            "status": {"type": "string", "enum": ["ok", "unavailable"]},
-            "index_lag": {
-                "type": "object",
-                "description": "How far the derived index trails acknowledged messages.",
-                "required": ["messages", "seconds"],
-                "properties": {
-                    "messages": {"type": "integer", "minimum": 0},
-                    "seconds": {"type": "number", "minimum": 0},
-                },
+_HEALTH: Schema = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "index_lag": {
+            "type": "object",
+            "description": "How far the derived index trails acknowledged messages.",
+            "required": ["messages", "seconds"],
+            "properties": {
+                "messages": {"type": "integer", "minimum": 0},
+                "seconds": {"type": "number", "minimum": 0},
             },
         },
-    }
-    paths["/v1/projects/{write_key}/settings"] = {
+    },
+}
+
+
+def browser_settings() -> Schema:
+    """`/v1/projects/{write_key}/settings`."""
+    return {
         "get": {
             "tags": ["Tracking API"],
             "operationId": "browser_settings",
@@ -389,8 +391,12 @@ def document() -> Schema:
             },
         }
     }
+
+
+def browser_library() -> Schema:
+    """`/analytics.js/v1/{write_key}/analytics.min.js`."""
     script = _text("text/javascript", "The script (gzip when accepted).")
-    paths["/analytics.js/v1/{write_key}/analytics.min.js"] = {
+    return {
         "get": {
             "tags": ["Tracking API"],
             "operationId": "browser_library",
@@ -416,7 +422,12 @@ def document() -> Schema:
             },
         }
     }
-    paths["/analytics-next/bundles/{file}"] = {
+
+
+def browser_bundles() -> Schema:
+    """`/analytics-next/bundles/{file}`."""
+    script = _text("text/javascript", "The script (gzip when accepted).")
+    return {
         "get": {
             "tags": ["Tracking API"],
             "operationId": "browser_bundles",
@@ -437,7 +448,11 @@ def document() -> Schema:
             },
         }
     }
-    paths["/v1/m"] = {
+
+
+def browser_metrics() -> Schema:
+    """`/v1/m`."""
+    return {
         "post": {
             "tags": ["Tracking API"],
             "operationId": "browser_metrics",
@@ -449,51 +464,67 @@ def document() -> Schema:
             },
         }
     }
-    paths["/healthz"] = {
+
+
+def healthz() -> Schema:
+    """`/healthz`."""
+    return {
         "get": {
             "tags": ["Operations"],
             "operationId": "healthz",
             "summary": "200 when the store is reachable.",
             "responses": {
-                "200": _json(health, "Healthy."),
-                "503": _json(health, "Store unreachable."),
+                "200": _json(_HEALTH, "Healthy."),
+                "503": _json(_HEALTH, "Store unreachable."),
             },
         }
     }
-    paths["/metrics"] = {
+
+
+def _operation(operation_id: str, summary: str, responses: Schema) -> Schema:
+    """A GET of the operations routes: no parameters, no authentication."""
+    return {
         "get": {
             "tags": ["Operations"],
-            "operationId": "metrics",
-            "summary": "Counters and latency histograms (Prometheus).",
-            "responses": {"200": _text("text/plain", "Prometheus text.")},
+            "operationId": operation_id,
+            "summary": summary,
+            "responses": responses,
         }
     }
-    paths["/openapi.json"] = {
-        "get": {
-            "tags": ["Operations"],
-            "operationId": "openapi",
-            "summary": "This document.",
-            "responses": {"200": _json({"type": "object"}, "OpenAPI.")},
-        }
-    }
-    paths["/docs"] = {
-        "get": {
-            "tags": ["Operations"],
-            "operationId": "docs",
-            "summary": "This document as a web page.",
-            "responses": {"200": _text("text/html", "HTML.")},
-        }
-    }
-    paths["/explorer"] = {
-        "get": {
-            "tags": ["Operations"],
-            "operationId": "explorer",
-            "summary": "A page that draws a profile's identity graph (it asks for a token).",
-            "responses": {"200": _text("text/html", "HTML.")},
-        }
-    }
+
+
+def metrics() -> Schema:
+    """`/metrics`."""
+    return _operation(
+        "metrics",
+        "Counters and latency histograms (Prometheus).",
+        {"200": _text("text/plain", "Prometheus text.")},
+    )
+
+
+def openapi() -> Schema:
+    """`/openapi.json`."""
+    return _operation("openapi", "This document.", {"200": _json({"type": "object"}, "OpenAPI.")})
+
+
+def docs() -> Schema:
+    """`/docs`."""
+    return _operation("docs", "This document as a web page.", {"200": _text("text/html", "HTML.")})
+
+
+def explorer_page() -> Schema:
+    """`/explorer`."""
+    return _operation(
+        "explorer",
+        "A page that draws a profile's identity graph (it asks for a token).",
+        {"200": _text("text/html", "HTML.")},
+    )
+
+
+def explorer_graph() -> Schema:
+    """`/explorer/graph`."""
     error = _json(_PROFILE_ERROR, "")
-    paths["/explorer/graph"] = {
+    return {
         "get": {
             "tags": ["Operations"],
             "operationId": "explorer_graph",
@@ -515,6 +546,24 @@ def document() -> Schema:
             },
         }
     }
+
+
+def explorer_script() -> Schema:
+    """`/explorer.js`."""
+    return _operation(
+        "explorer_script",
+        "The explorer page's script.",
+        {"200": _text("text/javascript", "JavaScript.")},
+    )
+
+
+def root() -> Schema:
+    """`/`."""
+    return _operation("root", "Redirects to /docs.", {"307": {"description": "To /docs."}})
+
+
+def document(paths: dict[str, Schema]) -> Schema:
+    """The whole document, for `paths` (path template -> path item; see `routes`)."""
     return {
         "openapi": "3.1.0",
         "info": {

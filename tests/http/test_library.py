@@ -9,7 +9,7 @@ import re
 import pytest
 
 from idstitch.http import library
-from idstitch.http.openapi import document
+from idstitch.http.routes import document
 from tests.http.conftest import WRITE_KEY, TestClient
 
 SCRIPT = f"/analytics.js/v1/{WRITE_KEY}/analytics.min.js"

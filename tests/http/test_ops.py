@@ -19,7 +19,7 @@ from idstitch.http import profile_api as profile_routes
 from idstitch.http.app import App
 from idstitch.http.logs import JsonFormatter
 from idstitch.http.metrics import RateMeter
-from idstitch.http.openapi import document
+from idstitch.http.routes import document
 from idstitch.http.tracking import ROUTES
 from idstitch.storage.sqlite import SQLiteStore
 from tests.http.conftest import (

@@ -13,7 +13,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
-from idstitch.http.openapi import document
+from idstitch.http.routes import document
 from tests.http.conftest import READ, SPACE, WRITE
 from tests.http.live import Server, running
 

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
-from starlette.types import Receive, Scope, Send
+
+# The ASGI 3 callable's arguments, as the specification names them.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 __all__ = ["Receive", "Scope", "Send", "basic_user", "header", "query", "send_bytes", "send_json"]
 

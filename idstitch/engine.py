@@ -26,7 +26,7 @@ from idstitch.core.identifiers import Extracted, Extractor
 from idstitch.core.ksuid import segment_id_for as new_segment_id
 from idstitch.core.messages import EARLIEST, LATEST, MAX_MESSAGE_BYTES, Prepared, encode, prepare
 from idstitch.core.plan import Plan, Violation
-from idstitch.core.planner import apply_plan, keys_of, plan_message
+from idstitch.core.planner import keys_of, resolve_messages
 from idstitch.errors import (
     IdstitchError,
     InvalidArgument,
@@ -130,12 +130,6 @@ class Ticket:
         self.arrived = time.perf_counter()
         self.resolved = 0.0
         self.committed = 0.0
-
-
-def _duplicate(p: Prepared, source_id: str) -> Plan:
-    return Plan(
-        source_id, p.message_id, p.type, None, p.timestamp, p.received_at, b"", duplicate=True
-    )
 
 
 class Engine:
@@ -343,17 +337,8 @@ class Engine:
             seen = {sid: tx.seen(sid, mids) for sid, mids in by_source.items()}
             for ticket in tickets:
                 sid = ticket.source_id
-                already = seen[sid]
-                plans = []
-                for prepared, extracted in ticket.items:
-                    if prepared.message_id in already:
-                        plans.append(_duplicate(prepared, sid))
-                        continue
-                    already.add(prepared.message_id)
-                    plan = plan_message(prepared, extracted, graph, rules, sid, new_segment_id)
-                    apply_plan(graph, plan)
-                    plans.append(plan)
-                    fresh.append(plan)
+                plans = resolve_messages(ticket.items, sid, graph, rules, seen[sid], new_segment_id)
+                fresh.extend(p for p in plans if not p.duplicate)
                 ticket.resolved = time.perf_counter()
                 results.append(plans)
             tx.apply(fresh)

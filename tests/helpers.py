@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from idstitch.engine import Engine
+from typing import Any, Protocol
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class Profiles(Protocol):
+    """An Engine, or the pure core of tests/core/pure.py."""
+
+    def profile(self, ref: str) -> dict[str, Any]: ...
 
 
 def at(days: float = 0, seconds: float = 0) -> str:
@@ -15,12 +19,12 @@ def at(days: float = 0, seconds: float = 0) -> str:
     return (T0 + timedelta(days=days, seconds=seconds)).isoformat().replace("+00:00", "Z")
 
 
-def ids(engine: Engine, ref: str) -> set[str]:
+def ids(engine: Profiles, ref: str) -> set[str]:
     """The identifiers of the profile `ref` resolves to, as `type:value` strings."""
     return {f"{e['type']}:{e['id']}" for e in engine.profile(ref)["external_ids"]}
 
 
-def sid(engine: Engine, ref: str) -> str:
+def sid(engine: Profiles, ref: str) -> str:
     return str(engine.profile(ref)["segment_id"])
 
 

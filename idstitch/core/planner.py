@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from idstitch.core.graph import Graph
 from idstitch.core.identifiers import ACCOUNTS, USERS, Extracted
 from idstitch.core.messages import Prepared
@@ -75,3 +77,33 @@ def apply_plan(graph: Graph, plan: Plan) -> None:
     for side in (plan.users, plan.accounts):
         if side is not None:
             apply_side(graph, side, plan.timestamp, plan.received_at)
+
+
+def duplicate_plan(p: Prepared, source_id: str) -> Plan:
+    """The plan of a message its source already sent (same messageId): nothing to do."""
+    return Plan(
+        source_id, p.message_id, p.type, None, p.timestamp, p.received_at, b"", duplicate=True
+    )
+
+
+def resolve_messages(
+    items: Iterable[tuple[Prepared, Extracted]],
+    source_id: str,
+    graph: Graph,
+    rules: IdentityRules,
+    seen: set[str],
+    new_segment_id: NewId,
+) -> list[Plan]:
+    """Messages of one source in order, each planned on the graph as the ones before left it
+    and applied to it. `seen` holds the source's messageIds already stored, and gains these:
+    a message whose id is there is a duplicate, and changes nothing."""
+    plans = []
+    for prepared, extracted in items:
+        if prepared.message_id in seen:
+            plans.append(duplicate_plan(prepared, source_id))
+            continue
+        seen.add(prepared.message_id)
+        plan = plan_message(prepared, extracted, graph, rules, source_id, new_segment_id)
+        apply_plan(graph, plan)
+        plans.append(plan)
+    return plans

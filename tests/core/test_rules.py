@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from idstitch.config import settings_from
 from idstitch.errors import ConfigError, InvalidMessage, ProfileNotFound
 from tests.conftest import MakeEngine
+from tests.core.pure import Core
 from tests.helpers import at, ids, msg, sid
+
+MakeCore = Callable[..., Core]
+
+
+@pytest.fixture
+def make_core() -> MakeCore:
+    """The identity core without a store (tests/core/pure.py): the rule cases run there; the
+    ones that read events or traits, and a merge across profiles, run on every store."""
+    return lambda config=None: Core(config)
+
 
 JUNK = [
     "null",
@@ -35,8 +48,8 @@ JUNK = [
 
 
 @pytest.mark.parametrize("junk", JUNK)
-def test_junk_ids_never_join_two_people(make_engine: MakeEngine, junk: str) -> None:
-    engine = make_engine()
+def test_junk_ids_never_join_two_people(make_core: MakeCore, junk: str) -> None:
+    engine = make_core()
     a = engine.ingest(msg("identify", userId="alice", anonymousId=junk, traits={"email": junk}))
     b = engine.ingest(msg("identify", userId="bob", anonymousId=junk, traits={"email": junk}))
     assert a.segment_id != b.segment_id
@@ -46,16 +59,16 @@ def test_junk_ids_never_join_two_people(make_engine: MakeEngine, junk: str) -> N
         engine.profile(f"anonymous_id:{junk.strip() or 'x'}")
 
 
-def test_junk_user_id_alone_leaves_the_event_unresolved(make_engine: MakeEngine) -> None:
-    engine = make_engine()
+def test_junk_user_id_alone_leaves_the_event_unresolved(make_core: MakeCore) -> None:
+    engine = make_core()
     result = engine.ingest(msg("track", userId="undefined"))
     assert result.outcome == "unresolved"
     assert result.reason == "no usable identifiers"
     assert [(v.type, v.rule) for v in result.violations] == [("user_id", "blocked_value")]
 
 
-def test_configured_blocked_values_exact_regex_and_per_type(make_engine: MakeEngine) -> None:
-    engine = make_engine(
+def test_configured_blocked_values_exact_regex_and_per_type(make_core: MakeCore) -> None:
+    engine = make_core(
         {
             "identity": {
                 "blocked_values": ["noreply@example.com", {"regex": "^test.*@example\\.com$"}],
@@ -81,17 +94,17 @@ def test_configured_blocked_values_exact_regex_and_per_type(make_engine: MakeEng
     assert engine.ingest(msg("track", userId="null")).outcome == "unresolved"
 
 
-def test_overlong_values_are_dropped_with_a_violation(make_engine: MakeEngine) -> None:
-    engine = make_engine()
+def test_overlong_values_are_dropped_with_a_violation(make_core: MakeCore) -> None:
+    engine = make_core()
     r = engine.ingest(msg("track", userId="u1", anonymousId="a" * 1001))
     assert ids(engine, "user_id:u1") == {"user_id:u1"}
     assert [v.rule for v in r.violations] == ["value_too_long"]
 
 
-def test_numbers_are_written_as_javascript_writes_them(make_engine: MakeEngine) -> None:
+def test_numbers_are_written_as_javascript_writes_them(make_core: MakeCore) -> None:
     # A browser sends the same user as 1000 whether it was 1e3 or 1000.0 in its code; a
     # backend that writes doubles sends 1000.0. All of them are user_id:1000.
-    engine = make_engine()
+    engine = make_core()
     first = engine.ingest('{"type":"track","event":"E","userId":1000}')
     for raw in ("1000.0", "1e3", "1.0E+3", "1000"):
         again = engine.ingest('{"type":"track","event":"E","userId":' + raw + "}")
@@ -124,9 +137,9 @@ WINDOW_DAYS = {"daily": 1, "weekly": 7, "monthly": 30, "annually": 365}
 
 
 @pytest.mark.parametrize("window", sorted(WINDOW_DAYS))
-def test_limit_windows_count_on_event_time(make_engine: MakeEngine, window: str) -> None:
+def test_limit_windows_count_on_event_time(make_core: MakeCore, window: str) -> None:
     days = WINDOW_DAYS[window]
-    engine = make_engine({"identity": {"limits": {"email": {"max": 2, "window": window}}}})
+    engine = make_core({"identity": {"limits": {"email": {"max": 2, "window": window}}}})
     engine.ingest(msg("identify", userId="u", traits={"email": "a@x.com"}, timestamp=at(0)))
     engine.ingest(msg("identify", userId="u", traits={"email": "b@x.com"}, timestamp=at(0, 1)))
     inside = engine.ingest(
@@ -150,8 +163,8 @@ def test_limit_windows_count_on_event_time(make_engine: MakeEngine, window: str)
     assert [v.value for v in early.violations] == ["e@x.com"]
 
 
-def test_limit_ever_never_expires(make_engine: MakeEngine) -> None:
-    engine = make_engine({"identity": {"limits": {"email": {"max": 1, "window": "ever"}}}})
+def test_limit_ever_never_expires(make_core: MakeCore) -> None:
+    engine = make_core({"identity": {"limits": {"email": {"max": 1, "window": "ever"}}}})
     engine.ingest(msg("identify", userId="u", traits={"email": "a@x.com"}, timestamp=at(0)))
     late = engine.ingest(
         msg("identify", userId="u", traits={"email": "b@x.com"}, timestamp=at(3000))
@@ -159,8 +172,8 @@ def test_limit_ever_never_expires(make_engine: MakeEngine) -> None:
     assert [v.rule for v in late.violations] == ["limit_exceeded"]
 
 
-def test_default_anonymous_id_limit_is_five_weekly(make_engine: MakeEngine) -> None:
-    engine = make_engine()
+def test_default_anonymous_id_limit_is_five_weekly(make_core: MakeCore) -> None:
+    engine = make_core()
     for i in range(5):
         engine.ingest(msg("track", userId="u", anonymousId=f"a{i}", timestamp=at(i)))
     sixth = engine.ingest(msg("track", userId="u", anonymousId="a5", timestamp=at(5)))
@@ -170,9 +183,9 @@ def test_default_anonymous_id_limit_is_five_weekly(make_engine: MakeEngine) -> N
 
 
 def test_merge_refused_when_the_merged_profile_would_exceed_a_limit(
-    make_engine: MakeEngine,
+    make_core: MakeCore,
 ) -> None:
-    engine = make_engine({"identity": {"limits": {"email": {"max": 2, "window": "ever"}}}})
+    engine = make_core({"identity": {"limits": {"email": {"max": 2, "window": "ever"}}}})
     engine.ingest(msg("identify", anonymousId="a1", traits={"email": "x1@x.com"}))
     engine.ingest(msg("identify", anonymousId="a1", traits={"email": "x2@x.com"}))
     engine.ingest(msg("identify", anonymousId="a2", traits={"email": "y1@x.com"}))
@@ -202,10 +215,10 @@ def test_a_profile_over_a_tightened_limit_stays_usable(make_engine: MakeEngine) 
     [(None, "user_id:u2"), (["user_id", "anonymous_id", "email"], "user_id:u1")],
 )
 def test_priority_decides_which_identifier_goes(
-    make_engine: MakeEngine, priority: list[str] | None, winner: str
+    make_core: MakeCore, priority: list[str] | None, winner: str
 ) -> None:
     config = {"identity": {"priority": priority}} if priority else {}
-    engine = make_engine(config)
+    engine = make_core(config)
     engine.ingest(msg("identify", userId="u1", anonymousId="shared"))
     engine.ingest(msg("identify", userId="u2", traits={"email": "e@x.com"}))
     # Both profiles match and would hold two user_ids: the lower-ranked identifier goes.
@@ -228,13 +241,11 @@ def test_unranked_custom_types_sort_alphabetically_after_builtins() -> None:
 
 
 def test_a_group_call_keeps_its_own_group_id_over_a_custom_account_id(
-    make_engine: MakeEngine,
+    make_core: MakeCore,
 ) -> None:
     """`aaa` sorts before `group_id`: ranked A to Z, the group call for g3 would give up g3
     and land on g1's account."""
-    engine = make_engine(
-        {"identity": {"custom_types": ["aaa"], "limits": {"group_id": {"max": 1}}}}
-    )
+    engine = make_core({"identity": {"custom_types": ["aaa"], "limits": {"group_id": {"max": 1}}}})
     engine.ingest(msg("group", userId="u1", groupId="g1", traits={"aaa": "A"}))
     engine.ingest(msg("group", userId="u1", groupId="g3", traits={"aaa": "A"}))
     g1 = engine.profile("group_id:g1")["segment_id"]
@@ -244,8 +255,8 @@ def test_a_group_call_keeps_its_own_group_id_over_a_custom_account_id(
     assert settings_from({}).rules.ordered_types(["aaa", "domain", "group_id"])[0] == "group_id"
 
 
-def test_source_that_may_not_create_profiles(make_engine: MakeEngine) -> None:
-    engine = make_engine({"identity": {"sources": {"crm": {"create": False}}}})
+def test_source_that_may_not_create_profiles(make_core: MakeCore) -> None:
+    engine = make_core({"identity": {"sources": {"crm": {"create": False}}}})
     r = engine.ingest(msg("identify", userId="u1"), source="crm")
     assert r.outcome == "unresolved"
     assert r.reason == "source 'crm' may not create profiles"
@@ -287,8 +298,8 @@ def test_a_source_that_may_not_add_identifiers_still_keeps_people_apart(
     assert engine.traits("user_id:bob") == {"name": "Bob"}
 
 
-def test_source_that_may_not_merge(make_engine: MakeEngine) -> None:
-    engine = make_engine({"identity": {"sources": {"crm": {"merge": False}}}})
+def test_source_that_may_not_merge(make_core: MakeCore) -> None:
+    engine = make_core({"identity": {"sources": {"crm": {"merge": False}}}})
     engine.ingest(msg("identify", userId="u1"), source="web")
     engine.ingest(msg("page", anonymousId="a1"), source="web")
     r = engine.ingest(msg("identify", userId="u1", anonymousId="a1"), source="crm")
@@ -319,8 +330,8 @@ def test_merge_cap(make_engine: MakeEngine) -> None:
         engine.profile("anonymous_id:a-new")
 
 
-def test_identifier_cap(make_engine: MakeEngine) -> None:
-    engine = make_engine({"identity": {"max_identifiers": 3}})
+def test_identifier_cap(make_core: MakeCore) -> None:
+    engine = make_core({"identity": {"max_identifiers": 3}})
     engine.ingest(msg("identify", userId="u", anonymousId="a0", traits={"email": "e@x.com"}))
     r = engine.ingest(msg("track", userId="u", anonymousId="a1"))
     assert r.outcome == "attached"
@@ -329,9 +340,9 @@ def test_identifier_cap(make_engine: MakeEngine) -> None:
 
 
 def test_configured_custom_types_are_read_from_traits_and_properties(
-    make_engine: MakeEngine,
+    make_core: MakeCore,
 ) -> None:
-    engine = make_engine(
+    engine = make_core(
         {
             "identity": {
                 "priority": ["user_id", "email", "phone_number"],
@@ -355,9 +366,9 @@ def test_configured_custom_types_are_read_from_traits_and_properties(
 
 
 def test_custom_types_are_read_from_traits_and_properties_of_any_call(
-    make_engine: MakeEngine,
+    make_core: MakeCore,
 ) -> None:
-    engine = make_engine({"identity": {"custom_types": ["phone", "shop_id"]}})
+    engine = make_core({"identity": {"custom_types": ["phone", "shop_id"]}})
     # SPEC 1 lists `traits`, `properties` and `context.traits` with no call type: a track
     # call's traits and an identify call's properties count too.
     engine.ingest(msg("track", userId="ck1", event="E", traits={"phone": "p1", "shopId": "s1"}))
@@ -378,8 +389,8 @@ def test_custom_types_are_read_from_traits_and_properties_of_any_call(
     assert engine.profile("shop_id:acct-shop")["collection"] == "accounts"
 
 
-def test_device_ids_by_type_and_ad_tracking(make_engine: MakeEngine) -> None:
-    engine = make_engine()
+def test_device_ids_by_type_and_ad_tracking(make_core: MakeCore) -> None:
+    engine = make_core()
     engine.ingest(
         msg(
             "track",

@@ -24,13 +24,20 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest -n 2 --dist worksteal
 
-# make bench BASELINE=v0.1.0 [BENCH=http]: the same benchmark beside an earlier release.
+# make bench [BENCH=engine|http|postgres|growth] [ARGS="--events 100000"]
+# make bench BASELINE=REV [ROUNDS=3] ...: the same benchmark beside an earlier release, one
+# round of it at a time, alternating (the driver takes the medians).
 BENCH ?= engine
+ROUNDS ?= 3
+ONE_ROUND_engine := --runs 1
+ONE_ROUND_http := --runs 1
+ONE_ROUND_postgres := --rounds 1
+ONE_ROUND_growth :=
 bench: $(STAMP)
 ifdef BASELINE
-	$(BIN)/python -m benchmarks baseline $(BASELINE) --rounds 3 $(BENCH) --runs 1
+	$(BIN)/python -m benchmarks baseline $(BASELINE) --rounds $(ROUNDS) $(BENCH) $(ONE_ROUND_$(BENCH)) $(ARGS)
 else
-	$(BIN)/python -m benchmarks $(BENCH)
+	$(BIN)/python -m benchmarks $(BENCH) $(ARGS)
 endif
 
 clean:

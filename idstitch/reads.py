@@ -8,7 +8,7 @@ the store follows through merges.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from idstitch import profiles
 from idstitch.storage.base import (
@@ -20,6 +20,19 @@ from idstitch.storage.base import (
     SortOrder,
     Store,
 )
+
+
+class EventQuery(TypedDict, total=False):
+    """The options of `Store.events`: a time range, an order, a position, a page size, and
+    event names to keep or leave out."""
+
+    start: float | None
+    end: float | None
+    sort: SortOrder
+    after: tuple[float, int] | None
+    limit: int
+    names: frozenset[str] | None
+    excluded: frozenset[str] | None
 
 
 class ProfileReads:
@@ -52,28 +65,8 @@ class ProfileReads:
     def external_ids(self, row: ProfileRow) -> list[ExternalIdRow]:
         return self._store.external_ids(row.pid)
 
-    def events(
-        self,
-        row: ProfileRow,
-        *,
-        start: float | None = None,
-        end: float | None = None,
-        sort: SortOrder = "desc",
-        after: tuple[float, int] | None = None,
-        limit: int = 10,
-        names: frozenset[str] | None = None,
-        excluded: frozenset[str] | None = None,
-    ) -> list[EventRow]:
-        return self._store.events(
-            row.pid,
-            start=start,
-            end=end,
-            sort=sort,
-            after=after,
-            limit=limit,
-            names=names,
-            excluded=excluded,
-        )
+    def events(self, row: ProfileRow, **query: Unpack[EventQuery]) -> list[EventRow]:
+        return self._store.events(row.pid, **query)
 
     def links(
         self, row: ProfileRow, *, after: int | None = None, limit: int | None = None

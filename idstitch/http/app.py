@@ -88,7 +88,11 @@ class App:
             "explorer_graph": self._explorer_graph,
             "explorer_page": self._explorer_page,
             "profile_api": self._profile_api,
-            "ops": self._operations,
+            "healthz": self._healthz,
+            "metrics": self._metrics,
+            "openapi": self._openapi_document,
+            "docs": self._docs_page,
+            "root": self._root,
         }
         document = routes.document()
         self._openapi = msgspec.json.encode(document)
@@ -120,11 +124,9 @@ class App:
         method: str = scope["method"]
         route = "unknown"
         status = 500
-        token_route = (  # a route of the Profile API family: access token, its error shape
-            path.startswith(profile_api.PREFIX)
-            or path == profile_api.PREFIX[:-1]
-            or path == explorer.DATA_PATH
-        )
+        found = self.routes.find(path)
+        # The Profile API family (an access token, its error shape) is known by its route.
+        token_route = found is not None and found.token
         if not token_route and path.startswith("/v1/"):
             # analytics.js posts straight from browsers, from any origin (as to Segment);
             # the Profile API is for servers, with tokens that never belong in a page.
@@ -137,7 +139,6 @@ class App:
                 self.http.observe("preflight", 204, time.perf_counter() - started)
                 return
         try:
-            found = self.routes.find(path)
             if found is None:
                 raise NotFound(f"no route {path}; see /docs for the routes.")
             route = found.name
@@ -206,15 +207,6 @@ class App:
         await send_bytes(send, 200, content, kind, list(explorer.HEADERS))
         return found.name, 200
 
-    async def _profile_api(
-        self, found: Route, scope: Scope, receive: Receive, send: Send
-    ) -> Served:
-        return await self._profile(scope, send)
-
-    async def _operations(self, found: Route, scope: Scope, receive: Receive, send: Send) -> Served:
-        # HEAD too: load balancers probe health with it (the server sends no body).
-        return found.name, await self._ops(scope["path"], send)
-
     async def _fail(
         self,
         send: Send,
@@ -262,7 +254,9 @@ class App:
         with contextlib.suppress(Exception):
             await send_json(send, status, body, headers)
 
-    async def _profile(self, scope: Scope, send: Send) -> tuple[str, int]:
+    async def _profile_api(
+        self, found: Route, scope: Scope, receive: Receive, send: Send
+    ) -> Served:
         target = profile_api.parse_path(scope)
         route = f"profiles.{target.resource}"
         settings = self.engine.settings
@@ -280,28 +274,37 @@ class App:
         await send_json(send, 200, body, [(b"request-id", self._request_id())])
         return route, 200
 
-    async def _ops(self, path: str, send: Send) -> int:
-        if path == "/healthz":
-            # Not on the read threads: slow Profile API reads must not make health wait.
-            healthy, lag = await asyncio.to_thread(self._health)
-            status = 200 if healthy else 503
-            body: dict[str, Any] = {"status": "ok" if healthy else "unavailable"}
-            if lag is not None:
-                body["index_lag"] = {"messages": lag.messages, "seconds": round(lag.seconds, 3)}
-            await send_json(send, status, body)
-            return status
-        if path == "/metrics":
-            lag = await asyncio.to_thread(self._index_lag)
-            text = render(self.engine.metrics, self.http, lag)
-            await send_bytes(send, 200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
-        elif path == "/openapi.json":
-            await send_bytes(send, 200, self._openapi, JSON)
-        elif path == "/docs":
-            await send_bytes(send, 200, self._docs, b"text/html; charset=utf-8")
-        else:
-            await send_bytes(send, 307, b"", b"text/plain", [(b"location", b"/docs")])
-            return 307
-        return 200
+    # The operations routes answer HEAD too: load balancers probe health with it (the server
+    # sends no body).
+    async def _healthz(self, found: Route, scope: Scope, receive: Receive, send: Send) -> Served:
+        # Not on the read threads: slow Profile API reads must not make health wait.
+        healthy, lag = await asyncio.to_thread(self._health)
+        status = 200 if healthy else 503
+        body: dict[str, Any] = {"status": "ok" if healthy else "unavailable"}
+        if lag is not None:
+            body["index_lag"] = {"messages": lag.messages, "seconds": round(lag.seconds, 3)}
+        await send_json(send, status, body)
+        return found.name, status
+
+    async def _metrics(self, found: Route, scope: Scope, receive: Receive, send: Send) -> Served:
+        lag = await asyncio.to_thread(self._index_lag)
+        text = render(self.engine.metrics, self.http, lag)
+        await send_bytes(send, 200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
+        return found.name, 200
+
+    async def _openapi_document(
+        self, found: Route, scope: Scope, receive: Receive, send: Send
+    ) -> Served:
+        await send_bytes(send, 200, self._openapi, JSON)
+        return found.name, 200
+
+    async def _docs_page(self, found: Route, scope: Scope, receive: Receive, send: Send) -> Served:
+        await send_bytes(send, 200, self._docs, b"text/html; charset=utf-8")
+        return found.name, 200
+
+    async def _root(self, found: Route, scope: Scope, receive: Receive, send: Send) -> Served:
+        await send_bytes(send, 307, b"", b"text/plain", [(b"location", b"/docs")])
+        return found.name, 307
 
     def _health(self) -> tuple[bool, IndexLag | None]:
         return self.engine.healthy(), self._index_lag()

@@ -21,7 +21,11 @@ Handler = Literal[
     "explorer_graph",
     "explorer_page",
     "profile_api",
-    "ops",
+    "healthz",
+    "metrics",
+    "openapi",
+    "docs",
+    "root",
 ]
 
 
@@ -64,8 +68,9 @@ def _tracking() -> list[Route]:
     ]
 
 
-def _ops(path: str, name: str, item: openapi.Schema) -> Route:
-    return Route(name, ("GET", "HEAD"), "ops", {path: item}, exact=(path,))
+def _ops(path: str, handler: Handler, item: openapi.Schema) -> Route:
+    """An operations route: GET and HEAD (load balancers probe with HEAD), named by handler."""
+    return Route(handler, ("GET", "HEAD"), handler, {path: item}, exact=(path,))
 
 
 ROUTES: tuple[Route, ...] = (

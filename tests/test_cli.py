@@ -346,7 +346,7 @@ def test_import_of_a_garbage_gz_file_is_one_clear_sentence(
 @pytest.mark.parametrize(
     ("config", "words"),
     [
-        ('[identity]\npriority = "user_id"\n', ["identity.priority", "must be a list"]),
+        ('[identity]\npriority = "user_id"\n', ["identity.priority", "which is not a list"]),
         ("[identity.limits]\nemail = { max = 0 }\n", ["identity.limits.email.max"]),
         ("not toml = = =\n", ["not valid TOML"]),
         ('[storage]\nurl = "mysql://x"\n', ["mysql://x"]),

@@ -271,23 +271,21 @@ def _query(name: str, schema: Schema, description: str) -> Schema:
     }
 
 
+def _path(name: str, schema: Schema, description: str = "", **extra: Any) -> Schema:
+    param = {"name": name, "in": "path", "required": True, "schema": schema, **extra}
+    return {**param, "description": description} if description else param
+
+
 def profile_operation(resource: str) -> Schema:
     params: list[Schema] = [
-        {"name": "space_id", "in": "path", "required": True, "schema": {"type": "string"}},
-        {
-            "name": "collection",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string", "enum": ["users", "accounts"]},
-        },
-        {
-            "name": "ref",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string", "minLength": 1},
-            "example": "user_id:u123",
-            "description": "`type:value` (URL-encode the value) or a segment_id.",
-        },
+        _path("space_id", {"type": "string"}),
+        _path("collection", {"type": "string", "enum": ["users", "accounts"]}),
+        _path(
+            "ref",
+            {"type": "string", "minLength": 1},
+            "`type:value` (URL-encode the value) or a segment_id.",
+            example="user_id:u123",
+        ),
         _query("verbose", {"type": "boolean"}, "Wrap trait values with their source and time."),
     ]
     if resource in LIMITS:  # the paged resources
@@ -376,15 +374,7 @@ def browser_settings() -> Schema:
                 "`cdnURL` set to this server, the library sends its events here. Remote "
                 "metrics are off (`metrics.sampleRate` 0)."
             ),
-            "parameters": [
-                {
-                    "name": "write_key",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                    "description": "A source's write key.",
-                }
-            ],
+            "parameters": [_path("write_key", {"type": "string"}, "A source's write key.")],
             "responses": {
                 "200": _json({"type": "object"}, "Segment CDN settings."),
                 "401": {**_json(_TRACKING_ERROR, ""), "description": "Unknown write key."},
@@ -406,15 +396,7 @@ def browser_library() -> Schema:
                 "write key set in it; it loads its settings and parts from this server. Change "
                 "only the snippet's host to use it. HEAD too."
             ),
-            "parameters": [
-                {
-                    "name": "write_key",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                    "description": "A source's write key.",
-                }
-            ],
+            "parameters": [_path("write_key", {"type": "string"}, "A source's write key.")],
             "responses": {
                 "200": script,
                 "401": {**_json(_TRACKING_ERROR, ""), "description": "Unknown write key."},
@@ -433,15 +415,7 @@ def browser_bundles() -> Schema:
             "operationId": "browser_bundles",
             "summary": "The parts analytics.js loads on demand, and its UMD build `index.js`.",
             "description": "Only the vendored files of the library's `dist/umd`. HEAD too.",
-            "parameters": [
-                {
-                    "name": "file",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                    "description": "A file name, e.g. `index.js`.",
-                }
-            ],
+            "parameters": [_path("file", {"type": "string"}, "A file name, e.g. `index.js`.")],
             "responses": {
                 "200": script,
                 "404": {**_json(_TRACKING_ERROR, ""), "description": "No such file."},

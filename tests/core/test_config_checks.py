@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import types
+import typing
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
+import msgspec
 import pytest
 
+from idstitch import config_schema
 from idstitch.config import ENV_STORAGE_URL, check, settings_from
 from idstitch.errors import ConfigError
 
@@ -181,3 +186,71 @@ def test_a_stall_bound_outside_1_to_300_seconds_is_refused(value: Any) -> None:
 def test_the_stall_bound_defaults_to_10_seconds_and_is_kept() -> None:
     assert settings_from(_config()).stall_seconds == 10.0
     assert settings_from(_config(storage={"stall_seconds": 25})).stall_seconds == 25.0
+
+
+def _leaves(type_: Any, key: str) -> list[tuple[str, Any]]:
+    """Every setting the schema declares, as (TOML key, declared type)."""
+    base, _ = config_schema._unwrap(type_)
+    origin = typing.get_origin(base)
+    if isinstance(base, type) and issubclass(base, msgspec.Struct):
+        found = [(key, type_)] if key else []
+        for name, inner in config_schema._fields(base).items():
+            found += _leaves(inner, f"{key}.{name}" if key else name)
+        return found
+    if origin in (list, dict):
+        return [(key, type_), *_leaves(typing.get_args(base)[-1], f"{key}[]")]
+    return [(key, type_)]
+
+
+def test_every_setting_the_schema_declares_has_a_fix() -> None:
+    leaves = _leaves(config_schema.ConfigFile, "")
+    assert len(leaves) > 25
+    generic = config_schema._fix(Any)
+    for key, type_ in leaves:
+        if typing.get_origin(config_schema._unwrap(type_)[0]) in (types.UnionType, typing.Union):
+            continue  # a list item that may be one of two: its list says how to write it
+        assert config_schema._fix(type_) != generic, key
+
+
+@pytest.mark.parametrize(
+    ("identity", "says"),
+    [
+        ({"sources": {"web": {"mrge": False}}}, "`identity.sources.web.mrge` is not a known"),
+        (
+            {"limits": {"email": {"max": 2}, "phone": {"max": 0}}},
+            "`identity.limits.phone.max` is 0",
+        ),
+        (
+            {"blocked_values_by_type": {"email": ["a", 5]}},
+            "`identity.blocked_values_by_type.email[1]` is 5",
+        ),
+        ({"blocked_values": [{"rgx": "^a"}]}, "`identity.blocked_values[0].rgx` is not a known"),
+    ],
+)
+def test_a_problem_inside_a_table_entry_names_the_entry(
+    identity: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        settings_from(_config(identity=identity))
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        [{"id": "web", "write_key": 123456789}],
+        [{"id": "web", "write_key": "short"}],
+        [{"id": "web", "write_key": KEY_A, "extra": "sekret-value"}],
+        "sekret-value",
+    ],
+)
+def test_a_bad_write_key_or_source_list_is_named_but_not_shown(sources: Any) -> None:
+    with pytest.raises(ConfigError, match=r"`sources") as caught:
+        settings_from(_config(sources=sources))
+    for secret in ("123456789", "short", "sekret-value"):
+        assert secret not in str(caught.value)
+
+
+def test_python_access_tokens_that_are_not_a_list_are_not_shown() -> None:
+    with pytest.raises(ConfigError, match=r"`access_tokens` is not a list") as caught:
+        check(replace(settings_from(_config()), access_tokens=cast(Any, TOKEN)))
+    assert TOKEN not in str(caught.value)

@@ -5,6 +5,7 @@ set runs end to end on every store."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from idstitch.config import settings_from
@@ -27,6 +28,9 @@ class Core:
         self.seen: dict[str, set[str]] = {}
         # Every identifier a plan attached, by graph slot (the graph keeps only the slots).
         self.attached: dict[int, tuple[str, str, str]] = {}
+        # Every segment_id a profile ever had -> its pid (merged-away ones too, as the
+        # engine's merge history resolves them).
+        self.pids: dict[str, int] = {}
         self.received_at = 1_800_000_000.0
 
     def ingest(self, message: dict[str, Any] | str, *, source: str = "default") -> Resolution:
@@ -44,6 +48,11 @@ class Core:
             items.append((prepared, self.extractor.extract(prepared.message, prepared.type)))
         seen = self.seen.setdefault(source, set())
         plans = resolve_messages(items, source, self.graph, self.rules, seen, segment_id_for)
+        for plan in plans:
+            for side in (plan.users, plan.accounts):
+                if side is not None:
+                    self.pids.update((sid, pid) for pid, sid in side.merged)
+        self.pids.update((state.segment_id, pid) for pid, state in self.graph.profiles.items())
         for plan in plans:
             for side, collection in ((plan.users, USERS), (plan.accounts, ACCOUNTS)):
                 for type_, value in side.added if side is not None else ():
@@ -65,9 +74,8 @@ class Core:
     def _find(self, ref: str) -> ProfileState:
         parsed = parse_ref(ref)
         if isinstance(parsed, str):  # a segment_id
-            found = [s for s in self.graph.profiles.values() if s.segment_id == parsed]
-            if found:
-                return found[0]
+            if parsed in self.pids:
+                return self.graph.profiles[self.graph.find(self.pids[parsed])]
         else:
             collection, type_, value = parsed
             for coll in (collection, ACCOUNTS) if collection == USERS else (collection,):
@@ -75,3 +83,6 @@ class Core:
                 if state is not None:
                     return state
         raise ProfileNotFound(f"no profile matches {ref!r}.")
+
+
+MakeCore = Callable[..., Core]

@@ -6,11 +6,12 @@ import pytest
 
 from idstitch.errors import InvalidMessage
 from tests.conftest import MakeEngine
+from tests.core.pure import MakeCore
 from tests.helpers import at, ids, msg, sid
 
 
-def test_alias_merges_previous_anonymous_id_with_user(make_engine: MakeEngine) -> None:
-    engine = make_engine()
+def test_alias_merges_previous_anonymous_id_with_user(make_core: MakeCore) -> None:
+    engine = make_core()
     anon = engine.ingest(msg("page", anonymousId="visitor-1"))
     user = engine.ingest(msg("identify", userId="u1", traits={"email": "a@x.com"}))
     r = engine.ingest(msg("alias", previousId="visitor-1", userId="u1"))
@@ -20,8 +21,8 @@ def test_alias_merges_previous_anonymous_id_with_user(make_engine: MakeEngine) -
     assert ids(engine, "user_id:u1") == {"anonymous_id:visitor-1", "user_id:u1", "email:a@x.com"}
 
 
-def test_alias_previous_id_that_is_a_user_id(make_engine: MakeEngine) -> None:
-    engine = make_engine()
+def test_alias_previous_id_that_is_a_user_id(make_core: MakeCore) -> None:
+    engine = make_core()
     engine.ingest(msg("identify", userId="old-login", anonymousId="a1"))
     r = engine.ingest(msg("alias", previousId="old-login", userId="new-login"))
     # Both are user_ids: one profile may hold only one, so the claim is refused.
@@ -30,15 +31,15 @@ def test_alias_previous_id_that_is_a_user_id(make_engine: MakeEngine) -> None:
     assert sid(engine, "user_id:old-login") != sid(engine, "user_id:new-login")
 
 
-def test_alias_with_unknown_previous_id_records_it_as_anonymous(make_engine: MakeEngine) -> None:
-    engine = make_engine()
+def test_alias_with_unknown_previous_id_records_it_as_anonymous(make_core: MakeCore) -> None:
+    engine = make_core()
     r = engine.ingest(msg("alias", previousId="never-seen", userId="u9", anonymousId="a9"))
     assert r.outcome == "created"
     assert ids(engine, "user_id:u9") == {"user_id:u9", "anonymous_id:a9", "anonymous_id:never-seen"}
 
 
-def test_alias_requires_both_ids(make_engine: MakeEngine) -> None:
-    engine = make_engine()
+def test_alias_requires_both_ids(make_core: MakeCore) -> None:
+    engine = make_core()
     with pytest.raises(InvalidMessage) as caught:
         engine.ingest(msg("alias", userId="u1"))
     assert "previousId" in str(caught.value)

@@ -29,6 +29,7 @@ from idstitch.engine import Engine, Resolution
 from idstitch.storage import sqlite_path
 from tests.conftest import MakeEngine
 from tests.core import reference_model as rm
+from tests.core.pure import Core
 
 # ---- values rendered per example ----------------------------------------------------------
 
@@ -460,9 +461,69 @@ def label(outcome: rm.Outcome) -> None:
         event(f"dropped: {rule}")
 
 
-# Examples per store: about 30 s and 10 s on an idle machine. For a longer search, set e.g.
-# IDSTITCH_EXAMPLES=3000 (3000 SQLite examples passed before this was committed).
-EXAMPLES = {"sqlite": 150, "postgres": 60}
+class CoreRun(Run):
+    """One example on the identity core alone (tests/core/pure.py): the same decisions and
+    partition, without a store (about 35 ms an example, most of it drawing the scenario and
+    running the model, against about 200 ms end to end), so the search runs more examples.
+    Events, reopening and the stores' rows are checked by the end-to-end runs."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.core = Core(config)
+        self.model = rm.Model(config["identity"], limits_on_create=LIMITS_ON_CREATE)
+        self.sid_of = {}
+        self.returned = {}
+        self.previous = {}
+        self.events = {}
+
+    def reopen(self) -> None:
+        pass  # nothing is stored
+
+    def ingest(self, steps: list[Step], grouped: bool) -> list[Resolution]:
+        if grouped:  # one call per source run, as a group commit batches them
+            results: list[Resolution] = []
+            for source, run in itertools.groupby(steps, key=lambda s: s.source):
+                results += self.core.ingest_batch([s.message for s in run], source=source)
+            return results
+        return [self.core.ingest(s.message, source=s.source) for s in steps]
+
+    def check_state(self) -> None:
+        partition: set[frozenset[rm.Ident]] = set()
+        owner: dict[rm.Ident, str] = {}
+        for sid, number in self.returned.items():
+            doc = self.core.profile(sid)
+            canonical = self.model.canonical(number)
+            assert doc["segment_id"] == self.sid_of[canonical], (sid, doc)
+            held = [(e["collection"], e["type"], e["id"]) for e in doc["external_ids"]]
+            assert set(held) == set(self.model.profiles[canonical].ids), (sid, doc)
+            partition.add(frozenset(held))
+            for ident in held:
+                assert owner.setdefault(ident, doc["segment_id"]) == doc["segment_id"], ident
+        assert partition == self.model.partition()
+        for a, b in itertools.combinations(self.previous, 2):
+            if self.previous[a] == self.previous[b]:
+                assert owner[a] == owner[b], f"{a} and {b} were split"
+        self.previous = owner
+
+
+def test_the_core_agrees_with_the_reference_model() -> None:
+    examples = int(os.environ.get("IDSTITCH_EXAMPLES", CORE_EXAMPLES))
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(scenario=scenarios())
+    def agree(scenario: Scenario) -> None:
+        ns = next(_examples)
+        config = {"identity": render(scenario.identity, ns)}
+        note(f"config: {config}")
+        play(CoreRun(config), scenario, ns)
+
+    agree()
+
+
+# Examples: the core alone runs many (about 20 s on an idle machine); each store runs fewer,
+# end to end (events, reopening, replay, the stores' rows). For a longer search, set e.g.
+# IDSTITCH_EXAMPLES=3000 (3000 SQLite examples passed when the store runs were the only ones).
+CORE_EXAMPLES = 600
+EXAMPLES = {"sqlite": 60, "postgres": 30}
 
 
 def test_engine_agrees_with_the_reference_model(make_engine: MakeEngine, store_kind: str) -> None:

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
 from idstitch.config import settings_from
 from idstitch.errors import ConfigError, InvalidMessage, ProfileNotFound
 from tests.conftest import MakeEngine
-from tests.core.pure import Core
+from tests.core.pure import MakeCore
 from tests.helpers import at, ids, msg, sid
-
-MakeCore = Callable[..., Core]
-
-
-@pytest.fixture
-def make_core() -> MakeCore:
-    """The identity core without a store (tests/core/pure.py): the rule cases run there; the
-    ones that read events or traits, and a merge across profiles, run on every store."""
-    return lambda config=None: Core(config)
-
 
 JUNK = [
     "null",

@@ -17,6 +17,7 @@ BENCHMARKS = {
     "postgres": "benchmarks.postgres_bench",
     "growth": "benchmarks.growth",
     "baseline": "benchmarks.baseline",
+    "quality": "benchmarks.quality",
 }
 
 

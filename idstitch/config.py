@@ -152,6 +152,7 @@ def as_table(settings: Settings) -> dict[str, Any]:
             "custom_types": _each(rules.custom_types, lambda t: t),
             "max_merges": rules.max_merges,
             "max_identifiers": rules.max_identifiers,
+            "preset": rules.preset,
         },
     }
 
@@ -237,7 +238,7 @@ def _rules(identity: config_schema.IdentityTable, given: IdentityRules | None) -
                 "is not keyed by a source id",
                 "key each entry by a short printable id",
             )
-        sources[sid] = SourceRules(flags.create, flags.add, flags.merge)
+        sources[sid] = SourceRules(flags.create, flags.add, flags.merge, flags.trust_alias)
     declared = [_type_name(t, "identity.custom_types") for t in identity.custom_types]
     # A custom type is declared by naming it anywhere in the identity rules.
     declared += [t for t in (*priority, *limits, *by_type) if t not in BUILTIN_TYPES]
@@ -250,6 +251,7 @@ def _rules(identity: config_schema.IdentityTable, given: IdentityRules | None) -
         custom_types=tuple(dict.fromkeys(t for t in declared if t not in BUILTIN_TYPES)),
         max_merges=identity.max_merges,
         max_identifiers=identity.max_identifiers,
+        preset=identity.preset,
     )
 
 

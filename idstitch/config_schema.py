@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
-from idstitch.core.rules import WindowName
+from idstitch.core.rules import DEFAULT_PRESET, PresetName, WindowName
 from idstitch.errors import ConfigError
 from idstitch.storage.base import STALL_SECONDS
 
@@ -79,6 +79,7 @@ class SourceFlags(_Table):
     create: bool = True
     add: bool = True
     merge: bool = True
+    trust_alias: Annotated[bool | None, Meta(extra={"fix": "write true or false"})] = None
 
 
 class RegexEntry(_Table):
@@ -112,6 +113,7 @@ class IdentityTable(_Table):
     )
     max_merges: PositiveInt = 100
     max_identifiers: PositiveInt = 1000
+    preset: PresetName = DEFAULT_PRESET  # Segment's rules exactly, or idstitch's
 
 
 class ConfigFile(_Table):

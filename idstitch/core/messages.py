@@ -46,7 +46,12 @@ class ExternalId(msgspec.Struct):
     encoding: Any = None
 
 
+class Library(msgspec.Struct):
+    name: Any = None
+
+
 class Context(msgspec.Struct):
+    library: Library | None = None
     traits: dict[str, Any] | None = None
     device: Device | None = None
     externalIds: list[ExternalId] | None = None

@@ -32,8 +32,20 @@ def plan_message(
     kind = prepared.type
     source = rules.source(source_id)
     at = prepared.timestamp
+    trusted = False
+    if extracted.alias_previous:
+        library = message.context.library if message.context is not None else None
+        trusted = rules.trusts_alias(source_id, library.name if library is not None else None)
     users = resolve_side(
-        extracted.users, graph, rules, source, source_id, at, USERS, extracted.alias_previous
+        extracted.users,
+        graph,
+        rules,
+        source,
+        source_id,
+        at,
+        USERS,
+        extracted.alias_previous,
+        trusted,
     )
     if users.created:
         users.segment_id = new_segment_id(

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from idstitch.core.graph import Graph, ProfileState
-from idstitch.core.identifiers import Identifier, key_of, slot_of
+from idstitch.core.identifiers import USERS, Identifier, key_of, slot_of
 from idstitch.core.plan import SidePlan, Violation
-from idstitch.core.rules import IdentityRules, SourceRules
+from idstitch.core.rules import COOKIE_TYPES, IdentityRules, SourceRules
 
 # The segment_id of a profile a message creates: (collection, source_id, message_id,
 # received_at) -> id (`ksuid.segment_id_for`).
@@ -24,9 +24,19 @@ def _violation(ident: Identifier, rule: str, detail: str) -> Violation:
 
 
 def _over_limit(
-    matched: list[ProfileState], new: list[Identifier], rules: IdentityRules, at: float
+    matched: list[ProfileState],
+    new: list[Identifier],
+    rules: IdentityRules,
+    at: float,
+    waived: frozenset[str] = frozenset(),
+    login: bool = False,
 ) -> tuple[str, str] | None:
-    """(rule, detail) for the first type this message makes grow past its limit, or None."""
+    """(rule, detail) for the first type this message makes grow past its limit, or None.
+    The types in `waived` are not checked. On a `login` (the idstitch preset, a message with
+    a user_id), the cookies of profiles that hold a user_id are not counted: only those the
+    message and the anonymous profiles it joins bring, so a user may log in from any number
+    of browsers, but a cookie-laden anonymous profile (glued by a shared value) still may
+    not join them."""
     if len(matched) > 1:
         types: set[str] = {i.type for i in new}
         for state in matched:
@@ -36,9 +46,14 @@ def _over_limit(
     else:
         return None
     for type_ in rules.ordered_types(types) if len(types) > 1 else types:
+        if type_ in waived:
+            continue
         limit = rules.limit(type_)
         window = limit.seconds
-        held = [state.count(type_, at, window) for state in matched]
+        if login and type_ in COOKIE_TYPES:
+            held = [s.count(type_, at, window) for s in matched if "user_id" not in s.types()]
+        else:
+            held = [state.count(type_, at, window) for state in matched]
         would = sum(held) + sum(1 for i in new if i.type == type_)
         if would > limit.max and would > max(held, default=0):
             rule = "limit_exceeded" if window is None else "time_limit_exceeded"
@@ -83,9 +98,11 @@ def resolve_side(
     at: float,
     collection: str,
     alias_previous: list[Identifier] | None = None,
+    trusted_alias: bool = False,
 ) -> SidePlan:
     """How the message's identifiers `ids` resolve in `collection`. A profile the message
-    creates is left unnamed (`segment_id` None): the planner names it after the message."""
+    creates is left unnamed (`segment_id` None): the planner names it after the message.
+    `trusted_alias`: the message's alias may join two user_ids past the user_id limit."""
     if not alias_previous and ids:
         known = _single_owner(ids, graph)
         if known is not None:  # the common case: every identifier already on one profile
@@ -97,11 +114,17 @@ def resolve_side(
                 identifiers=[(i.type, i.value) for i in ids],
             )
     live = list(ids)
+    waived: frozenset[str] = frozenset()
     if alias_previous:
         chosen = choose_alias_previous(alias_previous, graph)
         if chosen is not None and chosen not in live:
             live.append(chosen)
             live.sort(key=lambda i: rules.rank(i.type))  # stable: ties keep extraction order
+            # A trusted source's alias(previousId=old user_id, userId=new user_id) is the
+            # customer saying the two are one person: the user_id limit does not refuse it.
+            if trusted_alias and chosen.type == "user_id" and chosen.slot in graph.owners:
+                waived = frozenset(("user_id",))
+    evidence = rules.login_evidence and collection == USERS
     violations: list[Violation] = []
     owners, parent, profiles = graph.owners, graph.parent, graph.profiles
     matched: list[ProfileState] = []
@@ -140,7 +163,8 @@ def resolve_side(
         # The limits see the identifiers a source may not add too: a second user_id on a
         # shared browser must still split the event off (the library problem), or a source
         # denied `add` would attribute one person's events to another.
-        over = _over_limit(matched, new, rules, at)
+        login = evidence and any(i.type == "user_id" for i in live)
+        over = _over_limit(matched, new, rules, at, waived, login)
         if over is not None:
             victim = live.pop()
             violations.append(_violation(victim, *over))

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 WindowName = Literal["ever", "annually", "monthly", "weekly", "daily"]
+PresetName = Literal["segment", "idstitch"]
+DEFAULT_PRESET: PresetName = "segment"
 DAY = 86_400.0
 WINDOWS: dict[str, float | None] = {
     "ever": None,
@@ -111,11 +113,34 @@ class BlockList:
 DEFAULT_BLOCKLIST = BlockList.build(DEFAULT_BLOCKED_EXACT, DEFAULT_BLOCKED_REGEX)
 
 
+# Segment's server-side libraries, as they name themselves in `context.library.name`.
+SERVER_LIBRARIES = frozenset(
+    (
+        "analytics-node",
+        "@segment/analytics-node",
+        "analytics-python",
+        "analytics-ruby",
+        "analytics-go",
+        "analytics-java",
+        "analytics-php",
+        "analytics-dotnet",
+        "analytics.net",
+        "analytics-kotlin-server",
+    )
+)
+# Browser cookies: under the idstitch preset, a login with a cookie no profile holds yet is
+# evidence, not a count (see `IdentityRules.login_evidence`).
+COOKIE_TYPES = frozenset(("anonymous_id", "ga_client_id"))
+
+
 @dataclass(frozen=True)
 class SourceRules:
     create: bool = True
     add: bool = True
     merge: bool = True
+    # An alias from one user_id to another may merge past the user_id limit: None follows
+    # the preset (idstitch: when the message comes from a server-side library).
+    trust_alias: bool | None = None
 
 
 ALLOW_ALL = SourceRules()
@@ -133,6 +158,7 @@ class IdentityRules:
     custom_types: tuple[str, ...] = ()
     max_merges: int = 100
     max_identifiers: int = 1000
+    preset: PresetName = DEFAULT_PRESET
     _ranks: dict[str, tuple[int, int, str]] = field(default_factory=dict, compare=False, repr=False)
     _default_limits: dict[str, Limit] = field(default_factory=dict, compare=False, repr=False)
 
@@ -167,6 +193,20 @@ class IdentityRules:
 
     def source(self, source_id: str) -> SourceRules:
         return self.sources.get(source_id, ALLOW_ALL)
+
+    @property
+    def login_evidence(self) -> bool:
+        """A cookie no profile holds, sent with a user_id, is not counted against its
+        type's limit: a login is the strongest evidence that the browser is that user's
+        (the idstitch preset; Segment counts it)."""
+        return self.preset == "idstitch"
+
+    def trusts_alias(self, source_id: str, library: object) -> bool:
+        """May this message's alias merge two user_ids past the user_id limit?"""
+        trust = self.source(source_id).trust_alias
+        if trust is not None:
+            return trust
+        return self.preset == "idstitch" and library in SERVER_LIBRARIES
 
     def blocked_by(self, type_: str, value: str) -> str | None:
         """The blocked entry that matches `value` for `type_`, or None."""

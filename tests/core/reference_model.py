@@ -102,6 +102,7 @@ class Rules:
     custom_types: list[str]
     max_merges: int
     max_identifiers: int
+    preset: str
 
     @classmethod
     def from_config(cls, identity: dict[str, Any]) -> Rules:
@@ -133,6 +134,7 @@ class Rules:
             custom_types=custom,
             max_merges=identity.get("max_merges", 100),
             max_identifiers=identity.get("max_identifiers", 1000),
+            preset=identity.get("preset", "segment"),
         )
 
     # SPEC 2, Priority.
@@ -160,6 +162,15 @@ class Rules:
 
     def may(self, source: str, what: str) -> bool:
         return self.sources.get(source, {}).get(what, True)
+
+    # The idstitch preset (docs/resolution.md): an alias between two user_ids from a trusted
+    # source is not refused by the user_id limit. A source's `trust_alias` decides; unset,
+    # the idstitch preset trusts messages of Segment's server-side libraries.
+    def trusts_alias(self, source: str, library: Any) -> bool:
+        setting = self.sources.get(source, {}).get("trust_alias")
+        if setting is not None:
+            return bool(setting)
+        return self.preset == "idstitch" and library in ("analytics-node", "analytics-python")
 
     # SPEC 2, Blocked values.
     def is_blocked(self, type_: str, value: str) -> bool:
@@ -324,27 +335,52 @@ class Model:
             if t == type_ and (window is None or abs(stamp - at) < window)
         )
 
-    def over_limit(self, matched: list[Profile], new: list[Ident], at: float) -> bool:
-        would: dict[Ident, float] = {}
-        for p in matched:
-            would.update(p.ids)
-        for ident in new:
-            would[ident] = at
-        for type_ in {t for (_, t, _) in would}:
+    def over_limit(
+        self,
+        matched: list[Profile],
+        new: list[Ident],
+        at: float,
+        waived: tuple[str, ...] = (),
+        login: bool = False,
+    ) -> bool:
+        """`login` (the idstitch preset, a user_id in the message): browser cookies are
+        counted over the new ones and the matched profiles that hold no user_id only."""
+        types = {t for (_, t, _) in new} | {t for p in matched for (_, t, _) in p.ids}
+        for type_ in types - set(waived):
+            counted = matched
+            if login and type_ in ("anonymous_id", "ga_client_id"):
+                counted = [p for p in matched if not any(t == "user_id" for _, t, _ in p.ids)]
+            would: dict[Ident, float] = {}
+            for p in counted:
+                would.update(p.ids)
+            for ident in new:
+                would[ident] = at
             maximum = self.rules.limit(type_)[0]
             total = self.count(would, type_, at)
-            before = max(self.count(p.ids, type_, at) for p in matched) if matched else 0
+            before = max((self.count(p.ids, type_, at) for p in counted), default=0)
             if total > maximum and total > before:
                 return True
         return False
 
     # ---- resolution (SPEC 3) ----------------------------------------------------------------
-    def resolve(self, ids: list[Ident], source: str, at: float, collection: str) -> Side:
+    def resolve(
+        self,
+        ids: list[Ident],
+        source: str,
+        at: float,
+        collection: str,
+        waived: tuple[str, ...] = (),
+    ) -> Side:
         side = Side()
         live = self.by_priority(ids)
         while True:
             if not live:
                 return side
+            login = (
+                self.rules.preset == "idstitch"
+                and collection == "users"
+                and any(t == "user_id" for _, t, _ in live)
+            )
             matched: list[Profile] = []
             for ident in live:
                 p = self.profile_of(ident)
@@ -367,7 +403,7 @@ class Model:
             if len(matched) > 1 and not self.rules.may(source, "merge"):
                 side.dropped.append((live.pop(), NO_MERGE))
                 continue
-            if self.over_limit(matched, new, at):
+            if self.over_limit(matched, new, at, waived, login):
                 side.dropped.append((live.pop(), LIMIT))
                 continue
             if new and not self.rules.may(source, "add"):
@@ -443,6 +479,7 @@ class Model:
             self.seen.add(key)
         at = parse_time(msg["timestamp"])
         users, accounts, previous, drops = self.extract(msg)
+        waived: tuple[str, ...] = ()
         if previous:
             # Alias: previousId is a user_id or an anonymous_id, whichever exists
             # (anonymous_id if neither). Assumption: when both exist, the one of higher
@@ -453,9 +490,16 @@ class Model:
                 chosen = next((i for i in previous if i[1] == "anonymous_id"), None)
             if chosen is not None and chosen not in users:
                 users.append(chosen)  # extracted last: the lowest of equal priorities
+                library = (msg.get("context") or {}).get("library", {}).get("name")
+                if (
+                    chosen[1] == "user_id"
+                    and chosen in self.owner
+                    and self.rules.trusts_alias(source, library)
+                ):
+                    waived = ("user_id",)
         outcome = Outcome(extraction_drops=drops)
         if users:
-            outcome.users = self.resolve(users, source, at, "users")
+            outcome.users = self.resolve(users, source, at, "users", waived)
         if accounts:
             outcome.accounts = self.resolve(accounts, source, at, "accounts")
         return outcome

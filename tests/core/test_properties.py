@@ -89,13 +89,18 @@ def render(value: Any, ns: int) -> Any:
 # ---- the generators -------------------------------------------------------------------------
 
 T0 = datetime(2025, 3, 3, tzinfo=UTC)
-SOURCES = ["web", "app", "nocreate", "noadd", "nomerge", "locked"]
+SOURCES = ["web", "app", "nocreate", "noadd", "nomerge", "locked", "trusted", "untrusted"]
 SOURCE_RULES = {
     "nocreate": {"create": False},
     "noadd": {"add": False},
     "nomerge": {"merge": False},
     "locked": {"create": False, "add": False, "merge": False},
+    "trusted": {"trust_alias": True},
+    "untrusted": {"trust_alias": False},
 }
+# What `context.library.name` an alias names: a server-side library is trusted by default
+# under the idstitch preset.
+LIBRARIES = st.sampled_from([None, "analytics-node", "analytics-python", "analytics.js"])
 WINDOW_NAMES = ["ever", "annually", "monthly", "weekly", "daily"]
 
 JUNK = st.sampled_from(
@@ -186,6 +191,9 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
         msg["userId"] = draw(st.one_of(USER_IDS, USER_IDS, JUNK))
         msg["previousId"] = draw(st.one_of(USER_IDS, ANON_IDS, ANON_IDS, JUNK))
         put(msg, "anonymousId", draw(maybe(ANON_IDS, absent=6)))
+        library = draw(LIBRARIES)
+        if library is not None:
+            msg["context"] = {"library": {"name": library, "version": "1.0.0"}}
         return msg
     put(msg, "userId", draw(maybe(USER_IDS)))
     put(msg, "anonymousId", draw(maybe(ANON_IDS)))
@@ -240,6 +248,9 @@ def identity_rules(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.booleans()):
             limits[type_] = draw(strategy)
     identity: dict[str, Any] = {"limits": limits, "sources": SOURCE_RULES}
+    preset = draw(st.sampled_from([None, "segment", "idstitch", "idstitch"]))
+    if preset is not None:
+        identity["preset"] = preset
     priority = draw(
         st.sampled_from(
             [[], [], ["email", "user_id"], ["anonymous_id"], ["member_no", "user_id"], ["crm"]]

@@ -1,0 +1,150 @@
+"""The two presets: `segment` (Segment's rules exactly) and `idstitch` (logins as evidence,
+trusted aliases). Each case runs on the core, and the ones that matter end to end on every
+store."""
+
+from __future__ import annotations
+
+import pytest
+
+from idstitch.errors import ConfigError
+from tests.conftest import MakeEngine
+from tests.core.pure import MakeCore
+from tests.helpers import at, ids, msg, sid
+
+IDSTITCH = {"identity": {"preset": "idstitch"}}
+SEGMENT = {"identity": {"preset": "segment"}}
+SERVER = {"library": {"name": "analytics-node", "version": "2.1.0"}}
+BROWSER = {"library": {"name": "analytics.js", "version": "next-1.84.3"}}
+
+
+def login(user: str, browser: int, day: int = 1) -> dict[str, object]:
+    return msg("identify", userId=user, anonymousId=f"{user}-b{browser}", timestamp=at(day))
+
+
+@pytest.mark.parametrize(("config", "held"), [(SEGMENT, 5), (IDSTITCH, 9)])
+def test_a_user_logging_in_from_many_browsers_in_a_week(
+    make_core: MakeCore, config: dict[str, object], held: int
+) -> None:
+    core = make_core(config)
+    results = [core.ingest(login("alice", b)) for b in range(9)]
+    cookies = {i for i in ids(core, "user_id:alice") if i.startswith("anonymous_id:")}
+    assert len(cookies) == held
+    refused = [r for r in results if r.violations]
+    assert len(refused) == 9 - held
+    assert all(v.rule == "time_limit_exceeded" for r in refused for v in r.violations)
+
+
+@pytest.mark.parametrize(("config", "joined"), [(SEGMENT, False), (IDSTITCH, True)])
+def test_a_login_joins_the_browsers_anonymous_profile_past_the_weekly_count(
+    make_core: MakeCore, config: dict[str, object], joined: bool
+) -> None:
+    core = make_core(config)
+    for b in range(5):
+        core.ingest(login("alice", b))
+    core.ingest(msg("page", anonymousId="alice-b5", timestamp=at(2)))  # browses first
+    result = core.ingest(login("alice", 5, day=2))
+    assert (result.outcome == "merged") is joined
+    assert (sid(core, "anonymous_id:alice-b5") == sid(core, "user_id:alice")) is joined
+
+
+def test_a_cookie_held_by_another_user_is_still_refused(make_core: MakeCore) -> None:
+    """The library problem: a login is evidence only for a cookie no other user holds."""
+    core = make_core(IDSTITCH)
+    core.ingest(msg("identify", userId="alice", anonymousId="kiosk"))
+    result = core.ingest(msg("identify", userId="bob", anonymousId="kiosk"))
+    assert [v.rule for v in result.violations] == ["limit_exceeded"]
+    assert ids(core, "user_id:bob") == {"user_id:bob"}
+    assert sid(core, "anonymous_id:kiosk") == sid(core, "user_id:alice")
+
+
+@pytest.mark.parametrize("config", [SEGMENT, IDSTITCH])
+def test_the_cookies_anonymous_profiles_bring_to_a_login_still_count(
+    make_core: MakeCore, config: dict[str, object]
+) -> None:
+    """Five visitors who typed one placeholder e-mail form one anonymous profile of five
+    cookies. A login that would join it and another browser's profile brings six: the
+    login's cookie is refused under both presets; only the cookies of a profile that holds
+    a user_id go uncounted."""
+    core = make_core(config)
+    for v in range(5):
+        core.ingest(msg("identify", anonymousId=f"v{v}", traits={"email": "test@test.com"}))
+    core.ingest(msg("page", anonymousId="own"))
+    result = core.ingest(
+        msg("identify", userId="alice", anonymousId="own", traits={"email": "test@test.com"})
+    )
+    assert [(v.value, v.rule) for v in result.violations] == [("own", "time_limit_exceeded")]
+    assert sid(core, "anonymous_id:own") != sid(core, "user_id:alice")
+
+
+@pytest.mark.parametrize(
+    ("config", "context", "merged"),
+    [
+        (SEGMENT, SERVER, False),
+        (IDSTITCH, SERVER, True),
+        (IDSTITCH, BROWSER, False),
+        (IDSTITCH, {}, False),
+        (
+            {"identity": {"preset": "idstitch", "sources": {"default": {"trust_alias": False}}}},
+            SERVER,
+            False,
+        ),
+        (
+            {"identity": {"preset": "idstitch", "sources": {"default": {"trust_alias": True}}}},
+            BROWSER,
+            True,
+        ),
+        (
+            {"identity": {"preset": "segment", "sources": {"default": {"trust_alias": True}}}},
+            {},
+            True,
+        ),
+    ],
+)
+def test_an_alias_between_two_user_ids_merges_when_its_source_is_trusted(
+    make_core: MakeCore, config: dict[str, object], context: dict[str, object], merged: bool
+) -> None:
+    core = make_core(config)
+    core.ingest(msg("identify", userId="old-id", anonymousId="a1", traits={"email": "p@x.io"}))
+    core.ingest(msg("identify", userId="new-id", anonymousId="a2"))
+    result = core.ingest(msg("alias", previousId="old-id", userId="new-id", context=context))
+    assert (result.outcome == "merged") is merged
+    assert (sid(core, "user_id:old-id") == sid(core, "user_id:new-id")) is merged
+    if merged:
+        assert ids(core, "user_id:new-id") >= {"user_id:old-id", "email:p@x.io", "anonymous_id:a2"}
+        later = core.ingest(msg("track", userId="new-id", anonymousId="a3", event="x"))
+        assert not later.violations and later.segment_id == sid(core, "user_id:old-id")
+    else:
+        assert [v.rule for v in result.violations] == ["limit_exceeded"]
+
+
+def test_a_trusted_alias_still_respects_the_other_limits(make_core: MakeCore) -> None:
+    core = make_core({"identity": {"preset": "idstitch", "limits": {"email": {"max": 1}}}})
+    core.ingest(msg("identify", userId="old-id", traits={"email": "p@x.io"}))
+    core.ingest(msg("identify", userId="new-id", traits={"email": "q@x.io"}))
+    result = core.ingest(msg("alias", previousId="old-id", userId="new-id", context=SERVER))
+    assert result.outcome == "attached"
+    assert sid(core, "user_id:old-id") != sid(core, "user_id:new-id")
+
+
+def test_an_unknown_preset_is_refused_with_the_choices() -> None:
+    with pytest.raises(
+        ConfigError, match=r"`identity\.preset` is 'smart'; use one of segment, idstitch"
+    ):
+        from idstitch.config import settings_from
+
+        settings_from({"identity": {"preset": "smart"}})
+
+
+@pytest.mark.parametrize("preset", ["segment", "idstitch"])
+def test_presets_end_to_end(make_engine: MakeEngine, preset: str) -> None:
+    engine = make_engine({"identity": {"preset": preset}})
+    for b in range(7):
+        engine.ingest(login("alice", b))
+    engine.ingest(msg("identify", userId="alice-2", anonymousId="z"))
+    engine.ingest(msg("alias", previousId="alice", userId="alice-2", context=SERVER))
+    cookies = {i for i in ids(engine, "user_id:alice") if i.startswith("anonymous_id:")}
+    together = sid(engine, "user_id:alice") == sid(engine, "user_id:alice-2")
+    if preset == "segment":
+        assert len(cookies) == 5 and not together
+    else:
+        assert len(cookies) == 8 and together

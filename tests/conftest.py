@@ -14,6 +14,18 @@ from tests.storage import pgserver
 
 MakeEngine = Callable[..., Engine]
 
+
+def segment_unless_named(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The config, on Segment's preset unless it names one: the rule tests were written for
+    Segment's rules (SPEC section 2), and keep them; tests/core/test_presets.py and the
+    property search cover the idstitch preset, the default."""
+    data = dict(config or {})
+    identity = dict(data.get("identity", {}))
+    identity.setdefault("preset", "segment")
+    data["identity"] = identity
+    return data
+
+
 # Every store test runs on each store; PostgreSQL needs a server (see tests/storage/pgserver).
 STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -44,7 +56,7 @@ def make_engine(store_url: str) -> Iterator[MakeEngine]:
     engines: list[Engine] = []
 
     def make(config: dict[str, Any] | None = None, **options: Any) -> Engine:
-        data = dict(config or {})
+        data = segment_unless_named(config)
         data["storage"] = {"url": store_url}
         engine = Engine(settings_from(data), tune_gc=False, **options)
         engines.append(engine)

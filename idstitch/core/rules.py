@@ -9,7 +9,9 @@ from typing import Literal
 
 WindowName = Literal["ever", "annually", "monthly", "weekly", "daily"]
 PresetName = Literal["segment", "idstitch"]
-DEFAULT_PRESET: PresetName = "segment"
+# The idstitch preset measures better than Segment's rules on both precision and recall
+# (benchmarks/quality.py; docs/resolution.md has the table).
+DEFAULT_PRESET: PresetName = "idstitch"
 DAY = 86_400.0
 WINDOWS: dict[str, float | None] = {
     "ever": None,

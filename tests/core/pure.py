@@ -16,13 +16,14 @@ from idstitch.core.messages import encode, prepare
 from idstitch.core.planner import resolve_messages
 from idstitch.engine import Resolution
 from idstitch.errors import ProfileNotFound
+from tests.conftest import segment_unless_named
 
 
 class Core:
     """`ingest`, `ingest_batch` and `profile` as the engine offers them, on the core alone."""
 
     def __init__(self, config: dict[str, Any] | None = None):
-        self.rules = settings_from(dict(config or {})).rules
+        self.rules = settings_from(segment_unless_named(config)).rules
         self.extractor = Extractor(self.rules)
         self.graph = Graph()
         self.seen: dict[str, set[str]] = {}

@@ -134,7 +134,7 @@ class Rules:
             custom_types=custom,
             max_merges=identity.get("max_merges", 100),
             max_identifiers=identity.get("max_identifiers", 1000),
-            preset=identity.get("preset", "segment"),
+            preset=identity.get("preset", "idstitch"),  # the default preset
         )
 
     # SPEC 2, Priority.

@@ -24,20 +24,21 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest -n 2 --dist worksteal
 
-# make bench [BENCH=engine|http|postgres|growth] [ARGS="--events 100000"]
+# make bench: the engine's speed, then the quality of its resolution (precision and recall
+# of the Segment preset, the default and a naive union-find, side by side).
+# make bench BENCH=engine|quality|http|postgres|growth [ARGS="--events 100000"]: one of them.
 # make bench BASELINE=REV [ROUNDS=3] ...: the same benchmark beside an earlier release, one
 # round of it at a time, alternating (the driver takes the medians).
-BENCH ?= engine
+BENCH ?= engine quality
 ROUNDS ?= 3
-ONE_ROUND_engine := --runs 1
-ONE_ROUND_http := --runs 1
-ONE_ROUND_postgres := --rounds 1
-ONE_ROUND_growth :=
 bench: $(STAMP)
 ifdef BASELINE
-	$(BIN)/python -m benchmarks baseline $(BASELINE) --rounds $(ROUNDS) $(BENCH) $(ONE_ROUND_$(BENCH)) $(ARGS)
+	for b in $(BENCH); do \
+		case $$b in engine|http) one="--runs 1";; postgres|quality) one="--rounds 1";; *) one="";; esac; \
+		$(BIN)/python -m benchmarks baseline $(BASELINE) --rounds $(ROUNDS) $$b $$one $(ARGS) || exit 1; \
+	done
 else
-	$(BIN)/python -m benchmarks $(BENCH) $(ARGS)
+	for b in $(BENCH); do $(BIN)/python -m benchmarks $$b $(ARGS) || exit 1; done
 endif
 
 clean:

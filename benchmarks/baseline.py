@@ -1,6 +1,6 @@
 """A benchmark run side by side with an earlier release, in one run.
 
-    python -m benchmarks baseline REV [--rounds 3] [engine|http|postgres|growth] [ARGS...]
+    python -m benchmarks baseline REV [--rounds 3] [engine|http|postgres|growth|quality] [ARGS...]
     make bench BASELINE=REV
 
 REV (a tag or commit) is checked out in a temporary git worktree. Each round runs the same
@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = ("engine", "http", "postgres", "growth")
+NAMES = ("engine", "http", "postgres", "growth", "quality")
 NUMBER = re.compile(r"^-?[\d,]*\.?\d+")
 
 

@@ -118,8 +118,12 @@ class Latency:
 
 
 # ---- the engine --------------------------------------------------------------------------------
+# `--preset`: the identity preset every engine of this run uses (empty: the default).
+IDENTITY: dict[str, str] = {}
+
+
 def settings_for(db: Path) -> Settings:
-    return settings_from({"storage": {"url": f"sqlite:///{db}"}})
+    return settings_from({"storage": {"url": f"sqlite:///{db}"}, "identity": dict(IDENTITY)})
 
 
 @dataclass
@@ -322,7 +326,8 @@ def run_import(path: Path, workdir: Path, events: int, how: str) -> ImportRun:
     db = workdir / "import.db"
     if how == "cli":
         config = workdir / "import.toml"
-        config.write_text(f'[storage]\nurl = "sqlite:///{db}"\n')
+        preset = f'[identity]\npreset = "{IDENTITY["preset"]}"\n' if IDENTITY else ""
+        config.write_text(f'[storage]\nurl = "sqlite:///{db}"\n{preset}')
         cmd = [str(VENV_BIN / "idstitch"), "import", "--config", str(config), str(path)]
         log = workdir / "import.log"
         with log.open("wb") as out:
@@ -597,7 +602,12 @@ def main(argv: list[str] | None = None) -> int:
         help="one extra closed-loop run under cProfile; prints both threads",
     )
     parser.add_argument("--keep", type=Path, help="keep the work files in this directory")
+    parser.add_argument(
+        "--preset", choices=["segment", "idstitch"], help="identity preset (default: the default)"
+    )
     args = parser.parse_args(argv)
+    if args.preset:
+        IDENTITY["preset"] = args.preset
     started = time.perf_counter()
     args.load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rates = parse_rates(args.rates)

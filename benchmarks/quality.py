@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -52,8 +53,7 @@ from idstitch.errors import ConfigError, ProfileNotFound
 # Each is an idstitch config (without storage and sources, which the benchmark sets).
 CONTENDERS: Final[list[tuple[str, dict[str, Any]]]] = [
     ("segment preset", {"identity": {"preset": "segment"}}),
-    ("idstitch preset", {"identity": {"preset": "idstitch"}}),
-    ("default", {}),
+    ("idstitch (default)", {}),
 ]
 BATCH: Final = 500  # messages per ingest_batch call at most
 NAIVE: Final = "naive union-find"
@@ -184,17 +184,21 @@ def batches(stream: Stream) -> Iterator[tuple[str, list[dict[str, Any]], float]]
             start = end
 
 
-def engine_partition(stream: Stream, config: Mapping[str, Any], workdir: Path) -> dict[Ident, str]:
-    """Ingest the stream into a fresh engine; each identifier's segment_id (raises ConfigError
-    for a configuration this checkout does not accept)."""
+def engine_partition(
+    stream: Stream, config: Mapping[str, Any], workdir: Path
+) -> tuple[dict[Ident, str], float]:
+    """Ingest the stream into a fresh engine; each identifier's segment_id, and the seconds
+    the ingest took (raises ConfigError for a configuration this checkout does not accept)."""
     data = dict(config)
     data["storage"] = {"url": f"sqlite:///{workdir / 'idstitch.db'}"}
     data["sources"] = [{"id": s, "write_key": f"quality-{s}-write-key"} for s in SOURCES]
     engine = Engine(settings_from(data))
     try:
+        started = time.perf_counter()
         for source, batch, received in batches(stream):
             # The arrival time as receive time: the engine sees the stream as it happened.
             engine.ingest_batch(batch, source=source, received_at=received)
+        ingest_seconds = time.perf_counter() - started
         partition: dict[Ident, str] = {}
         for type_, value in stream.owners:
             try:
@@ -202,7 +206,7 @@ def engine_partition(stream: Stream, config: Mapping[str, Any], workdir: Path) -
             except ProfileNotFound:
                 continue  # refused by the rules: a cluster of its own
             partition[type_, value] = str(profile["segment_id"])
-        return partition
+        return partition, ingest_seconds
     finally:
         engine.close()
 
@@ -211,8 +215,9 @@ def engine_partition(stream: Stream, config: Mapping[str, Any], workdir: Path) -
 class Result:
     name: str
     score: Score | None
-    seconds: float
+    seconds: float  # the whole run: ingest and lookups (median of the rounds)
     unavailable: str | None = None  # why the contender could not run
+    ingest_rate: float | None = None  # messages/s of the ingest alone (median of the rounds)
 
 
 def _first_line(err: BaseException) -> str:
@@ -221,23 +226,47 @@ def _first_line(err: BaseException) -> str:
 
 
 def run_contenders(
-    stream: Stream, contenders: Sequence[tuple[str, Mapping[str, Any]]] = CONTENDERS
+    stream: Stream,
+    contenders: Sequence[tuple[str, Mapping[str, Any]]] = CONTENDERS,
+    rounds: int = 1,
 ) -> tuple[Truth, list[Result]]:
+    """Score every contender. With several `rounds`, the engine contenders run once per
+    round, in alternating order, and their times are the medians (the scores do not change:
+    the same stream gives the same partition)."""
     truth = Truth.of(stream)
     results = [Result(CEILING, truth.score(truth.group), 0.0)]
     started = time.perf_counter()
     naive = naive_union_find(stream.messages)
     results.append(Result(NAIVE, truth.score(naive), time.perf_counter() - started))
-    for name, config in contenders:
-        with tempfile.TemporaryDirectory(prefix="idstitch-quality-") as tmp:
-            started = time.perf_counter()
-            try:
-                partition = engine_partition(stream, config, Path(tmp))
-            except ConfigError as err:
-                results.append(Result(name, None, 0.0, _first_line(err)))
+    runs: dict[str, list[tuple[Score, float, float]]] = {name: [] for name, _ in contenders}
+    unavailable: dict[str, str] = {}
+    for n in range(rounds):
+        order = list(contenders) if n % 2 == 0 else list(reversed(contenders))
+        for name, config in order:
+            if name in unavailable:
                 continue
-            seconds = time.perf_counter() - started
-        results.append(Result(name, truth.score(partition), seconds))
+            with tempfile.TemporaryDirectory(prefix="idstitch-quality-") as tmp:
+                started = time.perf_counter()
+                try:
+                    partition, ingest = engine_partition(stream, config, Path(tmp))
+                except ConfigError as err:
+                    unavailable[name] = _first_line(err)
+                    continue
+                seconds = time.perf_counter() - started
+            runs[name].append((truth.score(partition), seconds, len(stream.messages) / ingest))
+    for name, _ in contenders:
+        if name in unavailable:
+            results.append(Result(name, None, 0.0, unavailable[name]))
+            continue
+        scores = runs[name]
+        results.append(
+            Result(
+                name,
+                scores[0][0],
+                statistics.median(r[1] for r in scores),
+                ingest_rate=statistics.median(r[2] for r in scores),
+            )
+        )
     return truth, results
 
 
@@ -259,7 +288,10 @@ def report(args: argparse.Namespace, stream: Stream, truth: Truth, results: list
     p = print
     p()
     p("idstitch quality benchmark: pairwise precision and recall against the ground truth")
-    p(f"  command : python -m benchmarks quality --persons {args.persons} --seed {args.seed}")
+    p(
+        f"  command : python -m benchmarks quality --persons {args.persons} --seed {args.seed} "
+        f"--rounds {args.rounds}"
+    )
     p(f"  stream  : {stream.describe()}")
     p(
         f"  scored  : {len(truth.person):,} identifiers one person used; {truth.shared:,} used "
@@ -270,7 +302,7 @@ def report(args: argparse.Namespace, stream: Stream, truth: Truth, results: list
     p()
     header = (
         f"{'contender':20s} {'precision':>9s}  {'recall(linkable)':>16s}  {'recall(true)':>12s}"
-        f"  {'clusters':>8s}  {'wrong-merge clusters':>20s}  {'seconds':>7s}"
+        f"  {'clusters':>8s}  {'wrong-merge clusters':>20s}  {'seconds':>7s}  {'ingest/s':>9s}"
     )
     p(header)
     p("-" * len(header))
@@ -280,9 +312,10 @@ def report(args: argparse.Namespace, stream: Stream, truth: Truth, results: list
             continue
         s = r.score
         seconds = "-" if r.name == CEILING else f"{r.seconds:.1f}"
+        rate = "-" if r.ingest_rate is None else f"{r.ingest_rate:,.0f}"
         p(
             f"{r.name:20s} {s.precision:9.4f}  {s.recall_linkable:16.4f}  {s.recall_true:12.4f}"
-            f"  {s.clusters:8,}  {s.wrong_merges:20,}  {seconds:>7s}"
+            f"  {s.clusters:8,}  {s.wrong_merges:20,}  {seconds:>7s}  {rate:>9s}"
         )
     p("-" * len(header))
     p(
@@ -299,6 +332,8 @@ def as_json(stream: Stream, truth: Truth, results: list[Result]) -> dict[str, An
         else:
             rows.append({"name": r.name, "available": True, **asdict(r.score)})
             rows[-1]["seconds"] = round(r.seconds, 3)
+            if r.ingest_rate is not None:
+                rows[-1]["ingest_per_second"] = round(r.ingest_rate)
     return {"stream": _stream_summary(stream, truth), "contenders": rows}
 
 
@@ -312,12 +347,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--persons", type=int, default=3_000, help="persons (default 3000)")
     parser.add_argument("--seed", type=int, default=7, help="stream seed (default 7)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the engine contenders this many times, alternating; times are medians (1)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if not args.json:
         print(f"generating {args.persons:,} persons' traffic (seed {args.seed}) ...", flush=True)
     stream = generate(args.persons, args.seed)
-    truth, results = run_contenders(stream)
+    truth, results = run_contenders(stream, rounds=args.rounds)
     if args.json:
         json.dump(as_json(stream, truth, results), sys.stdout)
         print()

@@ -113,6 +113,21 @@ class BlockList:
 
 
 DEFAULT_BLOCKLIST = BlockList.build(DEFAULT_BLOCKED_EXACT, DEFAULT_BLOCKED_REGEX)
+# The idstitch preset also blocks what clients write for a missing value in other languages
+# and tools: Objective-C's `(null)` and `<null>`, `NSNull`, `n/a`, `#N/A` from spreadsheets,
+# Google Analytics' `(not set)`.
+PLACEHOLDER_BLOCKED_EXACT: tuple[str, ...] = (
+    "(null)",
+    "<null>",
+    "nsnull",
+    "(none)",
+    "n/a",
+    "#n/a",
+    "(not set)",
+    "not set",
+    "(undefined)",
+)
+PLACEHOLDER_BLOCKLIST = BlockList.build(PLACEHOLDER_BLOCKED_EXACT)
 
 
 # Segment's server-side libraries, as they name themselves in `context.library.name`.
@@ -213,6 +228,8 @@ class IdentityRules:
     def blocked_by(self, type_: str, value: str) -> str | None:
         """The blocked entry that matches `value` for `type_`, or None."""
         hit = self.blocked.blocks(value)
+        if hit is None and self.preset == "idstitch":
+            hit = PLACEHOLDER_BLOCKLIST.blocks(value)
         if hit is None and self.blocked_by_type:
             per_type = self.blocked_by_type.get(type_)
             if per_type is not None:

@@ -179,6 +179,9 @@ class Rules:
         if type_ in self.blocked_by_type:
             exact += self.blocked_by_type[type_][0]
             regex += self.blocked_by_type[type_][1]
+        if self.preset == "idstitch":  # docs/resolution.md, Presets: missing values as text
+            exact += ["(null)", "<null>", "NSNull", "n/a", "#N/A", "(not set)", "not set"]
+            exact += ["(none)", "(undefined)"]
         folded = value.strip().lower()
         candidates = [folded]
         # "... and the same values wrapped in quotes". Assumption: double or single quotes.

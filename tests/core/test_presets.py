@@ -148,3 +148,17 @@ def test_presets_end_to_end(make_engine: MakeEngine, preset: str) -> None:
         assert len(cookies) == 5 and not together
     else:
         assert len(cookies) == 8 and together
+
+
+@pytest.mark.parametrize(
+    "placeholder", ["(null)", "<NULL>", "n/a", " #N/A ", "(not set)", '"(null)"']
+)
+def test_missing_values_written_as_text_are_blocked_under_the_idstitch_preset(
+    make_core: MakeCore, placeholder: str
+) -> None:
+    for config, blocked in ((IDSTITCH, True), (SEGMENT, False)):
+        core = make_core(config)
+        a = core.ingest(msg("track", userId=placeholder, anonymousId="a1", event="x"))
+        b = core.ingest(msg("track", userId=placeholder, anonymousId="b1", event="x"))
+        assert (a.segment_id != b.segment_id) is blocked, config
+        assert ("blocked_value" in {v.rule for v in a.violations}) is blocked, config

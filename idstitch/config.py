@@ -153,6 +153,7 @@ def as_table(settings: Settings) -> dict[str, Any]:
             "max_merges": rules.max_merges,
             "max_identifiers": rules.max_identifiers,
             "preset": rules.preset,
+            "generic_after": rules.generic_after,
         },
     }
 
@@ -252,6 +253,7 @@ def _rules(identity: config_schema.IdentityTable, given: IdentityRules | None) -
         max_merges=identity.max_merges,
         max_identifiers=identity.max_identifiers,
         preset=identity.preset,
+        generic_after=identity.generic_after,
     )
 
 

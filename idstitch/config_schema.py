@@ -114,6 +114,7 @@ class IdentityTable(_Table):
     max_merges: PositiveInt = 100
     max_identifiers: PositiveInt = 1000
     preset: PresetName = DEFAULT_PRESET  # Segment's rules exactly, or idstitch's
+    generic_after: PositiveInt = 2  # the idstitch preset: known users a value may be seen with
 
 
 class ConfigFile(_Table):

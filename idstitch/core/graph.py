@@ -104,7 +104,7 @@ class ProfileState(msgspec.Struct, gc=False):
 class Graph:
     """Identifier keys -> profile ids, and canonical profile states."""
 
-    __slots__ = ("next_pid", "owners", "parent", "profiles")
+    __slots__ = ("conflicts", "next_pid", "owners", "parent", "profiles")
 
     def __init__(self) -> None:
         # Identifier slot (`identifiers.slot_of`) -> the profile that first held it.
@@ -112,6 +112,9 @@ class Graph:
         self.parent: dict[int, int] = {}
         self.profiles: dict[int, ProfileState] = {}
         self.next_pid = 1
+        # Identifier slot -> the known users (`user_id:value`) it was seen with whose profile
+        # does not hold it: the `conflict` violations recorded for it (the idstitch preset).
+        self.conflicts: dict[int, set[str]] = {}
 
     def find(self, pid: int) -> int:
         parent = self.parent
@@ -154,6 +157,9 @@ class Graph:
             into.merges += other.merges + 1
             self.parent[other.pid] = into.pid
             del self.profiles[other.pid]
+
+    def add_conflict(self, slot: int, other: str) -> None:
+        self.conflicts.setdefault(slot, set()).add(other)
 
     def __len__(self) -> int:
         return len(self.profiles)

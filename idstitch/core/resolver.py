@@ -12,7 +12,15 @@ from collections.abc import Callable
 from idstitch.core.graph import Graph, ProfileState
 from idstitch.core.identifiers import USERS, Identifier, key_of, slot_of
 from idstitch.core.plan import SidePlan, Violation
-from idstitch.core.rules import COOKIE_TYPES, IdentityRules, SourceRules
+from idstitch.core.rules import (
+    CONFLICT,
+    COOKIE_TYPES,
+    DEVICE_TYPES,
+    GENERIC,
+    SHARED_DEVICE,
+    IdentityRules,
+    SourceRules,
+)
 
 # The segment_id of a profile a message creates: (collection, source_id, message_id,
 # received_at) -> id (`ksuid.segment_id_for`).
@@ -30,8 +38,8 @@ def _over_limit(
     at: float,
     waived: frozenset[str] = frozenset(),
     login: bool = False,
-) -> tuple[str, str] | None:
-    """(rule, detail) for the first type this message makes grow past its limit, or None.
+) -> tuple[str, str, str] | None:
+    """(rule, detail, type) for the first type this message makes grow past its limit, or None.
     The types in `waived` are not checked. On a `login` (the idstitch preset, a message with
     a user_id), the cookies of profiles that hold a user_id are not counted: only those the
     message and the anonymous profiles it joins bring, so a user may log in from any number
@@ -57,8 +65,50 @@ def _over_limit(
         would = sum(held) + sum(1 for i in new if i.type == type_)
         if would > limit.max and would > max(held, default=0):
             rule = "limit_exceeded" if window is None else "time_limit_exceeded"
-            return rule, f"{type_} would hold {would} values, over its limit of {limit.describe()}"
+            detail = f"{type_} would hold {would} values, over its limit of {limit.describe()}"
+            return rule, detail, type_
     return None
+
+
+def _is_shared(ident: Identifier, graph: Graph, rules: IdentityRules) -> bool:
+    """Seen with more known users than its type allows (the idstitch preset): it stops
+    linking. Lookups still find the profiles that hold it."""
+    seen = graph.conflicts.get(ident.slot)
+    if seen is None or ident.type == "user_id":
+        return False
+    after = rules.shared_after(ident.type)
+    return after is not None and len(seen) >= after
+
+
+def _note_conflicts(
+    live: list[Identifier],
+    graph: Graph,
+    rules: IdentityRules,
+    noted: set[int],
+    violations: list[Violation],
+) -> None:
+    """The user_id limit refuses this message: each identifier that would bring in the
+    profile of another known user was seen with this message's user_id, which that profile
+    does not hold. Record it (`conflict`), and, when that makes it shared, say so once."""
+    top = next((i for i in live if i.type == "user_id"), None)
+    if top is None:
+        return
+    mine = graph.owner(top.slot)
+    detail = f"seen with user_id:{top.value}, a known user its profile does not hold"
+    for ident in live:
+        if ident.type == "user_id" or ident.slot in noted:
+            continue
+        state = graph.owner(ident.slot)
+        if state is None or state is mine or "user_id" not in state.types():
+            continue
+        noted.add(ident.slot)
+        violations.append(_violation(ident, CONFLICT, detail))
+        seen = graph.conflicts.get(ident.slot, set())
+        after = rules.shared_after(ident.type)
+        if after is not None and detail not in seen and len(seen) + 1 == after:
+            rule = SHARED_DEVICE if ident.type in DEVICE_TYPES else GENERIC
+            why = f"seen with {after + 1} known users; from now on it links no profiles"
+            violations.append(_violation(ident, rule, why))
 
 
 def _single_owner(ids: list[Identifier], graph: Graph) -> ProfileState | None:
@@ -103,6 +153,15 @@ def resolve_side(
     """How the message's identifiers `ids` resolve in `collection`. A profile the message
     creates is left unnamed (`segment_id` None): the planner names it after the message.
     `trusted_alias`: the message's alias may join two user_ids past the user_id limit."""
+    if graph.conflicts and rules.preset == "idstitch":
+        kept = [i for i in ids if not _is_shared(i, graph, rules)]
+        if len(kept) < len(ids) and not kept and not alias_previous:
+            names = ", ".join(str(i) for i in ids)
+            reason = f"only identifiers seen with several known users ({names})"
+            return SidePlan(collection, "unresolved", reason=reason)
+        ids = kept
+        if alias_previous:
+            alias_previous = [i for i in alias_previous if not _is_shared(i, graph, rules)]
     if not alias_previous and ids:
         known = _single_owner(ids, graph)
         if known is not None:  # the common case: every identifier already on one profile
@@ -126,6 +185,7 @@ def resolve_side(
                 waived = frozenset(("user_id",))
     evidence = rules.login_evidence and collection == USERS
     violations: list[Violation] = []
+    noted: set[int] = set()  # identifiers whose conflict this message recorded
     owners, parent, profiles = graph.owners, graph.parent, graph.profiles
     matched: list[ProfileState] = []
     new: list[Identifier] = []
@@ -166,8 +226,11 @@ def resolve_side(
         login = evidence and any(i.type == "user_id" for i in live)
         over = _over_limit(matched, new, rules, at, waived, login)
         if over is not None:
+            rule, detail, type_ = over
+            if type_ == "user_id" and rules.preset == "idstitch":
+                _note_conflicts(live, graph, rules, noted, violations)
             victim = live.pop()
-            violations.append(_violation(victim, *over))
+            violations.append(_violation(victim, rule, detail))
             continue
         break
     if matched and new and not source.add:
@@ -235,6 +298,9 @@ def resolve_side(
 
 def apply_side(graph: Graph, side: SidePlan, at: float, created_at: float) -> None:
     """Record a decided SidePlan in the in-memory graph (sets `side.pid` for a new profile)."""
+    for v in side.violations:
+        if v.rule == CONFLICT:
+            graph.add_conflict(slot_of(key_of(v.collection, v.type, v.value)), v.detail)
     if side.outcome == "unresolved" or side.segment_id is None:
         return
     if side.created:

@@ -148,6 +148,20 @@ SERVER_LIBRARIES = frozenset(
 # Browser cookies: under the idstitch preset, a login with a cookie no profile holds yet is
 # evidence, not a count (see `IdentityRules.login_evidence`).
 COOKIE_TYPES = frozenset(("anonymous_id", "ga_client_id"))
+# A phone's ids: under the idstitch preset, one seen with a second known user is shared.
+DEVICE_TYPES = frozenset(
+    (
+        "android.id",
+        "ios.id",
+        "android.idfa",
+        "ios.idfa",
+        "android.push_token",
+        "ios.push_token",
+    )
+)
+CONFLICT = "conflict"
+GENERIC = "generic_identifier"
+SHARED_DEVICE = "shared_device"
 
 
 @dataclass(frozen=True)
@@ -176,6 +190,9 @@ class IdentityRules:
     max_merges: int = 100
     max_identifiers: int = 1000
     preset: PresetName = DEFAULT_PRESET
+    # The idstitch preset: a value seen with this many known users besides its profile's
+    # own stops linking (a phone's ids: with one).
+    generic_after: int = 2
     _ranks: dict[str, tuple[int, int, str]] = field(default_factory=dict, compare=False, repr=False)
     _default_limits: dict[str, Limit] = field(default_factory=dict, compare=False, repr=False)
 
@@ -217,6 +234,13 @@ class IdentityRules:
         type's limit: a login is the strongest evidence that the browser is that user's
         (the idstitch preset; Segment counts it)."""
         return self.preset == "idstitch"
+
+    def shared_after(self, type_: str) -> int | None:
+        """How many other known users a value of `type_` may be seen with before it stops
+        linking (None: it never does, under Segment's preset)."""
+        if self.preset != "idstitch":
+            return None
+        return 1 if type_ in DEVICE_TYPES else self.generic_after
 
     def trusts_alias(self, source_id: str, library: object) -> bool:
         """May this message's alias merge two user_ids past the user_id limit?"""

@@ -151,6 +151,9 @@ SQLITE: list[tuple[str, str]] = [
         INSERT INTO store_meta (name, value) VALUES ('store_id', lower(hex(randomblob(16))))
         """,
     ),
+    # The idstitch preset's `conflict` violations: SQLite reads them all when it loads the
+    # graph, so it needs no index (and a commit updates none).
+    ("0005_conflicts", "SELECT 1"),
 ]
 
 # PostgreSQL keeps text keys under a unique index: the database itself then guarantees that no
@@ -272,6 +275,15 @@ POSTGRES: list[tuple[str, str]] = [
     # SQLite's 0004 moves everything but the log and the graph out of the commit; PostgreSQL
     # keeps its indexes (several workers need them inside each transaction).
     ("0004_log_first", "SELECT 1"),
+    # Each batch reads the `conflict` violations of its keys (the idstitch preset: a value
+    # seen with several known users stops linking): a partial index over those rows only.
+    (
+        "0005_conflicts",
+        """
+        CREATE INDEX violations_conflicts
+            ON violations (collection, type, identifier_digest(value)) WHERE rule = 'conflict';
+        """,
+    ),
 ]
 
 NAMES = [name for name, _ in SQLITE]

@@ -100,14 +100,22 @@ _TRY_PROFILES = (
 # Lookups go through LATERAL ... LIMIT 1, which the planner cannot turn into a hash join: one
 # index probe per key, whatever the table statistics say (a young table's would otherwise
 # choose a full scan per batch). A key is `u|a` + type + US + value (`core.identifiers`).
-_OWNERS = (
-    f"SELECT t.n, i.profile_id, p.canonical_id FROM {_KEYS} WITH ORDINALITY AS t(k, n) "
-    "CROSS JOIN LATERAL (SELECT profile_id FROM identifiers "
-    "WHERE collection = CASE left(t.k, 1) WHEN 'a' THEN 'accounts' ELSE 'users' END "
+_IS_KEY = (
+    "collection = CASE left(t.k, 1) WHEN 'a' THEN 'accounts' ELSE 'users' END "
     "AND type = substr(t.k, 2, strpos(t.k, chr(31)) - 2) "
     "AND identifier_digest(value) = identifier_digest(substr(t.k, strpos(t.k, chr(31)) + 1)) "
-    "AND value = substr(t.k, strpos(t.k, chr(31)) + 1) LIMIT 1) AS i "
+    "AND value = substr(t.k, strpos(t.k, chr(31)) + 1)"
+)
+_OWNERS = (
+    f"SELECT t.n, i.profile_id, p.canonical_id FROM {_KEYS} WITH ORDINALITY AS t(k, n) "
+    f"CROSS JOIN LATERAL (SELECT profile_id FROM identifiers WHERE {_IS_KEY} LIMIT 1) AS i "
     "JOIN profiles p ON p.id = i.profile_id"
+)
+# The idstitch preset's conflicts of the batch's keys (`Graph.conflicts`).
+_CONFLICTS = (
+    f"SELECT t.n, v.detail FROM {_KEYS} WITH ORDINALITY AS t(k, n) "
+    f"CROSS JOIN LATERAL (SELECT detail FROM violations WHERE rule = 'conflict' AND {_IS_KEY}) "
+    "AS v"
 )
 _PROFILES = (
     "SELECT id, canonical_id, segment_id, created_at, merges FROM profiles "
@@ -175,6 +183,9 @@ class PostgresTransaction(Transaction):
                 if keys:
                     conn.execute(_LOCK_KEYS, (self.locks.prefix, sent))
             found = conn.execute(_OWNERS, (sent,)) if keys else None
+            conflicts = conn.execute(_CONFLICTS, (sent,)) if keys else None
+        for n, detail in conflicts or ():
+            graph.add_conflict(slot_of(keys[n - 1]), detail)
         canonicals: set[int] = set()
         for n, pid, canonical in found or ():
             owners[slot_of(keys[n - 1])] = pid

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 from idstitch.core.graph import Graph
 from idstitch.core.identifiers import key_of, slot_of
 from idstitch.core.plan import Plan
+from idstitch.core.rules import CONFLICT
 from idstitch.errors import StorageError, StoreNotFound
 from idstitch.storage import sqlite_committer, sqlite_index
 from idstitch.storage import sqlite_reads as reads
@@ -395,6 +396,10 @@ class SQLiteStore(Store):
             state = profiles[parent.get(pid, pid)]
             owners[slot_of(key_of(coll, type_, value))] = state.pid
             state.add(type_, created_at)
+        for coll, type_, value, detail in c.execute(
+            "SELECT collection, type, value, detail FROM violations WHERE rule = ?", (CONFLICT,)
+        ):
+            graph.add_conflict(slot_of(key_of(coll, type_, value)), detail)
         self.graph = graph
         last = c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         self.messages.load(c, indexed)

@@ -103,6 +103,7 @@ class Rules:
     max_merges: int
     max_identifiers: int
     preset: str
+    generic_after: int
 
     @classmethod
     def from_config(cls, identity: dict[str, Any]) -> Rules:
@@ -135,6 +136,7 @@ class Rules:
             max_merges=identity.get("max_merges", 100),
             max_identifiers=identity.get("max_identifiers", 1000),
             preset=identity.get("preset", "idstitch"),  # the default preset
+            generic_after=identity.get("generic_after", 2),
         )
 
     # SPEC 2, Priority.
@@ -229,6 +231,9 @@ class Model:
         self.profiles: list[Profile] = []
         self.owner: dict[Ident, int] = {}  # identifier -> number of the profile that holds it
         self.seen: set[tuple[str, str]] = set()
+        # The idstitch preset: identifier -> the known users (user_id values) it was seen
+        # with whose profile does not hold it. Past its type's allowance it links nothing.
+        self.conflicts: dict[Ident, set[str]] = {}
 
     # ---- reading identifiers (SPEC 1) -----------------------------------------------------
     def extract(
@@ -345,11 +350,12 @@ class Model:
         at: float,
         waived: tuple[str, ...] = (),
         login: bool = False,
-    ) -> bool:
-        """`login` (the idstitch preset, a user_id in the message): browser cookies are
+    ) -> str | None:
+        """The first type (by priority) the message makes grow past its limit, or None.
+        `login` (the idstitch preset, a user_id in the message): browser cookies are
         counted over the new ones and the matched profiles that hold no user_id only."""
         types = {t for (_, t, _) in new} | {t for p in matched for (_, t, _) in p.ids}
-        for type_ in types - set(waived):
+        for type_ in sorted(types - set(waived), key=self.rules.rank):
             counted = matched
             if login and type_ in ("anonymous_id", "ga_client_id"):
                 counted = [p for p in matched if not any(t == "user_id" for _, t, _ in p.ids)]
@@ -362,8 +368,44 @@ class Model:
             total = self.count(would, type_, at)
             before = max((self.count(p.ids, type_, at) for p in counted), default=0)
             if total > maximum and total > before:
-                return True
-        return False
+                return type_
+        return None
+
+    # ---- the idstitch preset: values several known users share (docs/resolution.md) ----------
+    DEVICES = ("android.id", "ios.id", "android.idfa", "ios.idfa")
+    DEVICES += ("android.push_token", "ios.push_token")
+
+    def allowance(self, ident: Ident) -> int | None:
+        """How many other known users `ident` may be seen with before it stops linking."""
+        if self.rules.preset != "idstitch" or ident[1] == "user_id":
+            return None
+        return 1 if ident[1] in self.DEVICES else self.rules.generic_after
+
+    def shared(self, ident: Ident) -> bool:
+        allowed = self.allowance(ident)
+        return allowed is not None and len(self.conflicts.get(ident, ())) >= allowed
+
+    def note_conflicts(self, live: list[Ident], side: Side, noted: set[Ident]) -> None:
+        """The user_id limit refuses the message: every identifier whose profile holds a
+        user_id and is not the profile of the message's user_id was seen with that user."""
+        top = next((i for i in live if i[1] == "user_id"), None)
+        if top is None:
+            return
+        mine = self.profile_of(top)
+        for ident in live:
+            if ident[1] == "user_id" or ident in noted:
+                continue
+            p = self.profile_of(ident)
+            if p is None or p is mine or not any(t == "user_id" for _, t, _ in p.ids):
+                continue
+            noted.add(ident)
+            side.dropped.append((ident, "conflict"))
+            seen = self.conflicts.setdefault(ident, set())
+            allowed = self.allowance(ident)
+            if allowed is not None and top[2] not in seen and len(seen) + 1 == allowed:
+                device = ident[1] in self.DEVICES
+                side.dropped.append((ident, "shared_device" if device else "generic_identifier"))
+            seen.add(top[2])
 
     # ---- resolution (SPEC 3) ----------------------------------------------------------------
     def resolve(
@@ -375,7 +417,8 @@ class Model:
         waived: tuple[str, ...] = (),
     ) -> Side:
         side = Side()
-        live = self.by_priority(ids)
+        live = self.by_priority([i for i in ids if not self.shared(i)])
+        noted: set[Ident] = set()
         while True:
             if not live:
                 return side
@@ -395,7 +438,7 @@ class Model:
                     # Assumption: every identifier left is recorded as refused by the rule.
                     side.dropped += [(i, NO_CREATE) for i in live]
                     return side
-                if self.limits_on_create and self.over_limit([], live, at):
+                if self.limits_on_create and self.over_limit([], live, at) is not None:
                     side.dropped.append((live.pop(), LIMIT))
                     continue
                 return self.create(live, at, collection, side)
@@ -406,7 +449,10 @@ class Model:
             if len(matched) > 1 and not self.rules.may(source, "merge"):
                 side.dropped.append((live.pop(), NO_MERGE))
                 continue
-            if self.over_limit(matched, new, at, waived, login):
+            over = self.over_limit(matched, new, at, waived, login)
+            if over is not None:
+                if over == "user_id" and self.rules.preset == "idstitch":
+                    self.note_conflicts(live, side, noted)
                 side.dropped.append((live.pop(), LIMIT))
                 continue
             if new and not self.rules.may(source, "add"):
@@ -483,6 +529,7 @@ class Model:
         at = parse_time(msg["timestamp"])
         users, accounts, previous, drops = self.extract(msg)
         waived: tuple[str, ...] = ()
+        previous = [i for i in previous if not self.shared(i)]
         if previous:
             # Alias: previousId is a user_id or an anonymous_id, whichever exists
             # (anonymous_id if neither). Assumption: when both exist, the one of higher

@@ -52,7 +52,7 @@ def test_a_cookie_held_by_another_user_is_still_refused(make_core: MakeCore) -> 
     core = make_core(IDSTITCH)
     core.ingest(msg("identify", userId="alice", anonymousId="kiosk"))
     result = core.ingest(msg("identify", userId="bob", anonymousId="kiosk"))
-    assert [v.rule for v in result.violations] == ["limit_exceeded"]
+    assert [v.rule for v in result.violations] == ["conflict", "limit_exceeded"]
     assert ids(core, "user_id:bob") == {"user_id:bob"}
     assert sid(core, "anonymous_id:kiosk") == sid(core, "user_id:alice")
 
@@ -162,3 +162,77 @@ def test_missing_values_written_as_text_are_blocked_under_the_idstitch_preset(
         b = core.ingest(msg("track", userId=placeholder, anonymousId="b1", event="x"))
         assert (a.segment_id != b.segment_id) is blocked, config
         assert ("blocked_value" in {v.rule for v in a.violations}) is blocked, config
+
+
+PHONE = {"device": {"id": "tablet-1", "type": "ios"}}
+
+
+def test_a_phone_seen_with_a_second_known_user_is_shared_from_then_on(make_core: MakeCore) -> None:
+    core = make_core(IDSTITCH)
+    core.ingest(msg("identify", userId="alice", anonymousId="a1", context=PHONE))
+    early = core.ingest(msg("screen", anonymousId="b0", context=PHONE, name="Home"))
+    assert early.segment_id == sid(core, "user_id:alice")  # nothing says otherwise yet
+    login = core.ingest(msg("identify", userId="bob", anonymousId="b1", context=PHONE))
+    rules = [(v.value, v.rule) for v in login.violations]
+    assert ("tablet-1", "conflict") in rules and ("tablet-1", "shared_device") in rules
+    assert ids(core, "user_id:bob") == {"user_id:bob"}  # b1 came with the phone: refused
+    later = core.ingest(msg("screen", anonymousId="b2", context=PHONE, name="Home"))
+    assert later.outcome == "created"  # the phone no longer carries anonymous activity
+    assert ids(core, later.segment_id) == {"anonymous_id:b2"}
+    own = core.ingest(msg("identify", userId="bob", anonymousId="b2", context=PHONE))
+    assert own.outcome == "merged" and not own.violations  # the phone is simply left out
+    assert sid(core, "ios.id:tablet-1") == sid(core, "user_id:alice")  # lookups still work
+
+
+@pytest.mark.parametrize(("after", "generic_at"), [(2, 3), (1, 2), (3, 4)])
+def test_a_value_seen_with_more_known_users_than_allowed_stops_linking(
+    make_core: MakeCore, after: int, generic_at: int
+) -> None:
+    core = make_core({"identity": {"preset": "idstitch", "generic_after": after}})
+    for n in range(1, 6):
+        result = core.ingest(msg("identify", userId=f"u{n}", traits={"email": "test@test.com"}))
+        marked = "generic_identifier" in {v.rule for v in result.violations}
+        assert marked is (n == generic_at), n
+    visitor = core.ingest(msg("identify", anonymousId="v1", traits={"email": "test@test.com"}))
+    assert visitor.outcome == "created"
+    assert ids(core, "anonymous_id:v1") == {"anonymous_id:v1"}
+    assert sid(core, "email:test@test.com") == sid(core, "user_id:u1")
+
+
+def test_a_kiosk_cookie_seen_with_three_known_users_resolves_nothing(make_core: MakeCore) -> None:
+    core = make_core(IDSTITCH)
+    for user in ("alice", "bob", "carol"):
+        core.ingest(msg("identify", userId=user, anonymousId="kiosk"))
+    alone = core.ingest(msg("page", anonymousId="kiosk"))
+    assert alone.outcome == "unresolved"
+    assert "several known users" in (alone.reason or "")
+    dave = core.ingest(msg("identify", userId="dave", anonymousId="kiosk"))
+    assert dave.outcome == "created" and not dave.violations
+    assert ids(core, "user_id:dave") == {"user_id:dave"}
+
+
+def test_segments_preset_records_no_conflicts(make_core: MakeCore) -> None:
+    core = make_core(SEGMENT)
+    core.ingest(msg("identify", userId="alice", context=PHONE))
+    for user in ("bob", "carol"):
+        result = core.ingest(msg("identify", userId=user, context=PHONE))
+        assert {v.rule for v in result.violations} == {"limit_exceeded"}
+    later = core.ingest(msg("screen", anonymousId="x", context=PHONE, name="Home"))
+    assert later.segment_id == sid(core, "user_id:alice")
+
+
+def test_shared_values_stay_shared_after_a_restart(make_engine: MakeEngine) -> None:
+    engine = make_engine(IDSTITCH)
+    engine.ingest(msg("identify", userId="alice", context=PHONE))
+    engine.ingest(msg("identify", userId="bob", context=PHONE))
+    for n in range(1, 4):
+        engine.ingest(msg("identify", userId=f"u{n}", traits={"email": "test@test.com"}))
+    engine.close()
+    again = make_engine(IDSTITCH)
+    phone = again.ingest(msg("screen", anonymousId="z1", context=PHONE, name="Home"))
+    assert phone.outcome == "created"
+    email = again.ingest(msg("identify", anonymousId="z2", traits={"email": "test@test.com"}))
+    assert email.outcome == "created"
+    assert sid(again, "ios.id:tablet-1") == sid(again, "user_id:alice")
+    rules = {v["rule"] for v in again.violations(limit=1000)}
+    assert {"conflict", "shared_device", "generic_identifier"} <= rules

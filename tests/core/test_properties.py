@@ -250,6 +250,8 @@ def identity_rules(draw: st.DrawFn) -> dict[str, Any]:
     identity: dict[str, Any] = {"limits": limits, "sources": SOURCE_RULES}
     # Named always: the test fixtures put an unnamed preset on Segment's.
     identity["preset"] = draw(st.sampled_from(["segment", "idstitch"]))
+    if draw(st.booleans()):  # values seen with several known users stop linking sooner
+        identity["generic_after"] = draw(st.integers(1, 2))
     priority = draw(
         st.sampled_from(
             [[], [], ["email", "user_id"], ["anonymous_id"], ["member_no", "user_id"], ["crm"]]

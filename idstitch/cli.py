@@ -4,6 +4,7 @@ idstitch serve    the HTTP service (Tracking API in, Profile API out)
 idstitch import   backfill Segment messages from JSON-lines files
 idstitch profile  print profiles by any identifier or segment_id
 idstitch migrate  apply the store's schema migrations
+idstitch doctor   what the store holds, and the values that stopped linking profiles
 """
 
 from __future__ import annotations
@@ -336,3 +337,81 @@ def migrate(config_path: str | None) -> None:
         click.echo("applied: " + ", ".join(applied))
     else:
         click.echo("the schema is up to date")
+
+
+# The idstitch preset's rules that stop a value from linking (docs/resolution.md, Presets).
+STOPPED_RULES = ("shared_device", "generic_identifier")
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--limit", default=100, show_default=True, type=click.IntRange(1, 10_000), help="Values listed."
+)
+def doctor(config_path: str | None, as_json: bool, limit: int) -> None:
+    """What the store holds, the rules in force, and the values that stopped linking
+    profiles because several known users share them (a family tablet, a resold phone, a
+    placeholder e-mail, a kiosk's cookie). Reads only: safe beside a running service."""
+    from idstitch import profiles
+    from idstitch.storage import open_store
+
+    settings = _settings(config_path)
+    rules = settings.rules
+    report: dict[str, Any] = {
+        "storage": checks.redact_url(settings.storage_url),
+        "preset": rules.preset,
+        "generic_after": rules.generic_after,
+        "warnings": [
+            f"[identity.sources.{sid}] matches no [[sources]] entry: over HTTP it never applies"
+            for sid in settings.unmatched_source_rules()
+        ],
+    }
+    try:
+        store = open_store(settings.storage_url, read_only=True)
+    except StoreNotFound as err:
+        report["warnings"].append(str(err))
+        report |= {"stats": None, "stopped_linking": []}
+    except IdstitchError as err:
+        _fail(err)
+    else:
+        try:
+            stats = store.stats()
+            stopped = store.violations(limit, STOPPED_RULES)
+        except IdstitchError as err:
+            _fail(err)
+        finally:
+            store.close()
+        report["stats"] = msgspec.structs.asdict(stats)
+        report["stopped_linking"] = [profiles.violation(v) for v in stopped]
+    if as_json:
+        click.echo(msgspec.json.encode(report))
+        return
+    _print_doctor(Console(), report)
+
+
+def _print_doctor(out: Console, report: dict[str, Any]) -> None:
+    out.print(f"store    {escape(report['storage'])}", highlight=False, soft_wrap=True)
+    stats = report["stats"]
+    if stats is not None:
+        out.print("holds    " + ", ".join(f"{n:,} {name}" for name, n in stats.items()))
+    out.print(
+        f"rules    preset {report['preset']!r}"
+        + (f", generic_after {report['generic_after']}" if report["preset"] == "idstitch" else ""),
+        highlight=False,
+    )
+    stopped = report["stopped_linking"]
+    if stopped:
+        # Plain lines, not a table: identifiers are long, and a pipe is 80 columns wide.
+        out.print(f"values that stopped linking profiles, newest first ({len(stopped)}):")
+        for v in stopped:
+            out.print(
+                f"  {escape(v['type'])}:{escape(v['id'])}  {v['rule']}  since {v['timestamp']}"
+                f" (message {escape(v['message_id'])}, source {escape(v['source_id'])})",
+                highlight=False,
+                soft_wrap=True,
+            )
+    elif report["preset"] == "idstitch":
+        out.print("no value has stopped linking profiles")
+    for warning in report["warnings"]:
+        err_console.print(f"warning: {escape(warning)}", highlight=False, soft_wrap=True)

@@ -437,11 +437,14 @@ class Engine:
         row = profiles.find(store, ref)
         return [profiles.merge(m) for m in store.merges(row.pid)]
 
-    def violations(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest refusals: which identifier was dropped, by which rule, on which message.
-        `limit` is a whole number from 1 up; anything else raises InvalidArgument."""
+    def violations(self, limit: int = 100, rules: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """The newest refusals: which identifier was dropped, by which rule, on which message;
+        only those of `rules` when it names some. `limit` is a whole number from 1 up;
+        anything else raises InvalidArgument."""
         limit = _check_limit(limit)
-        return [profiles.violation(v) for v in self._reading().violations(limit)]
+        if isinstance(rules, str) or not all(isinstance(r, str) for r in rules):
+            raise InvalidArgument(f"rules must be a list of rule names, not {rules!r:.80}.")
+        return [profiles.violation(v) for v in self._reading().violations(limit, tuple(rules))]
 
     # ---- operations -----------------------------------------------------------------------
     def healthy(self) -> bool:

@@ -509,3 +509,37 @@ def test_import_reads_past_a_byte_order_mark_at_the_start_of_a_file(tmp_path: Pa
     assert "invalid lines      │ 0" in out
     code, out = run("profile", "--config", str(cfg), "--json", "user_id:u0")
     assert code == 0, out
+
+
+def test_doctor_lists_the_values_that_stopped_linking(tmp_path: Path) -> None:
+    config = config_file(tmp_path, '[identity]\npreset = "idstitch"\n')
+    tablet = {"device": {"id": "tablet-1", "type": "ios"}}
+    with idstitch.open(str(config), tune_gc=False) as engine:
+        engine.ingest({"type": "identify", "userId": "alice", "context": tablet})
+        engine.ingest({"type": "identify", "userId": "bob", "context": tablet, "messageId": "m2"})
+        for n in range(3):
+            engine.ingest({"type": "identify", "userId": f"u{n}", "traits": {"email": "a@a.com"}})
+        code, out = run("doctor", "--config", str(config))
+    assert code == 0, out
+    assert "preset 'idstitch', generic_after 2" in out
+    assert "ios.id:tablet-1" in out and "shared_device" in out and "m2" in out
+    assert "email:a@a.com" in out and "generic_identifier" in out
+    code, out = run("doctor", "--config", str(config), "--json")
+    report = json.loads(out)
+    assert report["stats"]["profiles"] == 5
+    stopped = {(v["type"], v["id"], v["rule"]) for v in report["stopped_linking"]}
+    assert stopped == {
+        ("ios.id", "tablet-1", "shared_device"),
+        ("email", "a@a.com", "generic_identifier"),
+    }
+
+
+def test_doctor_of_a_segment_store_with_nothing_stored(tmp_path: Path) -> None:
+    config = config_file(tmp_path, '[identity]\npreset = "segment"\n')
+    result = CliRunner().invoke(main, ["doctor", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["preset"] == "segment" and report["stats"] is None
+    assert report["stopped_linking"] == []
+    assert any("data.db" in w for w in report["warnings"])
+    assert not (tmp_path / "data.db").exists()

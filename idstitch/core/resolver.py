@@ -153,7 +153,8 @@ def resolve_side(
     """How the message's identifiers `ids` resolve in `collection`. A profile the message
     creates is left unnamed (`segment_id` None): the planner names it after the message.
     `trusted_alias`: the message's alias may join two user_ids past the user_id limit."""
-    if graph.conflicts and rules.preset == "idstitch":
+    conflicts = graph.conflicts
+    if conflicts and any(i.slot in conflicts for i in ids) and rules.preset == "idstitch":
         kept = [i for i in ids if not _is_shared(i, graph, rules)]
         if len(kept) < len(ids) and not kept and not alias_previous:
             names = ", ".join(str(i) for i in ids)

@@ -246,7 +246,8 @@ class Store(ABC):
     def merges(self, pid: int) -> list[MergeRow]: ...
 
     @abstractmethod
-    def violations(self, limit: int = 100) -> list[ViolationRow]: ...
+    def violations(self, limit: int = 100, rules: Sequence[str] = ()) -> list[ViolationRow]:
+        """The newest violations, of the given rules only when `rules` names some."""
 
     @abstractmethod
     def stats(self) -> Stats: ...

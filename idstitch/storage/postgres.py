@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -553,13 +553,14 @@ class PostgresStore(Store):
             )
         ]
 
-    def violations(self, limit: int = 100) -> list[ViolationRow]:
+    def violations(self, limit: int = 100, rules: Sequence[str] = ()) -> list[ViolationRow]:
+        where = "WHERE rule = ANY(%s) " if rules else ""
         return [
             ViolationRow(*r)
             for r in self._all(
                 "SELECT source_id, message_id, collection, type, value, rule, detail, timestamp "
-                "FROM violations ORDER BY id DESC LIMIT %s",
-                (limit,),
+                f"FROM violations {where}ORDER BY id DESC LIMIT %s",
+                (list(rules), limit) if rules else (limit,),
             )
         ]
 

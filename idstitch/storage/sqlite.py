@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -834,8 +834,8 @@ class SQLiteStore(Store):
         return reads.merges(self._read(), pid)
 
     @_reads
-    def violations(self, limit: int = 100) -> list[ViolationRow]:
-        return reads.violations(self._read(), limit)
+    def violations(self, limit: int = 100, rules: Sequence[str] = ()) -> list[ViolationRow]:
+        return reads.violations(self._read(), limit, rules)
 
     @_reads
     def stats(self) -> Stats:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -356,13 +356,16 @@ def merges(conn: sqlite3.Connection, pid: int) -> list[MergeRow]:
     ]
 
 
-def violations(conn: sqlite3.Connection, limit: int = 100) -> list[ViolationRow]:
+def violations(
+    conn: sqlite3.Connection, limit: int = 100, rules: Sequence[str] = ()
+) -> list[ViolationRow]:
+    where = f"WHERE rule IN ({', '.join('?' * len(rules))}) " if rules else ""
     return [
         ViolationRow(*r)
         for r in conn.execute(
             "SELECT source_id, message_id, collection, type, value, rule, detail, timestamp "
-            "FROM violations ORDER BY id DESC LIMIT ?",
-            (limit,),
+            f"FROM violations {where}ORDER BY id DESC LIMIT ?",
+            (*rules, limit),
         )
     ]
 

@@ -236,3 +236,8 @@ def test_shared_values_stay_shared_after_a_restart(make_engine: MakeEngine) -> N
     assert sid(again, "ios.id:tablet-1") == sid(again, "user_id:alice")
     rules = {v["rule"] for v in again.violations(limit=1000)}
     assert {"conflict", "shared_device", "generic_identifier"} <= rules
+    stopped = again.violations(rules=["shared_device", "generic_identifier"])
+    assert [(v["id"], v["rule"]) for v in stopped] == [
+        ("test@test.com", "generic_identifier"),
+        ("tablet-1", "shared_device"),
+    ]

@@ -201,6 +201,7 @@ def merge(m: MergeRow) -> dict[str, Any]:
         "message_id": m.message_id,
         "source_id": m.source_id,
         "timestamp": format_time(m.timestamp),
+        "rule": m.rule,
     }
 
 

@@ -32,6 +32,9 @@ class SidePlan(msgspec.Struct):
     identifiers: list[tuple[str, str]] = msgspec.field(default_factory=list)  # used, in order
     violations: list[Violation] = msgspec.field(default_factory=list)
     reason: str | None = None
+    # The rule that allowed `merged` past a limit (`trusted_alias`), or None: the ordinary
+    # rules allowed it.
+    merge_rule: str | None = None
 
 
 class Plan(msgspec.Struct):

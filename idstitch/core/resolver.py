@@ -18,6 +18,7 @@ from idstitch.core.rules import (
     DEVICE_TYPES,
     GENERIC,
     SHARED_DEVICE,
+    TRUSTED_ALIAS,
     IdentityRules,
     SourceRules,
 )
@@ -154,15 +155,13 @@ def resolve_side(
     creates is left unnamed (`segment_id` None): the planner names it after the message.
     `trusted_alias`: the message's alias may join two user_ids past the user_id limit."""
     conflicts = graph.conflicts
-    if conflicts and any(i.slot in conflicts for i in ids) and rules.preset == "idstitch":
+    if conflicts and rules.preset == "idstitch" and any(i.slot in conflicts for i in ids):
         kept = [i for i in ids if not _is_shared(i, graph, rules)]
         if len(kept) < len(ids) and not kept and not alias_previous:
             names = ", ".join(str(i) for i in ids)
             reason = f"only identifiers seen with several known users ({names})"
             return SidePlan(collection, "unresolved", reason=reason)
         ids = kept
-        if alias_previous:
-            alias_previous = [i for i in alias_previous if not _is_shared(i, graph, rules)]
     if not alias_previous and ids:
         known = _single_owner(ids, graph)
         if known is not None:  # the common case: every identifier already on one profile
@@ -177,6 +176,8 @@ def resolve_side(
     waived: frozenset[str] = frozenset()
     if alias_previous:
         chosen = choose_alias_previous(alias_previous, graph)
+        if chosen is not None and conflicts and _is_shared(chosen, graph, rules):
+            chosen = None  # a previousId several known users share links nothing either
         if chosen is not None and chosen not in live:
             live.append(chosen)
             live.sort(key=lambda i: rules.rank(i.type))  # stable: ties keep extraction order
@@ -294,6 +295,7 @@ def resolve_side(
         added=[(i.type, i.value) for i in added_ids],
         identifiers=used,
         violations=violations,
+        merge_rule=TRUSTED_ALIAS if waived and others else None,
     )
 
 

@@ -162,6 +162,7 @@ DEVICE_TYPES = frozenset(
 CONFLICT = "conflict"
 GENERIC = "generic_identifier"
 SHARED_DEVICE = "shared_device"
+TRUSTED_ALIAS = "trusted_alias"  # the rule of a merge an alias from a trusted source made
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ class MergeRow(msgspec.Struct, frozen=True):
     message_id: str
     source_id: str
     timestamp: float
+    rule: str | None  # what allowed it past a limit (`trusted_alias`), or None
 
 
 class ViolationRow(msgspec.Struct, frozen=True):

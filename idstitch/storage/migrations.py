@@ -154,6 +154,8 @@ SQLITE: list[tuple[str, str]] = [
     # The idstitch preset's `conflict` violations: SQLite reads them all when it loads the
     # graph, so it needs no index (and a commit updates none).
     ("0005_conflicts", "SELECT 1"),
+    # A merge made past a limit names the rule that allowed it (`trusted_alias`).
+    ("0006_merge_rule", "ALTER TABLE merges ADD COLUMN rule TEXT"),
 ]
 
 # PostgreSQL keeps text keys under a unique index: the database itself then guarantees that no
@@ -284,6 +286,7 @@ POSTGRES: list[tuple[str, str]] = [
             ON violations (collection, type, identifier_digest(value)) WHERE rule = 'conflict';
         """,
     ),
+    ("0006_merge_rule", "ALTER TABLE merges ADD COLUMN rule TEXT"),
 ]
 
 NAMES = [name for name, _ in SQLITE]

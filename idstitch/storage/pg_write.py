@@ -35,8 +35,8 @@ _PROFILES = (
     f"(r->>3)::bigint, (r->>4)::float8, r->>5, r->>6 {_ROWS}"
 )
 _MERGES = (
-    "INSERT INTO merges (from_id, into_id, message_id, source_id, timestamp) "
-    f"SELECT (r->>0)::bigint, (r->>1)::bigint, r->>2, r->>3, (r->>4)::float8 {_ROWS}"
+    "INSERT INTO merges (from_id, into_id, message_id, source_id, timestamp, rule) "
+    f"SELECT (r->>0)::bigint, (r->>1)::bigint, r->>2, r->>3, (r->>4)::float8, r->>5 {_ROWS}"
 )
 _IDENTIFIERS = (
     "INSERT INTO identifiers (collection, type, value, profile_id, source_id, "

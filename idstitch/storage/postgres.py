@@ -543,9 +543,10 @@ class PostgresStore(Store):
             for r in self._all(
                 "SELECT (SELECT segment_id FROM profiles WHERE id = x.from_id), "
                 "(SELECT segment_id FROM profiles WHERE id = x.into_id), x.message_id, "
-                "x.source_id, x.timestamp "
+                "x.source_id, x.timestamp, x.rule "
                 + _each_member(
-                    "SELECT id, from_id, into_id, message_id, source_id, timestamp FROM merges "
+                    "SELECT id, from_id, into_id, message_id, source_id, timestamp, rule "
+                    "FROM merges "
                     "WHERE into_id = m.id"
                 )
                 + " ORDER BY x.id",

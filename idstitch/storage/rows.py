@@ -66,7 +66,7 @@ def rows_from_plans(
                    profile_id, account_id, reason, external_ids, body)
       profiles    (id, segment_id, collection, canonical_id, created_at, first_message_id,
                    first_source_id)
-      merges      (from_id, into_id, message_id, source_id, timestamp)
+      merges      (from_id, into_id, message_id, source_id, timestamp, rule)
       identifiers (key_hash, collection, type, value, profile_id, source_id, first_message_id,
                    created_at)
       traits      (profile_id, key, value-json-or-None, timestamp, seq, source_id)
@@ -97,7 +97,7 @@ def rows_from_plans(
                 )
             for other, _ in side.merged:
                 rows.repoint.append((pid, other))
-                rows.merges.append((other, pid, mid, source, ts))
+                rows.merges.append((other, pid, mid, source, ts, side.merge_rule))
                 targets.add(pid)
             rows.identifiers.extend(
                 (identifier_hash(coll, t, v), coll, t, v, pid, source, mid, ts)

@@ -85,8 +85,8 @@ def write_rows(c: sqlite3.Connection, job: Write) -> None:
         c.executemany("UPDATE profiles SET merges = ? WHERE id = ?", job.merge_counts)
     if job.merges:
         c.executemany(
-            "INSERT INTO merges (from_id, into_id, message_id, source_id, timestamp) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO merges (from_id, into_id, message_id, source_id, timestamp, rule) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             job.merges,
         )
     if job.identifiers:

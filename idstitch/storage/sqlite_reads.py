@@ -348,7 +348,7 @@ def merges(conn: sqlite3.Connection, pid: int) -> list[MergeRow]:
     return [
         MergeRow(*r)
         for r in conn.execute(
-            "SELECT f.segment_id, i.segment_id, m.message_id, m.source_id, m.timestamp "
+            "SELECT f.segment_id, i.segment_id, m.message_id, m.source_id, m.timestamp, m.rule "
             "FROM merges m JOIN profiles f ON f.id = m.from_id "
             f"JOIN profiles i ON i.id = m.into_id WHERE m.into_id IN ({marks}) ORDER BY m.id",
             ids,

@@ -529,7 +529,6 @@ class Model:
         at = parse_time(msg["timestamp"])
         users, accounts, previous, drops = self.extract(msg)
         waived: tuple[str, ...] = ()
-        previous = [i for i in previous if not self.shared(i)]
         if previous:
             # Alias: previousId is a user_id or an anonymous_id, whichever exists
             # (anonymous_id if neither). Assumption: when both exist, the one of higher
@@ -538,6 +537,8 @@ class Model:
             chosen = next((i for i in ranked if i in self.owner), None)
             if chosen is None:
                 chosen = next((i for i in previous if i[1] == "anonymous_id"), None)
+            if chosen is not None and self.shared(chosen):
+                chosen = None  # shared: it links nothing (the idstitch preset)
             if chosen is not None and chosen not in users:
                 users.append(chosen)  # extracted last: the lowest of equal priorities
                 library = (msg.get("context") or {}).get("library", {}).get("name")

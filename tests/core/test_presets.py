@@ -148,6 +148,9 @@ def test_presets_end_to_end(make_engine: MakeEngine, preset: str) -> None:
         assert len(cookies) == 5 and not together
     else:
         assert len(cookies) == 8 and together
+        # The merge names the rule that let it past the user_id limit; the logins' did not.
+        rules = [m["rule"] for m in engine.merges("user_id:alice")]
+        assert rules == ["trusted_alias"]
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,12 @@ from idstitch.core.rules import (
     SHARED_DEVICE,
     TRUSTED_ALIAS,
     IdentityRules,
+    Limit,
     SourceRules,
 )
+
+# The idstitch preset: the browser cookies of one type a profile without a user_id may hold.
+ANONYMOUS_COOKIES = 3
 
 # The segment_id of a profile a message creates: (collection, source_id, message_id,
 # received_at) -> id (`ksuid.segment_id_for`).
@@ -39,13 +43,15 @@ def _over_limit(
     at: float,
     waived: frozenset[str] = frozenset(),
     login: bool = False,
+    anonymous: bool = False,
 ) -> tuple[str, str, str] | None:
     """(rule, detail, type) for the first type this message makes grow past its limit, or None.
     The types in `waived` are not checked. On a `login` (the idstitch preset, a message with
     a user_id), the cookies of profiles that hold a user_id are not counted: only those the
     message and the anonymous profiles it joins bring, so a user may log in from any number
     of browsers, but a cookie-laden anonymous profile (glued by a shared value) still may
-    not join them."""
+    not join them. When the message is `anonymous` (the idstitch preset, no user_id) and no
+    matched profile holds one, a cookie type's limit is at most ANONYMOUS_COOKIES, ever."""
     if len(matched) > 1:
         types: set[str] = {i.type for i in new}
         for state in matched:
@@ -58,6 +64,10 @@ def _over_limit(
         if type_ in waived:
             continue
         limit = rules.limit(type_)
+        if anonymous and type_ in COOKIE_TYPES and not any("user_id" in s.types() for s in matched):
+            # No known user anywhere: an anonymous profile glued by a value other than a
+            # login (a placeholder e-mail typed into forms) gathers few browsers, ever.
+            limit = Limit(min(limit.max, ANONYMOUS_COOKIES), "ever")
         window = limit.seconds
         if login and type_ in COOKIE_TYPES:
             held = [s.count(type_, at, window) for s in matched if "user_id" not in s.types()]
@@ -226,7 +236,7 @@ def resolve_side(
         # shared browser must still split the event off (the library problem), or a source
         # denied `add` would attribute one person's events to another.
         login = evidence and any(i.type == "user_id" for i in live)
-        over = _over_limit(matched, new, rules, at, waived, login)
+        over = _over_limit(matched, new, rules, at, waived, login, evidence and not login)
         if over is not None:
             rule, detail, type_ = over
             if type_ == "user_id" and rules.preset == "idstitch":

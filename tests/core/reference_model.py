@@ -333,10 +333,12 @@ class Model:
     def by_priority(self, ids: list[Ident]) -> list[Ident]:
         return sorted(ids, key=lambda i: self.rules.rank(i[1]))  # stable: ties keep order
 
-    def count(self, ids: dict[Ident, float], type_: str, at: float) -> int:
+    def count(
+        self, ids: dict[Ident, float], type_: str, at: float, window_name: str | None = None
+    ) -> int:
         """Values of `type_` that count at time `at`: first attached less than one window
         before or after it."""
-        window = WINDOW_SECONDS[self.rules.limit(type_)[1]]
+        window = WINDOW_SECONDS[window_name or self.rules.limit(type_)[1]]
         return sum(
             1
             for (_, t, _), stamp in ids.items()
@@ -350,10 +352,13 @@ class Model:
         at: float,
         waived: tuple[str, ...] = (),
         login: bool = False,
+        anonymous: bool = False,
     ) -> str | None:
         """The first type (by priority) the message makes grow past its limit, or None.
         `login` (the idstitch preset, a user_id in the message): browser cookies are
-        counted over the new ones and the matched profiles that hold no user_id only."""
+        counted over the new ones and the matched profiles that hold no user_id only.
+        `anonymous` (the idstitch preset, no user_id in the message): when no matched
+        profile holds a user_id either, at most 3 cookies of a type, ever."""
         types = {t for (_, t, _) in new} | {t for p in matched for (_, t, _) in p.ids}
         for type_ in sorted(types - set(waived), key=self.rules.rank):
             counted = matched
@@ -364,9 +369,12 @@ class Model:
                 would.update(p.ids)
             for ident in new:
                 would[ident] = at
-            maximum = self.rules.limit(type_)[0]
-            total = self.count(would, type_, at)
-            before = max((self.count(p.ids, type_, at) for p in counted), default=0)
+            maximum, window = self.rules.limit(type_)
+            known = any(t == "user_id" for p in matched for _, t, _ in p.ids)
+            if anonymous and type_ in ("anonymous_id", "ga_client_id") and not known:
+                maximum, window = min(maximum, 3), "ever"
+            total = self.count(would, type_, at, window)
+            before = max((self.count(p.ids, type_, at, window) for p in counted), default=0)
             if total > maximum and total > before:
                 return type_
         return None
@@ -422,11 +430,9 @@ class Model:
         while True:
             if not live:
                 return side
-            login = (
-                self.rules.preset == "idstitch"
-                and collection == "users"
-                and any(t == "user_id" for _, t, _ in live)
-            )
+            evidence = self.rules.preset == "idstitch" and collection == "users"
+            login = evidence and any(t == "user_id" for _, t, _ in live)
+            anonymous = evidence and not login
             matched: list[Profile] = []
             for ident in live:
                 p = self.profile_of(ident)
@@ -438,7 +444,10 @@ class Model:
                     # Assumption: every identifier left is recorded as refused by the rule.
                     side.dropped += [(i, NO_CREATE) for i in live]
                     return side
-                if self.limits_on_create and self.over_limit([], live, at) is not None:
+                if (
+                    self.limits_on_create
+                    and self.over_limit([], live, at, waived, login, anonymous) is not None
+                ):
                     side.dropped.append((live.pop(), LIMIT))
                     continue
                 return self.create(live, at, collection, side)
@@ -449,7 +458,7 @@ class Model:
             if len(matched) > 1 and not self.rules.may(source, "merge"):
                 side.dropped.append((live.pop(), NO_MERGE))
                 continue
-            over = self.over_limit(matched, new, at, waived, login)
+            over = self.over_limit(matched, new, at, waived, login, anonymous)
             if over is not None:
                 if over == "user_id" and self.rules.preset == "idstitch":
                     self.note_conflicts(live, side, noted)

@@ -57,15 +57,11 @@ def test_a_cookie_held_by_another_user_is_still_refused(make_core: MakeCore) -> 
     assert sid(core, "anonymous_id:kiosk") == sid(core, "user_id:alice")
 
 
-@pytest.mark.parametrize("config", [SEGMENT, IDSTITCH])
-def test_the_cookies_anonymous_profiles_bring_to_a_login_still_count(
-    make_core: MakeCore, config: dict[str, object]
-) -> None:
-    """Five visitors who typed one placeholder e-mail form one anonymous profile of five
-    cookies. A login that would join it and another browser's profile brings six: the
-    login's cookie is refused under both presets; only the cookies of a profile that holds
-    a user_id go uncounted."""
-    core = make_core(config)
+def test_the_cookies_anonymous_profiles_bring_to_a_login_still_count(make_core: MakeCore) -> None:
+    """Segment's rules: five visitors who typed one placeholder e-mail form one anonymous
+    profile of five cookies; a login that would join it and another browser's profile brings
+    six, and its cookie is refused."""
+    core = make_core(SEGMENT)
     for v in range(5):
         core.ingest(msg("identify", anonymousId=f"v{v}", traits={"email": "test@test.com"}))
     core.ingest(msg("page", anonymousId="own"))
@@ -74,6 +70,36 @@ def test_the_cookies_anonymous_profiles_bring_to_a_login_still_count(
     )
     assert [(v.value, v.rule) for v in result.violations] == [("own", "time_limit_exceeded")]
     assert sid(core, "anonymous_id:own") != sid(core, "user_id:alice")
+
+
+def test_an_anonymous_profile_holds_three_browsers_under_the_idstitch_preset(
+    make_core: MakeCore,
+) -> None:
+    """Without a known user, a value other than a login (a placeholder e-mail typed into
+    forms) glues at most three browsers, ever; the visitors after that keep their own."""
+    core = make_core(IDSTITCH)
+    results = [
+        core.ingest(
+            msg(
+                "identify",
+                anonymousId=f"v{v}",
+                traits={"email": "test@test.com"},
+                timestamp=at(7 * v),
+            )
+        )
+        for v in range(5)
+    ]
+    assert [[(x.value, x.rule) for x in r.violations] for r in results] == [
+        [], [], [], [("v3", "limit_exceeded")], [("v4", "limit_exceeded")]
+    ]  # fmt: skip
+    assert {i for i in ids(core, "email:test@test.com") if i.startswith("anonymous_id:")} == {
+        "anonymous_id:v0", "anonymous_id:v1", "anonymous_id:v2"
+    }  # fmt: skip
+    # A known user's profile is not held to it: her own browsers join by her e-mail.
+    core.ingest(msg("identify", userId="ann", traits={"email": "ann@x.io"}))
+    for b in range(4):
+        joined = core.ingest(msg("identify", anonymousId=f"ann-{b}", traits={"email": "ann@x.io"}))
+        assert not joined.violations
 
 
 @pytest.mark.parametrize(

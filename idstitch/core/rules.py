@@ -149,16 +149,7 @@ SERVER_LIBRARIES = frozenset(
 # evidence, not a count (see `IdentityRules.login_evidence`).
 COOKIE_TYPES = frozenset(("anonymous_id", "ga_client_id"))
 # A phone's ids: under the idstitch preset, one seen with a second known user is shared.
-DEVICE_TYPES = frozenset(
-    (
-        "android.id",
-        "ios.id",
-        "android.idfa",
-        "ios.idfa",
-        "android.push_token",
-        "ios.push_token",
-    )
-)
+DEVICE_TYPES = frozenset(t for t in DEFAULT_PRIORITY if t.startswith(("android.", "ios.")))
 CONFLICT = "conflict"
 GENERIC = "generic_identifier"
 SHARED_DEVICE = "shared_device"

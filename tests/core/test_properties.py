@@ -520,12 +520,7 @@ class CoreRun(Run):
 def test_the_core_agrees_with_the_reference_model() -> None:
     examples = int(os.environ.get("IDSTITCH_EXAMPLES", CORE_EXAMPLES))
 
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow],
-        phases=PHASES,
-    )
+    @search(examples)
     @given(scenario=scenarios())
     def agree(scenario: Scenario) -> None:
         ns = next(_examples)
@@ -540,6 +535,17 @@ def test_the_core_agrees_with_the_reference_model() -> None:
 # takes minutes here; the failure and its minimal example are reported without it.
 PHASES = [phase for phase in Phase if phase is not Phase.explain]
 
+
+def search(examples: int) -> settings:
+    """The settings of a reference-model search of `examples` examples."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        phases=PHASES,
+    )
+
+
 # Examples: the core alone runs many (about 20 s on an idle machine); each store runs fewer,
 # end to end (events, reopening, replay, the stores' rows). For a longer search, set e.g.
 # IDSTITCH_EXAMPLES=3000 (3000 SQLite examples passed when the store runs were the only ones).
@@ -550,12 +556,7 @@ EXAMPLES = {"sqlite": 60, "postgres": 30}
 def test_engine_agrees_with_the_reference_model(make_engine: MakeEngine, store_kind: str) -> None:
     examples = int(os.environ.get("IDSTITCH_EXAMPLES", EXAMPLES.get(store_kind, 40)))
 
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow],
-        phases=PHASES,
-    )
+    @search(examples)
     @given(scenario=scenarios())
     def agree(scenario: Scenario) -> None:
         # The examples share this test's store; each one writes under its own prefix.

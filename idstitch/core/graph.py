@@ -83,6 +83,11 @@ class ProfileState(msgspec.Struct, gc=False):
                 n += 1
         return n
 
+    def holds(self, type_: str) -> bool:
+        """Whether the profile holds a value of `type_` (stops at the first)."""
+        code = _TYPE_CODES.get(type_)
+        return code is not None and any(held == code for held, _ in self._entries())
+
     def types(self) -> set[str]:
         return {_TYPE_NAMES[code] for code, _ in self._entries()}
 

@@ -13,6 +13,7 @@ from idstitch.core.graph import Graph, ProfileState
 from idstitch.core.identifiers import USERS, Identifier, key_of, slot_of
 from idstitch.core.plan import SidePlan, Violation
 from idstitch.core.rules import (
+    ANONYMOUS_COOKIES,
     CONFLICT,
     COOKIE_TYPES,
     DEVICE_TYPES,
@@ -23,9 +24,6 @@ from idstitch.core.rules import (
     Limit,
     SourceRules,
 )
-
-# The idstitch preset: the browser cookies of one type a profile without a user_id may hold.
-ANONYMOUS_COOKIES = 3
 
 # The segment_id of a profile a message creates: (collection, source_id, message_id,
 # received_at) -> id (`ksuid.segment_id_for`).
@@ -60,19 +58,22 @@ def _over_limit(
         types = {i.type for i in new}
     else:
         return None
+    # The idstitch preset: the matched profiles without a known user.
+    unknown = [s for s in matched if not s.holds("user_id")] if login or anonymous else matched
     for type_ in rules.ordered_types(types) if len(types) > 1 else types:
         if type_ in waived:
             continue
         limit = rules.limit(type_)
-        if anonymous and type_ in COOKIE_TYPES and not any("user_id" in s.types() for s in matched):
-            # No known user anywhere: an anonymous profile glued by a value other than a
-            # login (a placeholder e-mail typed into forms) gathers few browsers, ever.
-            limit = Limit(min(limit.max, ANONYMOUS_COOKIES), "ever")
+        counted = matched
+        if type_ in COOKIE_TYPES:
+            if login:
+                counted = unknown
+            elif anonymous and len(unknown) == len(matched):
+                # No known user anywhere: an anonymous profile glued by a value other than a
+                # login (a placeholder e-mail typed into forms) gathers few browsers, ever.
+                limit = Limit(min(limit.max, ANONYMOUS_COOKIES), "ever")
         window = limit.seconds
-        if login and type_ in COOKIE_TYPES:
-            held = [s.count(type_, at, window) for s in matched if "user_id" not in s.types()]
-        else:
-            held = [state.count(type_, at, window) for state in matched]
+        held = [state.count(type_, at, window) for state in counted]
         would = sum(held) + sum(1 for i in new if i.type == type_)
         if would > limit.max and would > max(held, default=0):
             rule = "limit_exceeded" if window is None else "time_limit_exceeded"
@@ -84,8 +85,8 @@ def _over_limit(
 def _is_shared(ident: Identifier, graph: Graph, rules: IdentityRules) -> bool:
     """Seen with more known users than its type allows (the idstitch preset): it stops
     linking. Lookups still find the profiles that hold it."""
-    seen = graph.conflicts.get(ident.slot)
-    if seen is None or ident.type == "user_id":
+    seen = graph.conflicts.get(ident.slot)  # never a user_id's: see `_note_conflicts`
+    if seen is None:
         return False
     after = rules.shared_after(ident.type)
     return after is not None and len(seen) >= after
@@ -110,7 +111,7 @@ def _note_conflicts(
         if ident.type == "user_id" or ident.slot in noted:
             continue
         state = graph.owner(ident.slot)
-        if state is None or state is mine or "user_id" not in state.types():
+        if state is None or state is mine or not state.holds("user_id"):
             continue
         noted.add(ident.slot)
         violations.append(_violation(ident, CONFLICT, detail))
@@ -165,7 +166,7 @@ def resolve_side(
     creates is left unnamed (`segment_id` None): the planner names it after the message.
     `trusted_alias`: the message's alias may join two user_ids past the user_id limit."""
     conflicts = graph.conflicts
-    if conflicts and rules.preset == "idstitch" and any(i.slot in conflicts for i in ids):
+    if conflicts and rules.idstitch and any(i.slot in conflicts for i in ids):
         kept = [i for i in ids if not _is_shared(i, graph, rules)]
         if len(kept) < len(ids) and not kept and not alias_previous:
             names = ", ".join(str(i) for i in ids)
@@ -195,7 +196,7 @@ def resolve_side(
             # customer saying the two are one person: the user_id limit does not refuse it.
             if trusted_alias and chosen.type == "user_id" and chosen.slot in graph.owners:
                 waived = frozenset(("user_id",))
-    evidence = rules.login_evidence and collection == USERS
+    evidence = rules.idstitch and collection == USERS
     violations: list[Violation] = []
     noted: set[int] = set()  # identifiers whose conflict this message recorded
     owners, parent, profiles = graph.owners, graph.parent, graph.profiles
@@ -239,7 +240,7 @@ def resolve_side(
         over = _over_limit(matched, new, rules, at, waived, login, evidence and not login)
         if over is not None:
             rule, detail, type_ = over
-            if type_ == "user_id" and rules.preset == "idstitch":
+            if type_ == "user_id" and rules.idstitch:
                 _note_conflicts(live, graph, rules, noted, violations)
             victim = live.pop()
             violations.append(_violation(victim, rule, detail))

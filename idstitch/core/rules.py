@@ -145,9 +145,10 @@ SERVER_LIBRARIES = frozenset(
         "analytics-kotlin-server",
     )
 )
-# Browser cookies: under the idstitch preset, a login with a cookie no profile holds yet is
-# evidence, not a count (see `IdentityRules.login_evidence`).
+# Browser cookies: under the idstitch preset a login is evidence for them, not a count, and a
+# profile without a user_id holds at most ANONYMOUS_COOKIES of a type (`resolver._over_limit`).
 COOKIE_TYPES = frozenset(("anonymous_id", "ga_client_id"))
+ANONYMOUS_COOKIES = 3
 # A phone's ids: under the idstitch preset, one seen with a second known user is shared.
 DEVICE_TYPES = frozenset(t for t in DEFAULT_PRIORITY if t.startswith(("android.", "ios.")))
 CONFLICT = "conflict"
@@ -221,16 +222,14 @@ class IdentityRules:
         return self.sources.get(source_id, ALLOW_ALL)
 
     @property
-    def login_evidence(self) -> bool:
-        """A cookie no profile holds, sent with a user_id, is not counted against its
-        type's limit: a login is the strongest evidence that the browser is that user's
-        (the idstitch preset; Segment counts it)."""
+    def idstitch(self) -> bool:
+        """The idstitch preset's rules apply (docs/resolution.md, Presets)."""
         return self.preset == "idstitch"
 
     def shared_after(self, type_: str) -> int | None:
         """How many other known users a value of `type_` may be seen with before it stops
         linking (None: it never does, under Segment's preset)."""
-        if self.preset != "idstitch":
+        if not self.idstitch:
             return None
         return 1 if type_ in DEVICE_TYPES else self.generic_after
 
@@ -239,12 +238,12 @@ class IdentityRules:
         trust = self.source(source_id).trust_alias
         if trust is not None:
             return trust
-        return self.preset == "idstitch" and library in SERVER_LIBRARIES
+        return self.idstitch and library in SERVER_LIBRARIES
 
     def blocked_by(self, type_: str, value: str) -> str | None:
         """The blocked entry that matches `value` for `type_`, or None."""
         hit = self.blocked.blocks(value)
-        if hit is None and self.preset == "idstitch":
+        if hit is None and self.idstitch:
             hit = PLACEHOLDER_BLOCKLIST.blocks(value)
         if hit is None and self.blocked_by_type:
             per_type = self.blocked_by_type.get(type_)

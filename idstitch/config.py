@@ -121,7 +121,8 @@ def as_table(settings: Settings) -> dict[str, Any]:
             f"is {rules.blocked!r:.80}",
             "pass a BlockList, e.g. DEFAULT_BLOCKLIST | BlockList.build([...])",
         )
-    for t, blocklist in _items(rules.blocked_by_type):
+    by_type = rules.blocked_by_type
+    for t, blocklist in by_type.items() if isinstance(by_type, Mapping) else ():
         if not isinstance(blocklist, BlockList):
             raise fail(
                 f"identity.blocked_values_by_type.{t}",
@@ -164,10 +165,6 @@ def _each(value: Any, convert: Callable[[Any], Any]) -> Any:
 
 def _entries(value: Any, convert: Callable[[Any], Any]) -> Any:
     return {k: convert(v) for k, v in value.items()} if isinstance(value, Mapping) else value
-
-
-def _items(value: Any) -> list[tuple[Any, Any]]:
-    return list(value.items()) if isinstance(value, Mapping) else []
 
 
 # ---- what the schema cannot say: names folded, names repeated, patterns, URLs, secrets -----

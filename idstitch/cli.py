@@ -265,6 +265,7 @@ def profile(config_path: str | None, as_json: bool, refs: tuple[str, ...]) -> No
                     parse_ref(ref)  # a malformed REF is still an error
                     raise ProfileNotFound(ref)
                 doc = profiles.document(store, ref)
+                doc["refusals"] = _refusals(store, ref)
             except (ProfileNotFound, InvalidReference) as err:
                 # A malformed REF finds nothing either: say why, and go on with the others.
                 missing += 1
@@ -285,6 +286,19 @@ def profile(config_path: str | None, as_json: bool, refs: tuple[str, ...]) -> No
         if store is not None:
             store.close()
     sys.exit(1 if missing else 0)
+
+
+# Refusals `idstitch profile` shows per profile (newest first); the Profile API pages them all.
+PROFILE_REFUSALS = 20
+
+
+def _refusals(store: Any, ref: str) -> list[dict[str, Any]]:
+    from idstitch import explain
+    from idstitch.reads import ProfileReads
+
+    reads = ProfileReads(store)
+    row = reads.find(ref)
+    return [explain.refusal(f, row) for f in explain.refusals(reads, row, PROFILE_REFUSALS)]
 
 
 def _as_text(arg: str) -> str:
@@ -317,7 +331,91 @@ def _print_profile(out: Console, doc: dict[str, Any]) -> None:
         out.print(
             f"linked {link['to_collection']}: {link['segment_id']} ({names})", highlight=False
         )
+    if doc["refusals"]:
+        out.print(f"refusals, newest first (at most {PROFILE_REFUSALS}):")
+        for r in doc["refusals"]:
+            _print_refusal(out, r)
     out.print()
+
+
+def _print_refusal(out: Console, r: dict[str, Any]) -> None:
+    other = r["other_segment_id"]
+    out.print(
+        f"  {escape(r['type'])}:{escape(r['value'])}  {r['rule']}  "
+        + (f"(would have joined {other}) " if other else "")
+        + f"message {escape(r['message_id'])}, source {escape(r['source'])}, {r['timestamp']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.argument("ref")
+@click.argument("other")
+def explain(config_path: str | None, as_json: bool, ref: str, other: str) -> None:
+    """Why REF and OTHER are one profile (the shortest chain of messages that joined them),
+    or why not (the refusals between their two profiles). Each is type:value or a
+    segment_id. Reads only: safe beside a running service.
+
+    Exit status 0 when both were found, 1 when one was not.
+    """
+    from idstitch import explain as explaining
+    from idstitch.reads import ProfileReads
+    from idstitch.storage import open_store
+
+    settings = _settings(config_path)
+    try:
+        store = open_store(settings.storage_url, read_only=True)
+    except StoreNotFound as err:
+        err_console.print(f"not found: {escape(str(err))}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except IdstitchError as err:
+        _fail(err)
+    try:
+        answer = explaining.explain(ProfileReads(store), ref, other)
+    except (ProfileNotFound, InvalidReference) as err:
+        err_console.print(f"not found: {escape(str(err))}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except IdstitchError as err:
+        _fail(err)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(msgspec.json.encode(answer))
+        return
+    _print_explanation(Console(), ref, other, answer)
+
+
+def _print_explanation(out: Console, ref: str, other: str, answer: dict[str, Any]) -> None:
+    a, b = escape(_as_text(ref)), escape(_as_text(other))
+    if answer["together"]:
+        out.print(f"{a} and {b} are one profile, {answer['segment_ids'][0]}", highlight=False)
+        if answer["path"]:
+            out.print(f"joined by {len(answer['path'])} message(s):")
+        for n, step in enumerate(answer["path"], 1):
+            out.print(
+                f"  {n}. {escape(step['from'])} -> {escape(step['to'])}  {step['kind']}  "
+                f"message {escape(step['message_id'])} ({step['message_type']}), source "
+                f"{escape(step['source'])}, {step['timestamp']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    else:
+        first, second = answer["segment_ids"]
+        out.print(f"{a} ({first}) and {b} ({second}) are two profiles", highlight=False)
+        if answer["refusals"]:
+            out.print("kept apart by:")
+            for r in answer["refusals"]:
+                _print_refusal(out, r)
+        else:
+            out.print("no message ever tried to join them")
+    if not answer["complete"]:
+        out.print(
+            "note: the profile has more messages or refusals than one answer reads; "
+            "this answer may be incomplete"
+        )
 
 
 @main.command()
@@ -345,15 +443,28 @@ STOPPED_RULES = ("shared_device", "generic_identifier")
 
 @main.command()
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per likely junk identifier and per line: type, value, count.",
+)
+@click.option(
+    "--min-profiles",
+    default=3,
+    show_default=True,
+    type=click.IntRange(2, 1_000_000),
+    help="List identifiers kept from joining at least this many profiles.",
+)
 @click.option(
     "--limit", default=100, show_default=True, type=click.IntRange(1, 10_000), help="Values listed."
 )
-def doctor(config_path: str | None, as_json: bool, limit: int) -> None:
-    """What the store holds, the rules in force, and the values that stopped linking
-    profiles because several known users share them (a family tablet, a resold phone, a
-    placeholder e-mail, a kiosk's cookie). Reads only: safe beside a running service."""
-    from idstitch import profiles
+def doctor(config_path: str | None, as_json: bool, min_profiles: int, limit: int) -> None:
+    """Likely junk identifiers: values that messages of many distinct profiles (many known
+    users) carried while a rule refused them or kept them from joining (a kiosk's cookie, a
+    placeholder e-mail, a shared tablet), with the blocked_values lines that would block
+    them; and what the store holds and the rules in force. Reads only: safe beside a
+    running service."""
     from idstitch.storage import open_store
 
     settings = _settings(config_path)
@@ -366,31 +477,57 @@ def doctor(config_path: str | None, as_json: bool, limit: int) -> None:
             f"[identity.sources.{sid}] matches no [[sources]] entry: over HTTP it never applies"
             for sid in settings.unmatched_source_rules()
         ],
+        "stats": None,
+        "junk": [],
     }
     try:
         store = open_store(settings.storage_url, read_only=True)
     except StoreNotFound as err:
         report["warnings"].append(str(err))
-        report |= {"stats": None, "stopped_linking": []}
     except IdstitchError as err:
         _fail(err)
     else:
         try:
-            stats = store.stats()
-            stopped = store.violations(limit, STOPPED_RULES)
+            report["stats"] = msgspec.structs.asdict(store.stats())
+            report["junk"] = [
+                {
+                    "type": v.type,
+                    "value": v.value,
+                    "count": v.profiles,
+                    "collection": v.collection,
+                    "rules": v.rules,
+                    "stopped_linking": any(r in STOPPED_RULES for r in v.rules),
+                }
+                for v in store.shared_values(2, 10_000)
+                # Those the rules already stopped are listed however few profiles they met.
+                if v.profiles >= min_profiles or any(r in STOPPED_RULES for r in v.rules)
+            ][:limit]
         except IdstitchError as err:
             _fail(err)
         finally:
             store.close()
-        report["stats"] = msgspec.structs.asdict(stats)
-        report["stopped_linking"] = [profiles.violation(v) for v in stopped]
     if as_json:
-        click.echo(msgspec.json.encode(report))
+        for warning in report["warnings"]:
+            err_console.print(f"warning: {escape(warning)}", highlight=False, soft_wrap=True)
+        for item in report["junk"]:
+            click.echo(msgspec.json.encode(item))
         return
-    _print_doctor(Console(), report)
+    _print_doctor(Console(), report, min_profiles)
 
 
-def _print_doctor(out: Console, report: dict[str, Any]) -> None:
+def blocking_toml(junk: list[dict[str, Any]]) -> list[str]:
+    """The config lines that would block `junk` (type -> values), ready to paste."""
+    by_type: dict[str, list[str]] = {}
+    for item in junk:
+        by_type.setdefault(item["type"], []).append(item["value"])
+    lines = ["[identity.blocked_values_by_type]"]
+    for type_, values in sorted(by_type.items()):
+        quoted = ", ".join(msgspec.json.encode(v).decode() for v in values)
+        lines.append(f"{msgspec.json.encode(type_).decode()} = [{quoted}]")
+    return lines
+
+
+def _print_doctor(out: Console, report: dict[str, Any], min_profiles: int) -> None:
     out.print(f"store    {escape(report['storage'])}", highlight=False, soft_wrap=True)
     stats = report["stats"]
     if stats is not None:
@@ -400,18 +537,25 @@ def _print_doctor(out: Console, report: dict[str, Any]) -> None:
         + (f", generic_after {report['generic_after']}" if report["preset"] == "idstitch" else ""),
         highlight=False,
     )
-    stopped = report["stopped_linking"]
-    if stopped:
+    junk = report["junk"]
+    if junk:
         # Plain lines, not a table: identifiers are long, and a pipe is 80 columns wide.
-        out.print(f"values that stopped linking profiles, newest first ({len(stopped)}):")
-        for v in stopped:
+        out.print(
+            f"likely junk identifiers, kept from joining {min_profiles} or more profiles "
+            f"({len(junk)}):"
+        )
+        for v in junk:
             out.print(
-                f"  {escape(v['type'])}:{escape(v['id'])}  {v['rule']}  since {v['timestamp']}"
-                f" (message {escape(v['message_id'])}, source {escape(v['source_id'])})",
+                f"  {escape(v['type'])}:{escape(v['value'])}  {v['count']} profiles  "
+                + ", ".join(v["rules"])
+                + ("  (stopped linking)" if v["stopped_linking"] else ""),
                 highlight=False,
                 soft_wrap=True,
             )
-    elif report["preset"] == "idstitch":
-        out.print("no value has stopped linking profiles")
+        out.print("to block them, add to the config (merge with a table you already have):")
+        for line in blocking_toml(junk):
+            out.print("  " + escape(line), highlight=False, soft_wrap=True)
+    else:
+        out.print(f"no identifier was kept from joining {min_profiles} or more profiles")
     for warning in report["warnings"]:
         err_console.print(f"warning: {escape(warning)}", highlight=False, soft_wrap=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from idstitch import checks, profiles
+from idstitch import checks, explain, profiles
 from idstitch import config as config_module
 from idstitch.config import Settings
 from idstitch.core.identifiers import Extracted, Extractor
@@ -445,6 +445,20 @@ class Engine:
         if isinstance(rules, str) or not all(isinstance(r, str) for r in rules):
             raise InvalidArgument(f"rules must be a list of rule names, not {rules!r:.80}.")
         return [profiles.violation(v) for v in self._reading().violations(limit, tuple(rules))]
+
+    def refusals(self, ref: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The refusals that involve a profile, newest first: those of its own messages and
+        those that would have joined it (`other_segment_id` names the other profile)."""
+        limit = _check_limit(limit)
+        self._reading()
+        row = self.reads.find(ref)
+        return [explain.refusal(f, row) for f in explain.refusals(self.reads, row, limit)]
+
+    def explain(self, ref: str, other: str) -> dict[str, Any]:
+        """Whether two references are one profile: `together`, the shortest chain of messages
+        that joined them (`path`), or the refusals that kept their profiles apart."""
+        self._reading()
+        return explain.explain(self.reads, ref, other)
 
     # ---- operations -----------------------------------------------------------------------
     def healthy(self) -> bool:

@@ -17,6 +17,7 @@ from idstitch.storage.base import (
     LinkRow,
     MergeRow,
     ProfileRow,
+    ProfileViolationRow,
     SortOrder,
     Store,
 )
@@ -75,3 +76,8 @@ class ProfileReads:
 
     def merges(self, row: ProfileRow) -> list[MergeRow]:
         return self._store.merges(row.pid)
+
+    def violations(
+        self, row: ProfileRow, *, before: int | None = None, limit: int = 100
+    ) -> list[ProfileViolationRow]:
+        return self._store.profile_violations(row.pid, before=before, limit=limit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import tomllib
 import zlib
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def test_import_plain_gzip_and_directories_then_profile_json(tmp_path: Path) -> 
         "external_ids",
         "links",
         "metadata",
+        "refusals",
     }
+    assert first["refusals"] == []
     assert first["ref"] == "email:u1@x.com"
     assert first["traits"] == {"email": "U1@X.com", "plan": "pro"}
     assert {(e["type"], e["id"]) for e in first["external_ids"]} == {
@@ -511,35 +514,70 @@ def test_import_reads_past_a_byte_order_mark_at_the_start_of_a_file(tmp_path: Pa
     assert code == 0, out
 
 
-def test_doctor_lists_the_values_that_stopped_linking(tmp_path: Path) -> None:
+def test_doctor_lists_likely_junk_with_the_lines_that_block_it(tmp_path: Path) -> None:
     config = config_file(tmp_path, '[identity]\npreset = "idstitch"\n')
     tablet = {"device": {"id": "tablet-1", "type": "ios"}}
     with idstitch.open(str(config), tune_gc=False) as engine:
         engine.ingest({"type": "identify", "userId": "alice", "context": tablet})
         engine.ingest({"type": "identify", "userId": "bob", "context": tablet, "messageId": "m2"})
-        for n in range(3):
+        for n in range(4):
             engine.ingest({"type": "identify", "userId": f"u{n}", "traits": {"email": "a@a.com"}})
+        # A kiosk's browser, where four people log in one after the other.
+        for n in range(4):
+            engine.ingest({"type": "identify", "userId": f"k{n}", "anonymousId": "kiosk"})
         code, out = run("doctor", "--config", str(config))
     assert code == 0, out
     assert "preset 'idstitch', generic_after 2" in out
-    assert "ios.id:tablet-1" in out and "shared_device" in out and "m2" in out
-    assert "email:a@a.com" in out and "generic_identifier" in out
+    assert "ios.id:tablet-1  2 profiles" in out and "shared_device" in out
+    # Seen with a third known user, each stopped linking: the fourth was not refused.
+    assert "email:a@a.com  3 profiles" in out and "generic_identifier" in out
+    assert "anonymous_id:kiosk  3 profiles  conflict, generic_identifier, limit_exceeded" in out
+    toml = out[out.index("[identity.blocked_values_by_type]") :]
+    blocked = tomllib.loads(toml.replace("\n  ", "\n"))["identity"]["blocked_values_by_type"]
+    assert blocked == {"anonymous_id": ["kiosk"], "email": ["a@a.com"], "ios.id": ["tablet-1"]}
     code, out = run("doctor", "--config", str(config), "--json")
-    report = json.loads(out)
-    assert report["stats"]["profiles"] == 5
-    stopped = {(v["type"], v["id"], v["rule"]) for v in report["stopped_linking"]}
-    assert stopped == {
-        ("ios.id", "tablet-1", "shared_device"),
-        ("email", "a@a.com", "generic_identifier"),
+    assert code == 0, out
+    lines = [json.loads(line) for line in out.splitlines()]
+    found = {(v["type"], v["value"], v["count"]) for v in lines}
+    # The tablet met two profiles only, but the rules already stopped it.
+    assert found == {
+        ("anonymous_id", "kiosk", 3),
+        ("email", "a@a.com", 3),
+        ("ios.id", "tablet-1", 2),
     }
+
+
+def test_doctor_counts_the_profiles_a_value_was_refused_from(tmp_path: Path) -> None:
+    config = config_file(tmp_path, '[identity]\npreset = "segment"\n')
+    with idstitch.open(str(config), tune_gc=False) as engine:
+        for n in range(5):  # a kiosk: five people log in on one browser
+            engine.ingest({"type": "identify", "userId": f"k{n}", "anonymousId": "kiosk"})
+        for n in range(2):  # a cookie two people shared: below the default of 3
+            engine.ingest({"type": "identify", "userId": f"s{n}", "anonymousId": "pair"})
+    code, out = run("doctor", "--config", str(config), "--json")
+    assert code == 0, out
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {
+            "type": "anonymous_id",
+            "value": "kiosk",
+            "count": 5,
+            "collection": "users",
+            "rules": ["limit_exceeded"],
+            "stopped_linking": False,
+        }
+    ]
+    code, out = run("doctor", "--config", str(config), "--json", "--min-profiles", "2")
+    assert [json.loads(line)["value"] for line in out.splitlines()] == ["kiosk", "pair"]
 
 
 def test_doctor_of_a_segment_store_with_nothing_stored(tmp_path: Path) -> None:
     config = config_file(tmp_path, '[identity]\npreset = "segment"\n')
     result = CliRunner().invoke(main, ["doctor", "--config", str(config), "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["preset"] == "segment" and report["stats"] is None
-    assert report["stopped_linking"] == []
-    assert any("data.db" in w for w in report["warnings"])
+    assert result.stdout == ""  # no store, so no junk: no line at all
+    assert "data.db" in result.stderr
     assert not (tmp_path / "data.db").exists()
+    result = CliRunner().invoke(main, ["doctor", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "preset 'segment'" in result.stdout
+    assert "no identifier was kept from joining 3 or more profiles" in result.stdout

@@ -17,6 +17,9 @@ class Violation(msgspec.Struct, frozen=True):
     value: str
     rule: str
     detail: str
+    # The store's id of the profile the refused identifier (or merge) would have joined, when
+    # one held it: so that a profile's refusals can be listed from either side.
+    other_pid: int | None = None
 
 
 class SidePlan(msgspec.Struct):

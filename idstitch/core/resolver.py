@@ -30,8 +30,10 @@ from idstitch.core.rules import (
 NewId = Callable[[str, str, str, float], str]
 
 
-def _violation(ident: Identifier, rule: str, detail: str) -> Violation:
-    return Violation(ident.collection, ident.type, ident.value, rule, detail)
+def _violation(ident: Identifier, rule: str, detail: str, graph: Graph | None = None) -> Violation:
+    """A refusal of `ident`; with the graph, naming the profile that holds it (if one does)."""
+    owner = graph.owners.get(ident.slot) if graph is not None else None
+    return Violation(ident.collection, ident.type, ident.value, rule, detail, owner)
 
 
 def _over_limit(
@@ -114,13 +116,13 @@ def _note_conflicts(
         if state is None or state is mine or not state.holds("user_id"):
             continue
         noted.add(ident.slot)
-        violations.append(_violation(ident, CONFLICT, detail))
+        violations.append(_violation(ident, CONFLICT, detail, graph))
         seen = graph.conflicts.get(ident.slot, set())
         after = rules.shared_after(ident.type)
         if after is not None and detail not in seen and len(seen) + 1 == after:
             rule = SHARED_DEVICE if ident.type in DEVICE_TYPES else GENERIC
             why = f"seen with {after + 1} known users; from now on it links no profiles"
-            violations.append(_violation(ident, rule, why))
+            violations.append(_violation(ident, rule, why, graph))
 
 
 def _single_owner(ids: list[Identifier], graph: Graph) -> ProfileState | None:
@@ -229,7 +231,10 @@ def resolve_side(
             victim = live.pop()
             violations.append(
                 _violation(
-                    victim, "source_merge_denied", f"source {source_id!r} may not merge profiles"
+                    victim,
+                    "source_merge_denied",
+                    f"source {source_id!r} may not merge profiles",
+                    graph,
                 )
             )
             continue
@@ -243,7 +248,7 @@ def resolve_side(
             if type_ == "user_id" and rules.idstitch:
                 _note_conflicts(live, graph, rules, noted, violations)
             victim = live.pop()
-            violations.append(_violation(victim, rule, detail))
+            violations.append(_violation(victim, rule, detail, graph))
             continue
         break
     if matched and new and not source.add:
@@ -291,7 +296,9 @@ def resolve_side(
             )
         if refusal is not None:
             for other in others:
-                violations.append(Violation(collection, "segment_id", other.segment_id, *refusal))
+                violations.append(
+                    Violation(collection, "segment_id", other.segment_id, *refusal, other.pid)
+                )
             others = []
     room = cap - target.n_ids - sum(o.n_ids for o in others)
     added_ids = new[: max(room, 0)]

@@ -87,6 +87,7 @@ class App:
             "library": self._library,
             "explorer_graph": self._explorer_graph,
             "explorer_page": self._explorer_page,
+            "explorer_explain": self._explorer_explain,
             "profile_api": self._profile_api,
             "healthz": self._healthz,
             "metrics": self._metrics,
@@ -100,6 +101,7 @@ class App:
         self._explorer = {
             explorer.PAGE_PATH: (explorer.page(), b"text/html; charset=utf-8"),
             explorer.SCRIPT_PATH: (explorer.script(), b"text/javascript; charset=utf-8"),
+            explorer.LIBRARY_PATH: (explorer.library(), b"text/javascript; charset=utf-8"),
         }
         self._sampler: asyncio.Task[None] | None = None
         # Request ids: a random prefix per process and a counter (uuid4 costs a syscall).
@@ -200,6 +202,17 @@ class App:
         await send_json(send, 200, graph, headers)
         return found.name, 200
 
+    async def _explorer_explain(
+        self, found: Route, scope: Scope, receive: Receive, send: Send
+    ) -> Served:
+        loop = asyncio.get_running_loop()
+        answer = await loop.run_in_executor(
+            self._reads, explorer.explanation, self.engine.reads, query(scope)
+        )
+        headers = [(b"request-id", self._request_id()), (b"cache-control", b"no-store")]
+        await send_json(send, 200, answer, headers)
+        return found.name, 200
+
     async def _explorer_page(
         self, found: Route, scope: Scope, receive: Receive, send: Send
     ) -> Served:
@@ -219,7 +232,12 @@ class App:
         headers = retry_headers(status)
         if close:
             headers.append((b"connection", b"close"))
-        if status == 401 and route not in ("browser_settings", "browser_library", "explorer_graph"):
+        if status == 401 and route not in (
+            "browser_settings",
+            "browser_library",
+            "explorer_graph",
+            "explorer_explain",
+        ):
             # Not for what pages fetch (analytics.js and its settings, the explorer's graph):
             # the browser would open its own sign-in dialog over the page.
             headers.append((b"www-authenticate", b'Basic realm="idstitch"'))

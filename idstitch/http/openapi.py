@@ -152,6 +152,59 @@ _EXTERNAL_ID: Schema = {
         )
     },
 }
+_REFUSAL: Schema = {
+    "type": "object",
+    "required": [
+        "rule",
+        "type",
+        "value",
+        "message_id",
+        "source",
+        "timestamp",
+        "segment_id",
+        "other_segment_id",
+    ],
+    "properties": {
+        "rule": {"type": "string"},
+        "collection": {"type": "string"},
+        "type": {"type": "string"},
+        "value": {"type": "string"},
+        "detail": {"type": "string"},
+        "message_id": {"type": "string"},
+        "source": {"type": "string"},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "segment_id": {"type": "string"},
+        "other_segment_id": {"type": ["string", "null"]},
+    },
+}
+_STEP: Schema = {
+    "type": "object",
+    "required": ["from", "to", "kind", "message_id", "source", "timestamp"],
+    "properties": {
+        "from": {"type": "string"},
+        "to": {"type": "string"},
+        "kind": {"type": "string", "enum": ["attach", "merge", "alias"]},
+        "message_id": {"type": "string"},
+        "source": {"type": "string"},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "message_type": {"type": "string"},
+    },
+}
+_EXPLANATION: Schema = {
+    "type": "object",
+    "required": ["together", "path", "refusals"],
+    "properties": {
+        "together": {"type": "boolean"},
+        "segment_ids": {"type": "array", "items": {"type": "string"}},
+        "path": {"type": "array", "items": _STEP},
+        "refusals": {"type": "array", "items": _REFUSAL},
+        "complete": {
+            "type": "boolean",
+            "description": "False when the profile had more messages or refusals than one "
+            "answer reads (20,000 and 10,000).",
+        },
+    },
+}
 _PROFILE_BODIES: dict[str, Schema] = {
     "traits": {
         "type": "object",
@@ -184,6 +237,12 @@ _PROFILE_BODIES: dict[str, Schema] = {
             "cursor": _CURSOR,
         },
     },
+    "violations": {
+        "type": "object",
+        "required": ["data", "cursor"],
+        "properties": {"data": {"type": "array", "items": _REFUSAL}, "cursor": _CURSOR},
+    },
+    "explain": _EXPLANATION,
 }
 _PROFILE_SUMMARIES = {
     "traits": "A profile's traits (newest value per key).",
@@ -191,6 +250,10 @@ _PROFILE_SUMMARIES = {
     "events": "A profile's events, all history.",
     "metadata": "When the profile was created and last updated, and its canonical segment_id.",
     "links": "Linked accounts (for a user) or users (for an account).",
+    "violations": "The refusals that involve this profile: its messages' refused identifiers "
+    "and merges, and those that would have joined it (newest first).",
+    "explain": "Whether this profile's reference and `with` are one profile: the shortest "
+    "chain of messages that joined them, or the refusals that kept their profiles apart.",
 }
 
 
@@ -303,6 +366,14 @@ def profile_operation(resource: str) -> Schema:
                 "Comma-separated trait keys, identifier types or event names.",
             ),
         ]
+    if resource == "explain":
+        params.append(
+            _query(
+                "with",
+                {"type": "string", "minLength": 1},
+                "The other reference: `type:value` or a segment_id.",
+            )
+        )
     if resource == "traits":
         params.append(
             _query(
@@ -522,11 +593,44 @@ def explorer_graph() -> Schema:
     }
 
 
+def explorer_explain() -> Schema:
+    """`/explorer/explain`."""
+    error = _json(_PROFILE_ERROR, "")
+    return {
+        "get": {
+            "tags": ["Operations"],
+            "operationId": "explorer_explain",
+            "summary": "What the explorer shows for two picked identifiers (as the Profile "
+            "API's explain).",
+            "security": [{"accessToken": []}],
+            "parameters": [
+                _query("a", {"type": "string", "maxLength": 4100}, "`type:value` or segment_id."),
+                _query("b", {"type": "string", "maxLength": 4100}, "`type:value` or segment_id."),
+            ],
+            "responses": {
+                "200": _json(_EXPLANATION, "The explanation."),
+                "400": {**error, "description": "A reference is missing or not valid."},
+                "401": {**error, "description": "Missing or unknown access token."},
+                "404": {**error, "description": "No such profile."},
+            },
+        }
+    }
+
+
 def explorer_script() -> Schema:
     """`/explorer.js`."""
     return _operation(
         "explorer_script",
         "The explorer page's script.",
+        {"200": _text("text/javascript", "JavaScript.")},
+    )
+
+
+def explorer_library() -> Schema:
+    """`/explorer/cytoscape.min.js`."""
+    return _operation(
+        "explorer_library",
+        "The graph library the explorer draws with (cytoscape.js, MIT licence).",
         {"200": _text("text/javascript", "JavaScript.")},
     )
 

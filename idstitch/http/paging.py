@@ -28,8 +28,16 @@ from idstitch.core.messages import parse_time
 from idstitch.errors import InvalidMessage
 from idstitch.http.errors import ParameterError
 
-Resource = Literal["traits", "external_ids", "events", "metadata", "links"]
-RESOURCES: tuple[Resource, ...] = ("traits", "external_ids", "events", "metadata", "links")
+Resource = Literal["traits", "external_ids", "events", "metadata", "links", "violations", "explain"]
+RESOURCES: tuple[Resource, ...] = (
+    "traits",
+    "external_ids",
+    "events",
+    "metadata",
+    "links",
+    "violations",
+    "explain",
+)
 
 # (default, maximum) of `limit` per resource (SPEC section 5): the default is 10 everywhere, as
 # Segment's; the maximum is 100, except traits, which allow 200 as Segment's do.
@@ -38,6 +46,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "external_ids": (10, 100),
     "events": (10, 100),
     "links": (10, 100),
+    "violations": (10, 100),
 }
 
 
@@ -68,6 +77,8 @@ class Options(msgspec.Struct, frozen=True):
     # Segment's `class` on traits: audiences and computed traits, which idstitch does not
     # make, so asking for either answers no traits.
     trait_class: str | None = None
+    # `explain`: the other profile reference (`with`).
+    other: str = ""
 
 
 TRAIT_CLASSES = ("audience", "computed_trait")
@@ -122,7 +133,14 @@ def options(params: dict[str, str], resource: str) -> Options:
     trait_class = (params.get("class") or None) if resource == "traits" else None
     if trait_class is not None and trait_class not in TRAIT_CLASSES:
         raise _fail("class", trait_class, f"use {' or '.join(TRAIT_CLASSES)}, or leave it out")
+    other = params.get("with", "") if resource == "explain" else ""
+    if resource == "explain" and not other.strip():
+        raise ParameterError(
+            "explain needs the other reference: add ?with=type:value (e.g. with=user_id:u123) "
+            "or ?with=a segment_id."
+        )
     return Options(
+        other=other,
         # metadata has no pages: Segment takes only `verbose` there, so `limit` goes unread.
         limit=_limit(params, resource) if resource in LIMITS else 1,
         trait_class=trait_class,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from idstitch import profiles
+from idstitch import explain, profiles
 from idstitch.checks import same_secret
 from idstitch.config import Settings
 from idstitch.core.identifiers import ACCOUNTS, USERS
@@ -35,7 +35,7 @@ PREFIX = "/v1/spaces/"
 COLLECTIONS = (USERS, ACCOUNTS)
 ROUTE_HELP = (
     "the Profile API path is /v1/spaces/{space_id}/collections/{users|accounts}/profiles/"
-    "{ref}/{traits|external_ids|events|metadata|links}"
+    "{ref}/{traits|external_ids|events|metadata|links|violations|explain}"
 )
 
 
@@ -209,6 +209,19 @@ def _links(reads: ProfileReads, row: ProfileRow, o: Options, url: str) -> dict[s
     return {"data": data, "cursor": _cursor(url, has_more, next_)}
 
 
+def _violations(reads: ProfileReads, row: ProfileRow, o: Options, url: str) -> dict[str, Any]:
+    position = _position(reads, row, o, "violations", (int,))
+    before = None if position is None else int(position[0])
+    found = reads.violations(row, before=before, limit=o.limit + 1)  # one more: a next page?
+    page = found[: o.limit]
+    has_more = len(found) > o.limit
+    next_ = _next(row, "violations", [page[-1].id]) if has_more else ""
+    return {
+        "data": [explain.refusal(f, row) for f in page],
+        "cursor": _cursor(url, has_more, next_),
+    }
+
+
 Renderer = Callable[[ProfileReads, ProfileRow, Options, str], dict[str, Any]]
 RENDERERS: dict[str, Renderer] = {
     "traits": _traits,
@@ -216,12 +229,15 @@ RENDERERS: dict[str, Renderer] = {
     "events": _events,
     "metadata": _metadata,
     "links": _links,
+    "violations": _violations,
 }
 
 
 def read(reads: ProfileReads, space: str, target: Target, params: dict[str, str]) -> dict[str, Any]:
     """The response body for one request (synchronous: it runs the reads)."""
     opts = options(params, target.resource)
+    if target.resource == "explain":  # two references: the path's and `with`
+        return explain.explain(reads, target.ref, opts.other, target.collection)
     row = reads.find(target.ref, target.collection)
     url = (
         f"/v1/spaces/{space}/collections/{target.collection}/profiles/{row.segment_id}/"

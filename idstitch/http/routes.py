@@ -19,6 +19,7 @@ Handler = Literal[
     "browser_settings",
     "library",
     "explorer_graph",
+    "explorer_explain",
     "explorer_page",
     "profile_api",
     "healthz",
@@ -112,14 +113,23 @@ ROUTES: tuple[Route, ...] = (
         token=True,
     ),
     Route(
+        "explorer_explain",
+        ("GET",),
+        "explorer_explain",
+        {explorer.EXPLAIN_PATH: openapi.explorer_explain()},
+        exact=(explorer.EXPLAIN_PATH,),
+        token=True,
+    ),
+    Route(
         "explorer",
         ("GET",),
         "explorer_page",
         {
             explorer.PAGE_PATH: openapi.explorer_page(),
             explorer.SCRIPT_PATH: openapi.explorer_script(),
+            explorer.LIBRARY_PATH: openapi.explorer_library(),
         },
-        exact=(explorer.PAGE_PATH, explorer.SCRIPT_PATH),
+        exact=(explorer.PAGE_PATH, explorer.SCRIPT_PATH, explorer.LIBRARY_PATH),
     ),
     Route(
         "profiles",  # the handler names each request by its resource: profiles.traits, ...

@@ -50,6 +50,8 @@ class ExternalIdRow(msgspec.Struct, frozen=True):
     source_id: str
     first_message_id: str
     created_at: float
+    # The profile that first held it: the profile itself, or one merged into it since.
+    segment_id: str = ""
 
 
 class EventRow(msgspec.Struct, frozen=True):
@@ -122,6 +124,73 @@ class ViolationRow(msgspec.Struct, frozen=True):
     rule: str
     detail: str
     timestamp: float
+
+
+class ProfileViolationRow(msgspec.Struct, frozen=True):
+    """A refusal that involves a profile: `segment_id` is the canonical profile its message
+    resolved to, `other_segment_id` the canonical profile the refused identifier or merge
+    would have joined (each None when there was none). `id` orders them, newest last."""
+
+    id: int
+    violation: ViolationRow
+    segment_id: str | None
+    other_segment_id: str | None
+
+
+# The columns of a ProfileViolationRow: `v` is the violation, `p` and `o` the profiles it
+# names (their canonical segment_ids through `pc` and `oc`).
+PROFILE_VIOLATION_COLUMNS = (
+    "v.id, v.source_id, v.message_id, v.collection, v.type, v.value, v.rule, v.detail, "
+    "v.timestamp, pc.segment_id, oc.segment_id"
+)
+PROFILE_VIOLATION_JOINS = (
+    "LEFT JOIN profiles p ON p.id = v.profile_id LEFT JOIN profiles pc ON pc.id = p.canonical_id "
+    "LEFT JOIN profiles o ON o.id = v.other_profile_id "
+    "LEFT JOIN profiles oc ON oc.id = o.canonical_id"
+)
+
+
+def profile_violation_row(r: Sequence[Any]) -> ProfileViolationRow:
+    return ProfileViolationRow(r[0], ViolationRow(*r[1:9]), r[9], r[10])
+
+
+class SharedValueRow(msgspec.Struct, frozen=True):
+    """An identifier that messages of several profiles carried while a rule kept it from
+    joining them: `profiles` counts the distinct (canonical) profiles on either side of those
+    refusals, `rules` names the rules."""
+
+    collection: str
+    type: str
+    value: str
+    profiles: int
+    rules: list[str]
+
+
+# The rules whose refusals say an identifier was seen with more than one profile.
+JOIN_REFUSALS = (
+    "limit_exceeded",
+    "time_limit_exceeded",
+    "conflict",
+    "shared_device",
+    "generic_identifier",
+    "source_merge_denied",
+)
+
+
+def shared_values_query(mark: str) -> str:
+    """The query of `Store.shared_values`, with `mark` for its two parameters (the least
+    number of profiles, the number of rows) and one for each of JOIN_REFUSALS."""
+    rules = ", ".join([mark] * len(JOIN_REFUSALS))
+    return (
+        "WITH sides AS ("
+        "SELECT v.collection, v.type, v.value, v.rule, p.canonical_id AS who FROM violations v "
+        f"JOIN profiles p ON p.id = v.profile_id WHERE v.rule IN ({rules}) "
+        "UNION ALL SELECT v.collection, v.type, v.value, v.rule, o.canonical_id FROM violations v "
+        f"JOIN profiles o ON o.id = v.other_profile_id WHERE v.rule IN ({rules})) "
+        "SELECT collection, type, value, COUNT(DISTINCT who), {agg} FROM sides "
+        f"GROUP BY collection, type, value HAVING COUNT(DISTINCT who) >= {mark} "
+        f"ORDER BY 4 DESC, 2, 3 LIMIT {mark}"
+    )
 
 
 class Stats(msgspec.Struct, frozen=True):
@@ -249,6 +318,19 @@ class Store(ABC):
     @abstractmethod
     def violations(self, limit: int = 100, rules: Sequence[str] = ()) -> list[ViolationRow]:
         """The newest violations, of the given rules only when `rules` names some."""
+
+    @abstractmethod
+    def profile_violations(
+        self, pid: int, *, before: int | None = None, limit: int = 100
+    ) -> list[ProfileViolationRow]:
+        """The refusals whose message resolved to the profile (or a profile merged into it) or
+        that would have joined it, newest first; `before` continues below a row's `id`."""
+
+    @abstractmethod
+    def shared_values(self, min_profiles: int = 3, limit: int = 100) -> list[SharedValueRow]:
+        """Identifiers refused from, or kept from joining, at least `min_profiles` distinct
+        profiles (JOIN_REFUSALS), most profiles first: the likely junk (a kiosk's cookie, a
+        placeholder e-mail)."""
 
     @abstractmethod
     def stats(self) -> Stats: ...

@@ -156,6 +156,21 @@ SQLITE: list[tuple[str, str]] = [
     ("0005_conflicts", "SELECT 1"),
     # A merge made past a limit names the rule that allowed it (`trusted_alias`).
     ("0006_merge_rule", "ALTER TABLE merges ADD COLUMN rule TEXT"),
+    # Each refusal names the profile its message resolved to and the profile the refused
+    # identifier or merge would have joined, so a profile's refusals can be listed from either
+    # side (`/profiles/{ref}/violations`, `idstitch explain`). Refusals are rare beside
+    # messages: these indexes cost a commit little. Rows from before stay without profiles.
+    (
+        "0007_violation_profiles",
+        """
+        ALTER TABLE violations ADD COLUMN profile_id INTEGER;
+        ALTER TABLE violations ADD COLUMN other_profile_id INTEGER;
+        CREATE INDEX violations_profile ON violations (profile_id)
+            WHERE profile_id IS NOT NULL;
+        CREATE INDEX violations_other_profile ON violations (other_profile_id)
+            WHERE other_profile_id IS NOT NULL;
+        """,
+    ),
 ]
 
 # PostgreSQL keeps text keys under a unique index: the database itself then guarantees that no
@@ -287,6 +302,17 @@ POSTGRES: list[tuple[str, str]] = [
         """,
     ),
     ("0006_merge_rule", "ALTER TABLE merges ADD COLUMN rule TEXT"),
+    (
+        "0007_violation_profiles",
+        """
+        ALTER TABLE violations ADD COLUMN profile_id BIGINT;
+        ALTER TABLE violations ADD COLUMN other_profile_id BIGINT;
+        CREATE INDEX violations_profile ON violations (profile_id)
+            WHERE profile_id IS NOT NULL;
+        CREATE INDEX violations_other_profile ON violations (other_profile_id)
+            WHERE other_profile_id IS NOT NULL;
+        """,
+    ),
 ]
 
 NAMES = [name for name, _ in SQLITE]

@@ -45,7 +45,8 @@ _IDENTIFIERS = (
 )
 _VIOLATIONS = (
     "INSERT INTO violations (source_id, message_id, collection, type, value, rule, detail, "
-    f"timestamp) SELECT r->>0, r->>1, r->>2, r->>3, r->>4, r->>5, r->>6, (r->>7)::float8 {_ROWS}"
+    "timestamp, profile_id, other_profile_id) SELECT r->>0, r->>1, r->>2, r->>3, r->>4, r->>5, "
+    f"r->>6, (r->>7)::float8, (r->>8)::bigint, (r->>9)::bigint {_ROWS}"
 )
 _REPOINT = (
     "UPDATE profiles SET canonical_id = (r->>0)::bigint "

@@ -26,12 +26,17 @@ from idstitch.checks import redact_url
 from idstitch.errors import StorageError
 from idstitch.storage.base import (
     EVENT_COLUMNS,
+    JOIN_REFUSALS,
+    PROFILE_VIOLATION_COLUMNS,
+    PROFILE_VIOLATION_JOINS,
     STALL_SECONDS,
     EventRow,
     ExternalIdRow,
     LinkRow,
     MergeRow,
     ProfileRow,
+    ProfileViolationRow,
+    SharedValueRow,
     SortOrder,
     Stats,
     Store,
@@ -41,6 +46,8 @@ from idstitch.storage.base import (
     event_row,
     events_column,
     maybe_stored,
+    profile_violation_row,
+    shared_values_query,
 )
 from idstitch.storage.migrations import POSTGRES as MIGRATIONS
 from idstitch.storage.pg_batch import Conflict, LockIds, PostgresTransaction
@@ -431,7 +438,7 @@ class PostgresStore(Store):
             ExternalIdRow(*r)
             for r in self._all(
                 "SELECT x.collection, x.type, x.value, x.source_id, x.first_message_id, "
-                "x.created_at "
+                "x.created_at, m.segment_id "
                 + _each_member(
                     "SELECT collection, type, value, source_id, first_message_id, created_at "
                     "FROM identifiers WHERE profile_id = m.id"
@@ -562,6 +569,34 @@ class PostgresStore(Store):
                 "SELECT source_id, message_id, collection, type, value, rule, detail, timestamp "
                 f"FROM violations {where}ORDER BY id DESC LIMIT %s",
                 (list(rules), limit) if rules else (limit,),
+            )
+        ]
+
+    def profile_violations(
+        self, pid: int, *, before: int | None = None, limit: int = 100
+    ) -> list[ProfileViolationRow]:
+        members = f"SELECT id FROM profiles WHERE canonical_id = {_CANONICAL}"
+        return [
+            profile_violation_row(r)
+            for r in self._all(
+                f"SELECT {PROFILE_VIOLATION_COLUMNS} FROM violations v {PROFILE_VIOLATION_JOINS} "
+                f"WHERE v.id IN (SELECT id FROM violations WHERE profile_id IN ({members}) "
+                f"UNION SELECT id FROM violations WHERE other_profile_id IN ({members})) "
+                "AND v.id < %(before)s ORDER BY v.id DESC LIMIT %(limit)s",
+                {
+                    "pid": pid,
+                    "before": before if before is not None else 2**63 - 1,
+                    "limit": limit,
+                },
+            )
+        ]
+
+    def shared_values(self, min_profiles: int = 3, limit: int = 100) -> list[SharedValueRow]:
+        sql = shared_values_query("%s").replace("{agg}", "string_agg(DISTINCT rule, ',')")
+        return [
+            SharedValueRow(c, t, v, n, sorted(rules.split(",")))
+            for c, t, v, n, rules in self._all(
+                sql, (*JOIN_REFUSALS, *JOIN_REFUSALS, min_profiles, limit)
             )
         ]
 

@@ -71,7 +71,8 @@ def rows_from_plans(
                    created_at)
       traits      (profile_id, key, value-json-or-None, timestamp, seq, source_id)
       links       (user_id, account_id, source_id, created_at)
-      violations  (source_id, message_id, collection, type, value, rule, detail, timestamp)
+      violations  (source_id, message_id, collection, type, value, rule, detail, timestamp,
+                   profile_id, other_profile_id)
     """
     rows = BatchRows()
     targets: set[int] = set()
@@ -134,7 +135,18 @@ def rows_from_plans(
         if user_pid is not None and account_pid is not None:
             rows.links.append((user_pid, account_pid, source, plan.received_at))
         rows.violations.extend(
-            (source, mid, v.collection, v.type, v.value, v.rule, v.detail, ts)
+            (
+                source,
+                mid,
+                v.collection,
+                v.type,
+                v.value,
+                v.rule,
+                v.detail,
+                ts,
+                account_pid if v.collection == "accounts" else user_pid,
+                v.other_pid,
+            )
             for v in plan.all_violations()
         )
         seq += 1

@@ -41,6 +41,8 @@ from idstitch.storage.base import (
     LinkRow,
     MergeRow,
     ProfileRow,
+    ProfileViolationRow,
+    SharedValueRow,
     SortOrder,
     Stats,
     Store,
@@ -836,6 +838,16 @@ class SQLiteStore(Store):
     @_reads
     def violations(self, limit: int = 100, rules: Sequence[str] = ()) -> list[ViolationRow]:
         return reads.violations(self._read(), limit, rules)
+
+    @_reads
+    def profile_violations(
+        self, pid: int, *, before: int | None = None, limit: int = 100
+    ) -> list[ProfileViolationRow]:
+        return reads.profile_violations(self._read(), pid, before, limit)
+
+    @_reads
+    def shared_values(self, min_profiles: int = 3, limit: int = 100) -> list[SharedValueRow]:
+        return reads.shared_values(self._read(), min_profiles, limit)
 
     @_reads
     def stats(self) -> Stats:

@@ -111,7 +111,8 @@ def write_rows(c: sqlite3.Connection, job: Write) -> None:
     if job.violations:
         c.executemany(
             "INSERT INTO violations (source_id, message_id, collection, type, value, rule, "
-            "detail, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "detail, timestamp, profile_id, other_profile_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             job.violations,
         )
     for name, offset, at in job.progress:

@@ -20,17 +20,24 @@ import msgspec
 
 from idstitch.storage.base import (
     EVENT_COLUMNS,
+    JOIN_REFUSALS,
+    PROFILE_VIOLATION_COLUMNS,
+    PROFILE_VIOLATION_JOINS,
     EventRow,
     ExternalIdRow,
     LinkRow,
     MergeRow,
     ProfileRow,
+    ProfileViolationRow,
+    SharedValueRow,
     SortOrder,
     Stats,
     TraitRow,
     ViolationRow,
     event_row,
     events_column,
+    profile_violation_row,
+    shared_values_query,
 )
 from idstitch.storage.rows import identifier_hash, stored_names
 from idstitch.storage.sqlite_index import Watermarks, trait_rows, watermarks
@@ -102,7 +109,10 @@ def find_by_segment_id(conn: sqlite3.Connection, segment_id: str) -> ProfileRow 
 
 
 def external_ids(conn: sqlite3.Connection, pid: int) -> list[ExternalIdRow]:
-    columns = "collection, type, value, source_id, first_message_id, created_at"
+    columns = (
+        "collection, type, value, source_id, first_message_id, created_at, "
+        "(SELECT segment_id FROM profiles WHERE id = identifiers.profile_id)"
+    )
     with reading(conn) as marks:
         mine = members(conn, pid)
         rows = [
@@ -367,6 +377,32 @@ def violations(
             f"FROM violations {where}ORDER BY id DESC LIMIT ?",
             (*rules, limit),
         )
+    ]
+
+
+def profile_violations(
+    conn: sqlite3.Connection, pid: int, before: int | None, limit: int
+) -> list[ProfileViolationRow]:
+    ids = _json_list(members(conn, pid))
+    return [
+        profile_violation_row(r)
+        for r in conn.execute(
+            f"SELECT {PROFILE_VIOLATION_COLUMNS} FROM violations v {PROFILE_VIOLATION_JOINS} "
+            "WHERE v.id IN (SELECT id FROM violations WHERE profile_id IN "
+            "(SELECT value FROM json_each(?1)) UNION SELECT id FROM violations "
+            "WHERE other_profile_id IN (SELECT value FROM json_each(?1))) AND v.id < ?2 "
+            "ORDER BY v.id DESC LIMIT ?3",
+            (ids, before if before is not None else 2**63 - 1, limit),
+        )
+    ]
+
+
+def shared_values(conn: sqlite3.Connection, min_profiles: int, limit: int) -> list[SharedValueRow]:
+    sql = shared_values_query("?").replace("{agg}", "group_concat(DISTINCT rule)")
+    args = (*JOIN_REFUSALS, *JOIN_REFUSALS, min_profiles, limit)
+    return [
+        SharedValueRow(c, t, v, n, sorted(rules.split(",")))
+        for c, t, v, n, rules in conn.execute(sql, args)
     ]
 
 

@@ -31,6 +31,7 @@ from rich.table import Table
 
 from idstitch import __version__, checks, config
 from idstitch.config import Settings
+from idstitch.core.messages import format_time
 from idstitch.errors import IdstitchError, InvalidReference, ProfileNotFound, StoreNotFound
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -391,7 +392,11 @@ def explain(config_path: str | None, as_json: bool, ref: str, other: str) -> Non
 def _print_explanation(out: Console, ref: str, other: str, answer: dict[str, Any]) -> None:
     a, b = escape(_as_text(ref)), escape(_as_text(other))
     if answer["together"]:
-        out.print(f"{a} and {b} are one profile, {answer['segment_ids'][0]}", highlight=False)
+        out.print(
+            f"{a} and {b} are one profile, {answer['segment_ids'][0]}",
+            highlight=False,
+            soft_wrap=True,
+        )
         if answer["path"]:
             out.print(f"joined by {len(answer['path'])} message(s):")
         for n, step in enumerate(answer["path"], 1):
@@ -404,7 +409,9 @@ def _print_explanation(out: Console, ref: str, other: str, answer: dict[str, Any
             )
     else:
         first, second = answer["segment_ids"]
-        out.print(f"{a} ({first}) and {b} ({second}) are two profiles", highlight=False)
+        out.print(
+            f"{a} ({first}) and {b} ({second}) are two profiles", highlight=False, soft_wrap=True
+        )
         if answer["refusals"]:
             out.print("kept apart by:")
             for r in answer["refusals"]:
@@ -416,6 +423,55 @@ def _print_explanation(out: Console, ref: str, other: str, answer: dict[str, Any
             "note: the profile has more messages or refusals than one answer reads; "
             "this answer may be incomplete"
         )
+
+
+@main.command()
+@config_option
+@click.option(
+    "--identifier",
+    "identifier",
+    required=True,
+    help="The junk identifier, type:value (e.g. anonymous_id:kiosk-7).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.argument("ref")
+def unmerge(config_path: str | None, identifier: str, as_json: bool, ref: str) -> None:
+    """Split the profile REF by an identifier that is junk for it (a kiosk's cookie, a shared
+    inbox). Its messages are resolved again under the current rules with the identifier
+    blocked, and it becomes the parts they form; the part holding its oldest message keeps
+    its segment_id. The identifier goes on the stored block list, so no later message joins
+    the parts again through it. REF is type:value or a segment_id.
+
+    It writes to the store: with SQLite, stop `idstitch serve` first (or call
+    POST .../profiles/{ref}/unmerge on the running service).
+    """
+    import getpass
+
+    from idstitch.engine import Engine
+
+    settings = _settings(config_path)
+    try:
+        with Engine(settings) as engine:
+            answer = engine.unmerge(ref, identifier, actor=f"cli:{getpass.getuser()}")
+    except (ProfileNotFound, InvalidReference) as err:
+        _fail(err, 1)
+    except IdstitchError as err:
+        _fail(err)
+    if as_json:
+        click.echo(msgspec.json.encode(answer))
+        return
+    out = Console()
+    parts = answer["parts"]
+    blocked = answer["blocked"]
+    out.print(
+        f"{answer['segment_id']} split by {escape(blocked['type'])}:{escape(blocked['id'])} "
+        f"into {len(parts)} part(s); the identifier is blocked from now on",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for part in parts:
+        names = ", ".join(f"{i['type']}:{i['id']}" for i in part["external_ids"])
+        out.print(f"  {part['segment_id']}  {escape(names)}", highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -479,6 +535,7 @@ def doctor(config_path: str | None, as_json: bool, min_profiles: int, limit: int
         ],
         "stats": None,
         "junk": [],
+        "blocked": [],
     }
     try:
         store = open_store(settings.storage_url, read_only=True)
@@ -489,6 +546,7 @@ def doctor(config_path: str | None, as_json: bool, min_profiles: int, limit: int
     else:
         try:
             report["stats"] = msgspec.structs.asdict(store.stats())
+            report["blocked"] = [msgspec.structs.asdict(b) for b in store.blocked_identifiers()]
             report["junk"] = [
                 {
                     "type": v.type,
@@ -557,5 +615,14 @@ def _print_doctor(out: Console, report: dict[str, Any], min_profiles: int) -> No
             out.print("  " + escape(line), highlight=False, soft_wrap=True)
     else:
         out.print(f"no identifier was kept from joining {min_profiles} or more profiles")
+    if report["blocked"]:
+        out.print(f"stored block list, from unmerges ({len(report['blocked'])}):")
+        for b in report["blocked"]:
+            out.print(
+                f"  {escape(b['type'])}:{escape(b['value'])}  unmerged from {b['segment_id']} "
+                f"by {escape(b['actor'] or '?')}, {format_time(b['created_at'])}",
+                highlight=False,
+                soft_wrap=True,
+            )
     for warning in report["warnings"]:
         err_console.print(f"warning: {escape(warning)}", highlight=False, soft_wrap=True)

@@ -19,12 +19,20 @@ from typing import Any
 
 import msgspec
 
-from idstitch import checks, explain, profiles
+from idstitch import checks, explain, profiles, repair
 from idstitch import config as config_module
 from idstitch.config import Settings
 from idstitch.core.identifiers import Extracted, Extractor
 from idstitch.core.ksuid import segment_id_for as new_segment_id
-from idstitch.core.messages import EARLIEST, LATEST, MAX_MESSAGE_BYTES, Prepared, encode, prepare
+from idstitch.core.messages import (
+    EARLIEST,
+    LATEST,
+    MAX_MESSAGE_BYTES,
+    Prepared,
+    encode,
+    format_time,
+    prepare,
+)
 from idstitch.core.plan import Plan, Violation
 from idstitch.core.planner import keys_of, resolve_messages
 from idstitch.errors import (
@@ -459,6 +467,55 @@ class Engine:
         that joined them (`path`), or the refusals that kept their profiles apart."""
         self._reading()
         return explain.explain(self.reads, ref, other)
+
+    # ---- repairs --------------------------------------------------------------------------
+    def delete_identifier(
+        self, user: str, type_: str, value: str, *, actor: str = "library"
+    ) -> dict[str, Any]:
+        """Delete one identifier from the known user `user` (`user_id:...`), as Segment's
+        Delete Profile Identifier API: lookups by it no longer find the profile, a later
+        message carrying it resolves afresh; traits, events and merge history stay. Raises
+        RepairRefused (a group_id, the user_id the profile is addressed by), ProfileNotFound,
+        IdentifierNotFound."""
+        return self.delete_external_ids(user, [{"type": type_, "id": value}], actor=actor)
+
+    def delete_external_ids(
+        self, user: str, items: Any, *, actor: str = "library"
+    ) -> dict[str, Any]:
+        """`delete_identifier` as Segment's API takes it: `items` is the request's
+        `delete_external_ids`, a list of exactly one {"type", "id"}."""
+        self._reading()
+        return repair.delete_identifier(self.store, self.reads, user, items, actor)
+
+    def unmerge(
+        self,
+        ref: str,
+        identifier: str | dict[str, Any],
+        *,
+        actor: str = "library",
+        collection: str | None = None,
+    ) -> dict[str, Any]:
+        """Split the profile `ref` by `identifier` (`type:value`, or {"type", "id"}), junk for
+        it: its messages are resolved again under the current rules with the identifier
+        blocked, and the identifier goes on the stored block list. Returns the parts."""
+        self._reading()
+        return repair.unmerge(
+            self.store, self.reads, self.rules, ref, identifier, actor, collection
+        )
+
+    def blocked_identifiers(self) -> list[dict[str, Any]]:
+        """The stored block list: identifiers unmerges named junk, which link nothing."""
+        return [
+            {
+                "collection": b.collection,
+                "type": b.type,
+                "id": b.value,
+                "unmerged_from": b.segment_id,
+                "actor": b.actor,
+                "created_at": format_time(b.created_at),
+            }
+            for b in self._reading().blocked_identifiers()
+        ]
 
     # ---- operations -----------------------------------------------------------------------
     def healthy(self) -> bool:

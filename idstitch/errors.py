@@ -6,8 +6,10 @@
       |     +-- PayloadTooLarge   a size limit was exceeded (HTTP 413)
       +-- AuthenticationError  missing or unknown write key / access token (HTTP 401)
       +-- ProfileNotFound      no profile for a reference (HTTP 404)
+      |     +-- IdentifierNotFound  the profile does not hold that identifier (HTTP 404)
       +-- InvalidReference     a profile reference that cannot be parsed (HTTP 400)
       |     +-- InvalidArgument   another argument of a profile read (limit, sort) (HTTP 400)
+      |     +-- RepairRefused     a repair its rules refuse (delete, unmerge) (HTTP 400)
       +-- StorageError         the store failed or is unreachable (HTTP 503)
       |     +-- StoreNotFound     a store opened read-only does not exist yet
       +-- Overloaded           the ingest queue is full (HTTP 429)
@@ -63,6 +65,21 @@ class InvalidArgument(InvalidReference):
     InvalidReference so that the HTTP layer's mapping (400) covers it."""
 
     code = "validation_error"
+
+
+class IdentifierNotFound(ProfileNotFound):
+    """The profile exists but does not hold the identifier a repair names."""
+
+    code = "eid_not_found"
+
+
+class RepairRefused(InvalidReference):
+    """A repair (deleting an identifier, an unmerge) that its rules refuse; `code` is the
+    Profile API's (`bad_request`, `unsupported_eid_type`)."""
+
+    def __init__(self, message: str, code: str = "bad_request"):
+        super().__init__(message)
+        self.code = code
 
 
 class StorageError(IdstitchError):

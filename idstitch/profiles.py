@@ -48,7 +48,8 @@ def find(store: Store, ref: str, collection: str | None = None) -> ProfileRow:
             row = store.find_by_identifier(ACCOUNTS, parsed[1], parsed[2])
     if row is None or (collection is not None and row.collection != collection):
         shown = ref if len(ref) <= 200 else ref[:200] + "..."
-        raise ProfileNotFound(f"no {collection or 'profile'} matches {shown!r}.")
+        where = f" among {collection}" if collection else ""
+        raise ProfileNotFound(f"no profile{where} matches {shown!r}.")
     return row
 
 

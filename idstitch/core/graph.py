@@ -94,6 +94,18 @@ class ProfileState(msgspec.Struct, gc=False):
     def add(self, type_: str, stamp: float) -> None:
         self.packed += _ENTRY.pack(type_code(type_), stamp)
 
+    def remove(self, type_: str, stamp: float) -> None:
+        """Forget one identifier of `type_` (the one attached at `stamp`, if one was)."""
+        code = _TYPE_CODES.get(type_)
+        entries = list(self._entries())
+        at = next((n for n, e in enumerate(entries) if e == (code, stamp)), None)
+        if at is None:
+            at = next((n for n, (held, _) in enumerate(entries) if held == code), None)
+        if at is None:
+            return
+        start = _CREATED.size + at * _ENTRY.size
+        self.packed = self.packed[:start] + self.packed[start + _ENTRY.size :]
+
     def absorb(self, other: ProfileState) -> None:
         """Take every identifier of `other` (merged into this one)."""
         self.packed += memoryview(other.packed)[_CREATED.size :]
@@ -109,7 +121,7 @@ class ProfileState(msgspec.Struct, gc=False):
 class Graph:
     """Identifier keys -> profile ids, and canonical profile states."""
 
-    __slots__ = ("conflicts", "next_pid", "owners", "parent", "profiles")
+    __slots__ = ("blocked", "conflicts", "next_pid", "owners", "parent", "profiles")
 
     def __init__(self) -> None:
         # Identifier slot (`identifiers.slot_of`) -> the profile that first held it.
@@ -120,6 +132,9 @@ class Graph:
         # Identifier slot -> the known users (`user_id:value`) it was seen with whose profile
         # does not hold it: the `conflict` violations recorded for it (the idstitch preset).
         self.conflicts: dict[int, set[str]] = {}
+        # Identifier slots on the stored block list (an unmerge named them junk): they link
+        # nothing, whatever the configured rules say.
+        self.blocked: set[int] = set()
 
     def find(self, pid: int) -> int:
         parent = self.parent

@@ -153,7 +153,50 @@ def choose_alias_previous(candidates: list[Identifier], graph: Graph) -> Identif
     return candidates[0] if candidates else None
 
 
+STORED_BLOCK = (
+    "on the stored block list (an unmerge named it junk); it links no profiles. "
+    "`idstitch doctor` lists the list"
+)
+
+
 def resolve_side(
+    ids: list[Identifier],
+    graph: Graph,
+    rules: IdentityRules,
+    source: SourceRules,
+    source_id: str,
+    at: float,
+    collection: str,
+    alias_previous: list[Identifier] | None = None,
+    trusted_alias: bool = False,
+) -> SidePlan:
+    """How the message's identifiers `ids` resolve in `collection`. A profile the message
+    creates is left unnamed (`segment_id` None): the planner names it after the message.
+    `trusted_alias`: the message's alias may join two user_ids past the user_id limit.
+    Identifiers on the stored block list (`graph.blocked`) are dropped first."""
+    blocked = graph.blocked
+    if blocked and (
+        any(i.slot in blocked for i in ids)
+        or (alias_previous and any(i.slot in blocked for i in alias_previous))
+    ):
+        dropped = [
+            Violation(i.collection, i.type, i.value, "blocked_value", STORED_BLOCK)
+            for i in (*ids, *(alias_previous or ()))
+            if i.slot in blocked
+        ]
+        ids = [i for i in ids if i.slot not in blocked]
+        alias_previous = [i for i in alias_previous or () if i.slot not in blocked]
+        side = _resolve_side(
+            ids, graph, rules, source, source_id, at, collection, alias_previous, trusted_alias
+        )
+        side.violations[:0] = dropped
+        return side
+    return _resolve_side(
+        ids, graph, rules, source, source_id, at, collection, alias_previous, trusted_alias
+    )
+
+
+def _resolve_side(
     ids: list[Identifier],
     graph: Graph,
     rules: IdentityRules,

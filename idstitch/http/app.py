@@ -30,6 +30,7 @@ from idstitch.http import (
     library,
     logs,
     profile_api,
+    repairs,
     routes,
     tracking,
 )
@@ -89,6 +90,7 @@ class App:
             "explorer_page": self._explorer_page,
             "explorer_explain": self._explorer_explain,
             "profile_api": self._profile_api,
+            "profile_repairs": self._profile_repairs,
             "healthz": self._healthz,
             "metrics": self._metrics,
             "openapi": self._openapi_document,
@@ -272,6 +274,13 @@ class App:
         with contextlib.suppress(Exception):
             await send_json(send, status, body, headers)
 
+    async def _profile_repairs(
+        self, found: Route, scope: Scope, receive: Receive, send: Send
+    ) -> Served:
+        route, answer = await repairs.handle(self.engine, scope, receive, self.bodies, self._reads)
+        await send_json(send, 200, answer, [(b"request-id", self._request_id())])
+        return route, 200
+
     async def _profile_api(
         self, found: Route, scope: Scope, receive: Receive, send: Send
     ) -> Served:
@@ -305,8 +314,8 @@ class App:
         return found.name, status
 
     async def _metrics(self, found: Route, scope: Scope, receive: Receive, send: Send) -> Served:
-        lag = await asyncio.to_thread(self._index_lag)
-        text = render(self.engine.metrics, self.http, lag)
+        lag, blocked = await asyncio.to_thread(self._store_gauges)
+        text = render(self.engine.metrics, self.http, lag, blocked)
         await send_bytes(send, 200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
         return found.name, 200
 
@@ -323,6 +332,15 @@ class App:
     async def _root(self, found: Route, scope: Scope, receive: Receive, send: Send) -> Served:
         await send_bytes(send, 307, b"", b"text/plain", [(b"location", b"/docs")])
         return found.name, 307
+
+    def _store_gauges(self) -> tuple[IndexLag | None, int | None]:
+        """The index lag and the length of the stored block list (None: the store could not
+        say)."""
+        try:
+            blocked: int | None = len(self.engine.blocked_identifiers())
+        except IdstitchError:
+            blocked = None
+        return self._index_lag(), blocked
 
     def _health(self) -> tuple[bool, IndexLag | None]:
         return self.engine.healthy(), self._index_lag()

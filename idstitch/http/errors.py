@@ -11,12 +11,14 @@ from typing import Any
 
 from idstitch.errors import (
     AuthenticationError,
+    IdentifierNotFound,
     IdstitchError,
     InvalidMessage,
     InvalidReference,
     Overloaded,
     PayloadTooLarge,
     ProfileNotFound,
+    RepairRefused,
     StorageError,
 )
 
@@ -101,5 +103,8 @@ def tracking_body(err: IdstitchError) -> dict[str, Any]:
 
 
 def profile_body(err: IdstitchError, status: int) -> dict[str, Any]:
+    # A repair's errors carry the code Segment's Delete Profile Identifier API answers.
+    if isinstance(err, (IdentifierNotFound, RepairRefused)):
+        return {"error": {"code": err.code, "message": str(err)}}
     code = _PROFILE_CODES.get(status, "server_error")
     return {"error": {"code": code, "message": str(err)}}

@@ -37,6 +37,9 @@ MAX_EDGES = 2000
 MAX_REFUSALS = 500
 MAX_MESSAGES = explain.MAX_MESSAGES  # read for the edges
 MAX_REF_LENGTH = 4100  # `type:value` with a 1,000-character value of 4-byte characters
+# Each of explain's two references: a type (at most 100 characters), `:` and a value (at most
+# 1,000), with room to spare; both fit in one request head even percent-encoded.
+MAX_PICKED_LENGTH = 2100
 # The page runs only its own script and talks only to this server.
 HEADERS = [
     (
@@ -109,20 +112,21 @@ def graph(reads: ProfileReads, params: dict[str, str], rank: Rank) -> dict[str, 
 
 def explanation(reads: ProfileReads, params: dict[str, str]) -> dict[str, Any]:
     """`/explorer/explain?a=&b=`: as the Profile API's explain, for two picked identifiers."""
-    return explain.explain(reads, _ref(params, "a"), _ref(params, "b"))
+    a = _ref(params, "a", MAX_PICKED_LENGTH)
+    return explain.explain(reads, a, _ref(params, "b", MAX_PICKED_LENGTH))
 
 
-def _ref(params: dict[str, str], name: str) -> str:
+def _ref(params: dict[str, str], name: str, limit: int = MAX_REF_LENGTH) -> str:
     ref = params.get(name, "")
     if not ref.strip():
         raise InvalidReference(
             f"no profile reference: pass ?{name}=type:value (e.g. {name}=user_id:u123) or "
             f"?{name}=a segment_id."
         )
-    if len(ref) > MAX_REF_LENGTH:
+    if len(ref) > limit:
         raise InvalidReference(
             f"the profile reference {name} is {len(ref):,} characters; the limit is "
-            f"{MAX_REF_LENGTH:,} (identifier values hold at most 1,000)."
+            f"{limit:,} (identifier values hold at most 1,000)."
         )
     return ref
 

@@ -54,7 +54,9 @@ def _metric(out: list[str], name: str, kind: str, help_: str) -> None:
     out.append(f"# TYPE {name} {kind}")
 
 
-def render(engine: Metrics, http: HttpMetrics, lag: IndexLag | None = None) -> str:
+def render(
+    engine: Metrics, http: HttpMetrics, lag: IndexLag | None = None, blocked: int | None = None
+) -> str:
     out: list[str] = []
     with engine.lock:
         events, duplicates = engine.events, engine.duplicates
@@ -111,6 +113,14 @@ def render(engine: Metrics, http: HttpMetrics, lag: IndexLag | None = None) -> s
             "Age of the oldest acknowledged message not yet in the derived index.",
         )
         out.append(f"idstitch_index_lag_seconds {lag.seconds:.3f}")
+    if blocked is not None:
+        _metric(
+            out,
+            "idstitch_blocked_identifiers",
+            "gauge",
+            "Identifiers on the stored block list (named junk by an unmerge): they link nothing.",
+        )
+        out.append(f"idstitch_blocked_identifiers {blocked}")
     _metric(out, "idstitch_violations_total", "counter", "Identifiers or merges refused, by rule.")
     out.extend(f'idstitch_violations_total{{rule="{rule}"}} {n}' for rule, n in violations)
     _metric(

@@ -593,6 +593,93 @@ def explorer_graph() -> Schema:
     }
 
 
+def _repair(
+    operation_id: str, summary: str, description: str, body: Schema, answer: Schema,
+    params: list[Schema],
+) -> Schema:  # fmt: skip
+    error = _json(_PROFILE_ERROR, "")
+    return {
+        "post": {
+            "tags": ["Profile API"],
+            "operationId": operation_id,
+            "summary": summary,
+            "description": description,
+            "security": [{"accessToken": []}],
+            "parameters": params,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": _json(answer, "Done, durably."),
+                "400": {
+                    **error,
+                    "description": "`bad_request` (the rules of the repair) or "
+                    "`unsupported_eid_type` (a group_id).",
+                },
+                "401": {**error, "description": "Missing or unknown access token."},
+                "404": {
+                    **error,
+                    "description": "`not_found` (no such profile) or `eid_not_found` (the "
+                    "profile does not hold that identifier).",
+                },
+                "503": {**error, "description": "The store is unavailable; retry."},
+            },
+        }
+    }
+
+
+_IDENTIFIER: Schema = {
+    "type": "object",
+    "required": ["type", "id"],
+    "properties": {"type": {"type": "string"}, "id": {"type": "string"}},
+}
+
+
+def delete_external_ids() -> Schema:
+    """Segment's Delete Profile Identifier API."""
+    return _repair(
+        "profile_delete_external_ids",
+        "Delete one identifier from a known user's profile (Segment's API).",
+        "The profile is addressed by `user_id:`; one identifier per request; a profile keeps "
+        "at least one user_id; a group_id cannot be deleted. Afterwards the identifier no "
+        "longer finds the profile and a later message carrying it resolves afresh; traits, "
+        "events and merge history stay.",
+        {
+            "type": "object",
+            "required": ["delete_external_ids"],
+            "properties": {
+                "delete_external_ids": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1,
+                    "items": _IDENTIFIER,
+                }
+            },
+        },
+        {"type": "object", "required": ["segment_id", "deleted"]},
+        [
+            _path("space_id", {"type": "string"}),
+            _path("ref", {"type": "string", "pattern": "^user_id:"}, "`user_id:{id}`."),
+        ],
+    )
+
+
+def unmerge() -> Schema:
+    return _repair(
+        "profile_unmerge",
+        "Split a profile by an identifier that is junk for it (a kiosk's cookie, a shared inbox).",
+        "The profile's messages are resolved again under the current rules with the identifier "
+        "blocked; the profile becomes the parts they form. The part holding its oldest message "
+        "keeps its segment_id; each merged-away segment_id resolves to the part holding the "
+        "message that created it. The identifier goes on the stored block list.",
+        {"type": "object", "required": ["identifier"], "properties": {"identifier": _IDENTIFIER}},
+        {"type": "object", "required": ["segment_id", "parts", "blocked"]},
+        [
+            _path("space_id", {"type": "string"}),
+            _path("collection", {"type": "string", "enum": ["users", "accounts"]}),
+            _path("ref", {"type": "string", "minLength": 1}, "`type:value` or a segment_id."),
+        ],
+    )
+
+
 def explorer_explain() -> Schema:
     """`/explorer/explain`."""
     error = _json(_PROFILE_ERROR, "")
@@ -604,8 +691,8 @@ def explorer_explain() -> Schema:
             "API's explain).",
             "security": [{"accessToken": []}],
             "parameters": [
-                _query("a", {"type": "string", "maxLength": 4100}, "`type:value` or segment_id."),
-                _query("b", {"type": "string", "maxLength": 4100}, "`type:value` or segment_id."),
+                _query("a", {"type": "string", "maxLength": 2100}, "`type:value` or segment_id."),
+                _query("b", {"type": "string", "maxLength": 2100}, "`type:value` or segment_id."),
             ],
             "responses": {
                 "200": _json(_EXPLANATION, "The explanation."),

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from idstitch.http import browser, explorer, library, openapi, profile_api, tracking
+from idstitch.http import browser, explorer, library, openapi, profile_api, repairs, tracking
 from idstitch.http.paging import RESOURCES
 
 Handler = Literal[
@@ -22,6 +22,7 @@ Handler = Literal[
     "explorer_explain",
     "explorer_page",
     "profile_api",
+    "profile_repairs",
     "healthz",
     "metrics",
     "openapi",
@@ -130,6 +131,21 @@ ROUTES: tuple[Route, ...] = (
             explorer.LIBRARY_PATH: openapi.explorer_library(),
         },
         exact=(explorer.PAGE_PATH, explorer.SCRIPT_PATH, explorer.LIBRARY_PATH),
+    ),
+    Route(
+        "profile_repairs",  # named by the repair: profiles.delete_external_ids, ...
+        ("POST",),
+        "profile_repairs",
+        {
+            "/v1/spaces/{space_id}/collections/users/profiles/{ref}/external_ids/delete": (
+                openapi.delete_external_ids()
+            ),
+            "/v1/spaces/{space_id}/collections/{collection}/profiles/{ref}/unmerge": (
+                openapi.unmerge()
+            ),
+        },
+        matches=repairs.matches,
+        token=True,
     ),
     Route(
         "profiles",  # the handler names each request by its resource: profiles.traits, ...

@@ -17,7 +17,10 @@ from typing import Any, Literal
 import msgspec
 
 from idstitch.core.graph import Graph
+from idstitch.core.identifiers import Identifier
 from idstitch.core.plan import Plan
+from idstitch.core.split import Split, StoredMessage
+from idstitch.storage.rewrite import MAX_SPLIT_MESSAGES, Operation, Rewrite
 
 SortOrder = Literal["asc", "desc"]
 
@@ -193,6 +196,31 @@ def shared_values_query(mark: str) -> str:
     )
 
 
+class BlockedRow(msgspec.Struct, frozen=True):
+    """An identifier on the stored block list: which unmerge put it there, who, when."""
+
+    collection: str
+    type: str
+    value: str
+    segment_id: str | None  # the profile it was unmerged from
+    actor: str | None
+    created_at: float
+
+
+# `Store.split_profile`'s callback: the profile's messages, a function that says which
+# identifiers (slots) other profiles hold, and the slots on the stored block list -> the
+# split (`core.split.split`, rules bound).
+SplitWith = Callable[[list[StoredMessage], Callable[[list[Identifier]], set[int]], set[int]], Split]
+
+
+def too_many_messages(segment_id: str) -> str:
+    return (
+        f"the profile {segment_id} holds more than {MAX_SPLIT_MESSAGES:,} messages, more than "
+        "one unmerge resolves again; block the identifier in the config instead "
+        "([identity.blocked_values_by_type]): new messages then leave it out."
+    )
+
+
 class Stats(msgspec.Struct, frozen=True):
     profiles: int
     identifiers: int
@@ -331,6 +359,28 @@ class Store(ABC):
         """Identifiers refused from, or kept from joining, at least `min_profiles` distinct
         profiles (JOIN_REFUSALS), most profiles first: the likely junk (a kiosk's cookie, a
         placeholder e-mail)."""
+
+    # Repairs: changes no message made. Each runs alone (no batch beside it), durably, with
+    # its audit record in the same transaction.
+    @abstractmethod
+    def remove_identifier(
+        self, pid: int, collection: str, type_: str, value: str, operation: Operation
+    ) -> bool:
+        """Detach the identifier from the profile `pid` (as `find` returned it): lookups no
+        longer find the profile by it, and a later message that carries it resolves afresh.
+        False when the profile does not hold it."""
+
+    @abstractmethod
+    def split_profile(
+        self, pid: int, blocked: Identifier, split_with: SplitWith, operation: Operation
+    ) -> Rewrite:
+        """Resolve the profile's messages again (`split_with`) with `blocked` on the stored
+        block list, replace its rows with the parts, and record `operation` (its detail filled
+        with the parts)."""
+
+    @abstractmethod
+    def blocked_identifiers(self) -> list[BlockedRow]:
+        """The stored block list, oldest first."""
 
     @abstractmethod
     def stats(self) -> Stats: ...

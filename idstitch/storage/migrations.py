@@ -171,6 +171,34 @@ SQLITE: list[tuple[str, str]] = [
             WHERE other_profile_id IS NOT NULL;
         """,
     ),
+    # Repairs: changes no message made (an identifier deleted, a profile unmerged), each with
+    # an audit record; the identifiers an unmerge named junk, which link nothing from then on;
+    # and the generation of the log's rewrites, which tells the index to build itself again.
+    (
+        "0008_repairs",
+        """
+        CREATE TABLE operations (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            segment_id TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            type TEXT NOT NULL,
+            value TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE blocked_identifiers (
+            collection TEXT NOT NULL,
+            type TEXT NOT NULL,
+            value TEXT NOT NULL,
+            operation_id INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (collection, type, value)
+        ) WITHOUT ROWID;
+        INSERT INTO store_meta (name, value) VALUES ('generation', '0');
+        """,
+    ),
 ]
 
 # PostgreSQL keeps text keys under a unique index: the database itself then guarantees that no
@@ -311,6 +339,32 @@ POSTGRES: list[tuple[str, str]] = [
             WHERE profile_id IS NOT NULL;
         CREATE INDEX violations_other_profile ON violations (other_profile_id)
             WHERE other_profile_id IS NOT NULL;
+        """,
+    ),
+    (
+        "0008_repairs",
+        """
+        CREATE TABLE operations (
+            id BIGSERIAL PRIMARY KEY,
+            kind TEXT NOT NULL,
+            segment_id TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            type TEXT NOT NULL,
+            value TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE blocked_identifiers (
+            id BIGSERIAL PRIMARY KEY,
+            collection TEXT COLLATE "C" NOT NULL,
+            type TEXT COLLATE "C" NOT NULL,
+            value TEXT COLLATE "C" NOT NULL,
+            operation_id BIGINT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE UNIQUE INDEX blocked_identifiers_key
+            ON blocked_identifiers (collection, type, identifier_digest(value));
         """,
     ),
 ]

@@ -117,6 +117,13 @@ _CONFLICTS = (
     f"CROSS JOIN LATERAL (SELECT detail FROM violations WHERE rule = 'conflict' AND {_IS_KEY}) "
     "AS v"
 )
+# The batch's keys on the stored block list (`Graph.blocked`): one probe per key, and none
+# at all while the list is empty (the EXISTS runs once, first).
+_BLOCKED = (
+    f"SELECT t.n FROM {_KEYS} WITH ORDINALITY AS t(k, n) "
+    "WHERE EXISTS (SELECT 1 FROM blocked_identifiers) "
+    f"AND EXISTS (SELECT 1 FROM blocked_identifiers WHERE {_IS_KEY})"
+)
 _PROFILES = (
     "SELECT id, canonical_id, segment_id, created_at, merges FROM profiles "
     "WHERE id = ANY(%b::bigint[])"
@@ -184,8 +191,10 @@ class PostgresTransaction(Transaction):
                     conn.execute(_LOCK_KEYS, (self.locks.prefix, sent))
             found = conn.execute(_OWNERS, (sent,)) if keys else None
             conflicts = conn.execute(_CONFLICTS, (sent,)) if keys else None
+            blocked = conn.execute(_BLOCKED, (sent,)) if keys else None
         for n, detail in conflicts or ():
             graph.add_conflict(slot_of(keys[n - 1]), detail)
+        graph.blocked.update(slot_of(keys[n - 1]) for (n,) in blocked or ())
         canonicals: set[int] = set()
         for n, pid, canonical in found or ():
             owners[slot_of(keys[n - 1])] = pid

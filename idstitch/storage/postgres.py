@@ -23,13 +23,16 @@ from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from idstitch.checks import redact_url
-from idstitch.errors import StorageError
+from idstitch.core.identifiers import Identifier, key_of, slot_of
+from idstitch.core.split import StoredMessage
+from idstitch.errors import InvalidArgument, StorageError
 from idstitch.storage.base import (
     EVENT_COLUMNS,
     JOIN_REFUSALS,
     PROFILE_VIOLATION_COLUMNS,
     PROFILE_VIOLATION_JOINS,
     STALL_SECONDS,
+    BlockedRow,
     EventRow,
     ExternalIdRow,
     LinkRow,
@@ -38,6 +41,7 @@ from idstitch.storage.base import (
     ProfileViolationRow,
     SharedValueRow,
     SortOrder,
+    SplitWith,
     Stats,
     Store,
     TraitRow,
@@ -48,9 +52,21 @@ from idstitch.storage.base import (
     maybe_stored,
     profile_violation_row,
     shared_values_query,
+    too_many_messages,
 )
 from idstitch.storage.migrations import POSTGRES as MIGRATIONS
-from idstitch.storage.pg_batch import Conflict, LockIds, PostgresTransaction
+from idstitch.storage.pg_batch import _OWNERS, Conflict, LockIds, PostgresTransaction
+from idstitch.storage.rewrite import (
+    MAX_SPLIT_MESSAGES,
+    Member,
+    Operation,
+    Rewrite,
+    marked,
+    operation_rows,
+    rewrite,
+    split_detail,
+    split_statements,
+)
 from idstitch.storage.rows import stored_names
 
 log = logging.getLogger("idstitch.storage")
@@ -141,6 +157,15 @@ def _first_line(err: BaseException) -> str:
     the message goes back to the client."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+_ids = msgspec.json.Decoder(list[tuple[str, str, str]])
+
+
+def _canonical_of(conn: psycopg.Connection[Any], pid: int) -> int:
+    row = conn.execute("SELECT canonical_id FROM profiles WHERE id = %s", (pid,)).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _discard(tx: PostgresTransaction) -> None:
@@ -354,6 +379,130 @@ class PostgresStore(Store):
             raise StorageError(
                 f"the PostgreSQL write at {self.url} failed: {_first_line(err)}"
             ) from err
+
+    # ---- repairs -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _alone(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction under the store's exclusive lock: no batch of any worker runs beside
+        it. Commits when the block ends; rolls back on an error."""
+        try:
+            with self._writer.connection() as conn:
+                conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                try:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s::int, 0)", (self._locks.store,))
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        conn.execute("ROLLBACK")
+                    raise
+        except psycopg.Error as err:
+            raise StorageError(
+                f"the PostgreSQL repair at {self.url} failed: {_first_line(err)}; nothing of "
+                "it was stored"
+            ) from err
+
+    @staticmethod
+    def _run(conn: psycopg.Connection[Any], steps: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        with conn.cursor() as cur:
+            for sql, rows in marked(steps, "%s"):
+                cur.executemany(sql, rows)
+
+    def remove_identifier(
+        self, pid: int, collection: str, type_: str, value: str, operation: Operation
+    ) -> bool:
+        if "\x00" in value:
+            return False
+        with self._alone() as conn:
+            gone = conn.execute(
+                "DELETE FROM identifiers WHERE collection = %s AND type = %s "
+                "AND identifier_digest(value) = identifier_digest(%s) AND value = %s "
+                "AND profile_id IN (SELECT id FROM profiles WHERE canonical_id = "
+                "(SELECT canonical_id FROM profiles WHERE id = %s)) RETURNING 1",
+                (collection, type_, value, value, pid),
+            ).fetchall()
+            if gone:
+                self._run(conn, operation_rows(operation))
+        return bool(gone)
+
+    def split_profile(
+        self, pid: int, blocked: Identifier, split_with: SplitWith, operation: Operation
+    ) -> Rewrite:
+        collection = blocked.collection
+        column = events_column(collection)
+        other = "account_id" if column == "profile_id" else "profile_id"
+        with self._alone() as conn:
+            members = [
+                Member(*r)
+                for r in conn.execute(
+                    "SELECT id, segment_id, created_at, first_message_id, first_source_id "
+                    "FROM profiles WHERE canonical_id = (SELECT canonical_id FROM profiles "
+                    "WHERE id = %s) ORDER BY id",
+                    (pid,),
+                )
+            ]
+            ids = [m.pid for m in members]
+            top = next(m for m in members if m.pid == _canonical_of(conn, pid))
+            messages = [
+                StoredMessage(
+                    seq, source, mid, kind, ts, received, bytes(body), _ids.decode(found), linked
+                )
+                for seq, source, mid, kind, ts, received, body, found, linked in conn.execute(
+                    "SELECT seq, source_id, message_id, type, timestamp, received_at, body, "
+                    f"external_ids, {other} FROM events WHERE {column} = ANY(%s) "
+                    "ORDER BY seq LIMIT %s",
+                    (ids, MAX_SPLIT_MESSAGES + 1),
+                )
+            ]
+            if len(messages) > MAX_SPLIT_MESSAGES:
+                raise InvalidArgument(too_many_messages(top.segment_id))
+
+            def foreign(carried: list[Identifier]) -> set[int]:
+                keys = [i.key for i in carried]
+                owned = conn.execute(_OWNERS, (msgspec.json.encode(keys).decode(),)).fetchall()
+                return {slot_of(keys[n - 1]) for n, _, canonical in owned if canonical != top.pid}
+
+            blocked_slots = {
+                slot_of(key_of(*r))
+                for r in conn.execute("SELECT collection, type, value FROM blocked_identifiers")
+            }
+            done = split_with(messages, foreign, blocked_slots)
+
+            def new_pid() -> int:
+                row = conn.execute("SELECT nextval('profile_id_seq')").fetchone()
+                assert row is not None
+                return int(row[0])
+
+            rw = rewrite(done, collection, top, members, new_pid)
+            op = msgspec.structs.replace(operation, detail=split_detail(rw))
+            steps = split_statements(
+                rw,
+                (blocked.collection, blocked.type, blocked.value),
+                op,
+                ("DELETE FROM identifiers WHERE profile_id = ?", [(m,) for m in ids]),
+                key_hashes=False,
+            )
+            owners = ids + [r[0] for r in rw.profiles]
+            steps += [
+                ("DELETE FROM traits WHERE profile_id = ?", [(m,) for m in owners]),
+                (
+                    "INSERT INTO traits (profile_id, key, value, timestamp, seq, source_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rw.traits,
+                ),
+            ]
+            self._run(conn, [(sql, rows) for sql, rows in steps if rows])
+        return rw
+
+    def blocked_identifiers(self) -> list[BlockedRow]:
+        return [
+            BlockedRow(*r)
+            for r in self._all(
+                "SELECT b.collection, b.type, b.value, o.segment_id, o.actor, b.created_at "
+                "FROM blocked_identifiers b LEFT JOIN operations o ON o.id = b.operation_id "
+                "ORDER BY b.created_at, b.type, b.value"
+            )
+        ]
 
     def close(self) -> None:
         self._writer.close()

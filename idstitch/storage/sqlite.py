@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import itertools
 import logging
 import os
 import sqlite3
@@ -27,14 +28,17 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
 
+import msgspec
+
 from idstitch.core.graph import Graph
-from idstitch.core.identifiers import key_of, slot_of
+from idstitch.core.identifiers import Identifier, key_of, slot_of
 from idstitch.core.plan import Plan
 from idstitch.core.rules import CONFLICT
-from idstitch.errors import StorageError, StoreNotFound
+from idstitch.errors import InvalidArgument, StorageError, StoreNotFound
 from idstitch.storage import sqlite_committer, sqlite_index
 from idstitch.storage import sqlite_reads as reads
 from idstitch.storage.base import (
+    BlockedRow,
     EventRow,
     ExternalIdRow,
     IndexLag,
@@ -44,14 +48,25 @@ from idstitch.storage.base import (
     ProfileViolationRow,
     SharedValueRow,
     SortOrder,
+    SplitWith,
     Stats,
     Store,
     TraitRow,
     Transaction,
     ViolationRow,
     maybe_stored,
+    too_many_messages,
 )
 from idstitch.storage.migrations import SQLITE as MIGRATIONS
+from idstitch.storage.rewrite import (
+    MAX_SPLIT_MESSAGES,
+    Operation,
+    Rewrite,
+    operation_rows,
+    rewrite,
+    split_detail,
+    split_statements,
+)
 from idstitch.storage.rows import BatchRows, message_hash, rows_from_plans
 from idstitch.storage.sqlite_children import Child
 from idstitch.storage.sqlite_committer import identity
@@ -60,6 +75,7 @@ from idstitch.storage.sqlite_index import index_path, open_index, watermarks
 from idstitch.storage.sqlite_messages import StoredMessages
 from idstitch.storage.sqlite_protocol import (
     Done,
+    Execute,
     Job,
     Offset,
     Reply,
@@ -226,6 +242,12 @@ class SQLiteTransaction(Transaction):
         self.progress.append((name, offset, time.time()))
 
 
+# A repair detaches an identifier row rather than deleting it: SQLite would give a deleted
+# last row's id to the next row, which the indexer, past that id already, would never index.
+# Profile id 0 names no profile: every read joins or checks the row's profile.
+DETACH = "UPDATE identifiers SET profile_id = 0 WHERE id = ?"
+
+
 class SQLiteStore(Store):
     """Resolution happens in memory under `batch`; writing happens in the committer process,
     derived state in the indexer process.
@@ -309,6 +331,10 @@ class SQLiteStore(Store):
         # moment (a script, a test) has nothing to derive yet, and reads cover the tail.
         self._indexer: Child | None = None
         self._indexing = indexer
+        # A split holds the indexer stopped (`split_profile`); starting and stopping it
+        # (there, at close, and in the housekeeper) take this lock.
+        self._rewriting = False
+        self._indexer_lock = threading.Lock()
         self._housekeeper = threading.Thread(
             target=self._housekeeping,
             args=(checkpoint_interval,),
@@ -391,7 +417,8 @@ class SQLiteStore(Store):
         profiles = graph.profiles
         parent = graph.parent
         for coll, type_, value, pid, created_at in c.execute(
-            "SELECT collection, type, value, profile_id, created_at FROM identifiers"
+            "SELECT collection, type, value, profile_id, created_at FROM identifiers "
+            "WHERE profile_id > 0"  # 0: detached by a repair (`DETACHED`)
         ):
             # Point keys straight at the canonical profile and share its int: one object
             # instead of one per row.
@@ -402,6 +429,10 @@ class SQLiteStore(Store):
             "SELECT collection, type, value, detail FROM violations WHERE rule = ?", (CONFLICT,)
         ):
             graph.add_conflict(slot_of(key_of(coll, type_, value)), detail)
+        graph.blocked.update(
+            slot_of(key_of(*row))
+            for row in c.execute("SELECT collection, type, value FROM blocked_identifiers")
+        )
         self.graph = graph
         last = c.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         self.messages.load(c, indexed)
@@ -418,6 +449,20 @@ class SQLiteStore(Store):
         )
         self._receiver = receiver
         receiver.start()
+
+    def _stop_indexer(self) -> None:
+        indexer, self._indexer = self._indexer, None
+        if indexer is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            indexer.pipe.send_bytes(b"stop")
+        try:
+            indexer.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            # Derived state: a run cut off is rolled back and done again next time.
+            indexer.process.kill()
+            indexer.process.wait()
+        indexer.close_pipes()
 
     def _start_indexer(self) -> None:
         # The package this engine runs from, by path (`-I` ignores PYTHONPATH): the indexer
@@ -625,6 +670,114 @@ class SQLiteStore(Store):
         assert tx.done is not None
         return tx.done
 
+    # ---- repairs -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _repairing(self) -> Iterator[sqlite3.Connection]:
+        """The write lock, with every batch sent before on disk: a repair reads what is
+        stored and must see all of it. Yields a read connection."""
+        self._refuse_writes()
+        with self._write_lock:
+            if self._broken is not None:
+                self._recover()
+            self._send(lambda job: Write(job, [], [], [], [], [], [], [], [])).result()
+            yield self._read()
+
+    def _execute(self, steps: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        self._send(lambda job: Execute(job, steps)).result()
+
+    def remove_identifier(
+        self, pid: int, collection: str, type_: str, value: str, operation: Operation
+    ) -> bool:
+        with self._repairing() as conn:
+            graph = self.graph
+            slot = slot_of(key_of(collection, type_, value))
+            owner = graph.owner(slot)
+            if owner is None or owner.pid != graph.find(pid):
+                return False
+            row = reads.identifier_row(conn, collection, type_, value)
+            if row is None:  # pragma: no cover - the graph holds it, so the log does
+                return False
+            row_id, created_at = row
+            self._execute([(DETACH, [(row_id,)]), *operation_rows(operation)])
+            del graph.owners[slot]
+            owner.remove(type_, created_at)
+        return True
+
+    def split_profile(
+        self, pid: int, blocked: Identifier, split_with: SplitWith, operation: Operation
+    ) -> Rewrite:
+        with self._repairing() as conn:
+            graph = self.graph
+            canonical = graph.find(pid)
+            members = reads.member_rows(conn, canonical)
+            top = next(m for m in members if m.pid == canonical)
+            collection = blocked.collection
+            ids = [m.pid for m in members]
+            messages = reads.stored_messages(conn, ids, collection, MAX_SPLIT_MESSAGES + 1)
+            if len(messages) > MAX_SPLIT_MESSAGES:
+                raise InvalidArgument(too_many_messages(top.segment_id))
+
+            def foreign(carried: list[Identifier]) -> set[int]:
+                out = set()
+                for ident in carried:
+                    owner = graph.owner(ident.slot)
+                    if owner is not None and owner.pid != canonical:
+                        out.add(ident.slot)
+                return out
+
+            done = split_with(messages, foreign, set(graph.blocked))
+            first_new = graph.next_pid
+            counter = itertools.count(first_new)
+            rw = rewrite(done, collection, top, members, lambda: next(counter))
+            held = reads.identifier_rows(conn, ids)
+            op = msgspec.structs.replace(operation, detail=split_detail(rw))
+            steps = split_statements(
+                rw,
+                (blocked.collection, blocked.type, blocked.value),
+                op,
+                (DETACH, [(r[0],) for r in held]),
+                key_hashes=True,
+            )
+            # What the index derived by profile is out of date from here: with the indexer
+            # stopped, its tables are emptied first (reads then take everything from the log,
+            # before the rewrite and after it), then the log is rewritten with the generation
+            # the emptied index names; the indexer then builds it again from the start. A
+            # crash in between leaves generations that differ: the indexer starts again too.
+            generation = int(sqlite_index.generation(conn, "main")) + 1
+            steps.append(
+                (
+                    "UPDATE store_meta SET value = ? WHERE name = 'generation'",
+                    [(str(generation),)],
+                )
+            )
+            with self._indexer_lock:
+                self._rewriting = True
+                self._stop_indexer()
+            try:
+                if self.index.exists():
+                    sqlite_index.start_again(self.index, str(generation))
+                self._execute(steps)
+            finally:
+                with self._indexer_lock:
+                    self._rewriting = False
+                    if self._indexing and not self._closing.is_set():
+                        self._start_indexer()
+            for m in members:
+                graph.profiles.pop(m.pid, None)
+                graph.parent.pop(m.pid, None)
+            for _, coll, type_, value, _ in held:
+                graph.owners.pop(slot_of(key_of(coll, type_, value)), None)
+            graph.owners.update(rw.owners)
+            graph.profiles.update((state.pid, state) for state in rw.states)
+            graph.parent.update(rw.parents)
+            graph.next_pid = max(graph.next_pid, next(counter))
+            graph.blocked.add(blocked.slot)
+        return rw
+
+    @_reads
+    def blocked_identifiers(self) -> list[BlockedRow]:
+        return reads.blocked_identifiers(self._read())
+
     def set_import_offset(self, name: str, offset: int) -> None:
         self._refuse_writes()
         self._send(lambda job: Offset(job, name, offset, time.time())).result()
@@ -674,17 +827,18 @@ class SQLiteStore(Store):
         until the committer is back, and a load balancer that stops sending on 503 never
         sends the write that would otherwise restart it). A batch that arrives meanwhile
         recovers the committer itself."""
-        indexer = self._indexer
-        if self._indexing and not self._closing.is_set():
-            if indexer is None:
-                self._start_indexer()
-            elif not indexer.running():
-                log.warning(
-                    "the SQLite indexer process stopped; starting it again",
-                    extra={"fields": {"exit_code": indexer.process.poll()}},
-                )
-                indexer.close_pipes()
-                self._start_indexer()
+        with self._indexer_lock:
+            indexer = self._indexer
+            if self._indexing and not self._closing.is_set() and not self._rewriting:
+                if indexer is None:
+                    self._start_indexer()
+                elif not indexer.running():
+                    log.warning(
+                        "the SQLite indexer process stopped; starting it again",
+                        extra={"fields": {"exit_code": indexer.process.poll()}},
+                    )
+                    indexer.close_pipes()
+                    self._start_indexer()
         committer = self._committer
         if committer.running():
             return
@@ -729,17 +883,8 @@ class SQLiteStore(Store):
         self._receiver.join(timeout=10)
         committer.close_pipes()
         self._housekeeper.join(timeout=5)  # it starts no indexer once closing is set
-        indexer = self._indexer
-        if indexer is not None:
-            with contextlib.suppress(OSError, ValueError):
-                indexer.pipe.send_bytes(b"stop")
-            try:
-                indexer.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                # Derived state: a run cut off is rolled back and done again next time.
-                indexer.process.kill()
-                indexer.process.wait()
-            indexer.close_pipes()
+        with self._indexer_lock:
+            self._stop_indexer()
         with contextlib.suppress(sqlite3.Error):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._conn.close()

@@ -29,6 +29,7 @@ try:
     from idstitch.storage.pipe import Pipe
     from idstitch.storage.sqlite_protocol import (
         Done,
+        Execute,
         Failed,
         Job,
         Offset,
@@ -43,6 +44,7 @@ except ImportError:  # run as a script with `python -I -S`: its sibling, by path
     from pipe import Pipe  # type: ignore[import-not-found,no-redef]
     from sqlite_protocol import (  # type: ignore[import-not-found,no-redef]
         Done,
+        Execute,
         Failed,
         Job,
         Offset,
@@ -254,6 +256,13 @@ class Committer:
                     write_rows(conn, job)
                 elif isinstance(job, Offset):
                     write_offset(conn, job.name, job.offset, job.at)
+                elif isinstance(job, Execute):
+                    if self.failed is not None:
+                        refused.append(job.job)
+                        why = self.failed
+                        continue
+                    for sql, rows in job.steps:
+                        conn.executemany(sql, rows)
                 else:  # pragma: no cover - Stop never reaches a commit
                     continue
                 done.append(job.job)

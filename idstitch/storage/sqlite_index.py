@@ -88,9 +88,20 @@ class Watermarks(msgspec.Struct, frozen=True):
     identifiers: int = 0
 
 
-def watermarks(conn: sqlite3.Connection, schema: str = "ix") -> Watermarks:
+def watermarks(conn: sqlite3.Connection, schema: str = "ix", log: str = "main") -> Watermarks:
+    """How far the index goes; nowhere while it has not caught up with a rewrite of the log
+    (an unmerge): what it holds may be out of date, and reads take everything from the log."""
     found = dict(conn.execute(f"SELECT name, value FROM {schema}.progress"))
+    if generation(conn, log) != generation(conn, schema, "meta"):
+        return Watermarks(0, 0)
     return Watermarks(found.get("events", 0), found.get("identifiers", 0))
+
+
+def generation(conn: sqlite3.Connection, schema: str, table: str = "store_meta") -> str:
+    """How many times the log was rewritten (`store_meta`), or which of those rewrites the
+    index was built after (its `meta`)."""
+    row = conn.execute(f"SELECT value FROM {schema}.{table} WHERE name = 'generation'").fetchone()
+    return str(row[0]) if row else "0"
 
 
 class _TraitsOnly(msgspec.Struct):
@@ -154,11 +165,15 @@ def open_index(main: Path, index: Path) -> sqlite3.Connection:
         meta = dict(conn.execute("SELECT name, value FROM meta"))
         owner = store_id(conn, "log")
         last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM log.events").fetchone()[0]
-        marks = watermarks(conn, "main")
+        marks = watermarks(conn, "main", "log")
         if not meta:
             conn.executemany(
                 "INSERT INTO meta (name, value) VALUES (?, ?)",
-                [("store_id", owner), ("version", VERSION)],
+                [
+                    ("store_id", owner),
+                    ("version", VERSION),
+                    ("generation", generation(conn, "log")),
+                ],
             )
             return conn
         if (
@@ -183,7 +198,10 @@ def index_step(conn: sqlite3.Connection) -> int:
     # of `log` is taken by the first read below; only this process writes the index.
     conn.execute("BEGIN")
     try:
-        marks = watermarks(conn, "main")
+        rewritten = generation(conn, "log")
+        if rewritten != generation(conn, "main", "meta"):
+            _start_again(conn, rewritten)
+        marks = watermarks(conn, "main", "log")
         last_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM log.events").fetchone()[0]
         last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM log.identifiers").fetchone()[0]
         to_seq = min(last_seq, marks.events + CHUNK_EVENTS)
@@ -238,6 +256,34 @@ def index_step(conn: sqlite3.Connection) -> int:
             conn.execute("ROLLBACK")
         raise
     return int(done)
+
+
+def _start_again(conn: sqlite3.Connection, rewritten: str) -> None:
+    """The log was rewritten (an unmerge moved events, identifiers and traits between
+    profiles): forget what was derived by profile and derive it again from the start. The
+    dedupe index stays: a rewrite keeps every message."""
+    for table in ("profile_events", "account_events", "traits", "identifier_keys",
+                  "identifier_profiles"):  # fmt: skip
+        conn.execute(f"DELETE FROM {table}")
+    conn.execute("UPDATE progress SET value = 0")
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES ('generation', ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (rewritten,),
+    )
+
+
+def start_again(index: Path, rewritten: str) -> None:
+    """Empty the index derived by profile, as of the log's generation `rewritten`, from
+    another process than the indexer (which must not be running)."""
+    conn = sqlite3.connect(_uri(index), uri=True, isolation_level=None, timeout=30)
+    try:
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("BEGIN IMMEDIATE")
+        _start_again(conn, rewritten)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def catch_up(main: Path, index: Path) -> None:

@@ -5,7 +5,7 @@ a message travels as `(type name, *fields)` and is rebuilt into its type on the 
 (`to_wire`, `from_wire`), so that the committer, a plain script that starts in milliseconds,
 needs nothing but the standard library and this module.
 
-    engine -> committer   Write | Offset | Reset | Stop
+    engine -> committer   Write | Offset | Execute | Reset | Stop
     committer -> engine   Done | Failed
 
 A `Write` holds one micro-batch's rows for the log and the graph tables, in the column order
@@ -44,6 +44,14 @@ class Offset(NamedTuple):
     at: float
 
 
+class Execute(NamedTuple):
+    """A repair (an identifier deleted, a profile split): statements run in order, each with
+    its rows (`executemany`), in one transaction with nothing else."""
+
+    job: int
+    steps: list[tuple[str, list[tuple[Any, ...]]]]
+
+
 class Reset(NamedTuple):
     """Every job sent before this one is settled; writes are accepted again."""
 
@@ -54,7 +62,7 @@ class Stop(NamedTuple):
     """Finish what is queued, then exit."""
 
 
-Job = Write | Offset | Reset | Stop
+Job = Write | Offset | Execute | Reset | Stop
 
 
 class Done(NamedTuple):
@@ -68,7 +76,9 @@ class Failed(NamedTuple):
 
 Reply = Done | Failed
 
-_TYPES: dict[str, Any] = {t.__name__: t for t in (Write, Offset, Reset, Stop, Done, Failed)}
+_TYPES: dict[str, Any] = {
+    t.__name__: t for t in (Write, Offset, Execute, Reset, Stop, Done, Failed)
+}
 
 
 def to_wire(message: Job | Reply) -> tuple[Any, ...]:

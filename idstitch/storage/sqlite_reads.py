@@ -18,11 +18,13 @@ from typing import Any
 
 import msgspec
 
+from idstitch.core.split import StoredMessage
 from idstitch.storage.base import (
     EVENT_COLUMNS,
     JOIN_REFUSALS,
     PROFILE_VIOLATION_COLUMNS,
     PROFILE_VIOLATION_JOINS,
+    BlockedRow,
     EventRow,
     ExternalIdRow,
     LinkRow,
@@ -39,6 +41,7 @@ from idstitch.storage.base import (
     profile_violation_row,
     shared_values_query,
 )
+from idstitch.storage.rewrite import Member
 from idstitch.storage.rows import identifier_hash, stored_names
 from idstitch.storage.sqlite_index import Watermarks, trait_rows, watermarks
 
@@ -49,6 +52,7 @@ PROFILE_COLUMNS = (
 # Member profiles (a profile and those merged into it) per query of `events`.
 MEMBERS_PER_QUERY = 200
 _json_encode = msgspec.json.Encoder().encode
+_ids = msgspec.json.Decoder(list[tuple[str, str, str]])
 
 
 def _json_list(values: Any) -> str:
@@ -115,12 +119,15 @@ def external_ids(conn: sqlite3.Connection, pid: int) -> list[ExternalIdRow]:
     )
     with reading(conn) as marks:
         mine = members(conn, pid)
+        # The row's own profile is checked too: an id freed by a repair (a deleted
+        # identifier) may be taken again by a row of another profile.
         rows = [
             ExternalIdRow(*r)
             for member in mine
             for r in conn.execute(
                 f"SELECT {columns} FROM identifiers WHERE id IN "
-                "(SELECT id FROM ix.identifier_profiles WHERE profile_id = ?)",
+                "(SELECT id FROM ix.identifier_profiles WHERE profile_id = ?1) "
+                "AND profile_id = ?1",
                 (member,),
             )
         ]
@@ -412,8 +419,87 @@ def stats(conn: sqlite3.Connection) -> Stats:
 
     return Stats(
         profiles=count("SELECT COUNT(*) FROM profiles WHERE id = canonical_id"),
-        identifiers=count("SELECT COUNT(*) FROM identifiers"),
+        identifiers=count("SELECT COUNT(*) FROM identifiers WHERE profile_id > 0"),
         events=count("SELECT COUNT(*) FROM events"),
         merges=count("SELECT COUNT(*) FROM merges"),
         violations=count("SELECT COUNT(*) FROM violations"),
     )
+
+
+# ---- what a repair reads (under the store's write lock, with nothing in flight) -----------
+
+
+def member_rows(conn: sqlite3.Connection, pid: int) -> list[Member]:
+    """The profile `pid` (canonical) and the profiles merged into it."""
+    return [
+        Member(*r)
+        for r in conn.execute(
+            "SELECT id, segment_id, created_at, first_message_id, first_source_id FROM profiles "
+            "WHERE canonical_id = ? ORDER BY id",
+            (pid,),
+        )
+    ]
+
+
+def stored_messages(
+    conn: sqlite3.Connection, members: list[int], collection: str, limit: int
+) -> list[StoredMessage]:
+    """The messages that resolved to `members` in `collection`, at most `limit`."""
+    column = events_column(collection)
+    other = "account_id" if column == "profile_id" else "profile_id"
+    table = "account_events" if collection == "accounts" else "profile_events"
+    wanted = _json_list(members)
+    with reading(conn) as marks:
+        rows = conn.execute(
+            "SELECT seq, source_id, message_id, type, timestamp, received_at, body, "
+            f"external_ids, {other} FROM events WHERE (seq IN (SELECT seq FROM ix.{table} "
+            f"WHERE {column} IN (SELECT value FROM json_each(?1))) OR seq > ?2) AND "
+            f"{column} IN (SELECT value FROM json_each(?1)) ORDER BY seq LIMIT ?3",
+            (wanted, marks.events, limit),
+        ).fetchall()
+    return [
+        StoredMessage(seq, source, mid, kind, ts, received, bytes(body), _ids.decode(ids), linked)
+        for seq, source, mid, kind, ts, received, body, ids, linked in rows
+    ]
+
+
+def identifier_rows(
+    conn: sqlite3.Connection, members: list[int]
+) -> list[tuple[int, str, str, str, float]]:
+    """(id, collection, type, value, created_at) of the identifiers `members` first held."""
+    wanted = _json_list(members)
+    with reading(conn) as marks:
+        return conn.execute(
+            "SELECT id, collection, type, value, created_at FROM identifiers WHERE (id IN "
+            "(SELECT id FROM ix.identifier_profiles WHERE profile_id IN "
+            "(SELECT value FROM json_each(?1))) OR id > ?2) AND profile_id IN "
+            "(SELECT value FROM json_each(?1))",
+            (wanted, marks.identifiers),
+        ).fetchall()
+
+
+def identifier_row(
+    conn: sqlite3.Connection, collection: str, type_: str, value: str
+) -> tuple[int, float] | None:
+    """(id, created_at) of the identifier's row."""
+    h = identifier_hash(collection, type_, value)
+    with reading(conn) as marks:
+        row = conn.execute(
+            "SELECT id, created_at FROM identifiers WHERE id IN (SELECT id FROM "
+            "ix.identifier_keys WHERE key_hash = ? UNION ALL SELECT id FROM identifiers "
+            "WHERE id > ? AND key_hash = ?) AND collection = ? AND type = ? AND value = ? "
+            "AND profile_id > 0",
+            (h, marks.identifiers, h, collection, type_, value),
+        ).fetchone()
+    return (int(row[0]), float(row[1])) if row else None
+
+
+def blocked_identifiers(conn: sqlite3.Connection) -> list[BlockedRow]:
+    return [
+        BlockedRow(*r)
+        for r in conn.execute(
+            "SELECT b.collection, b.type, b.value, o.segment_id, o.actor, b.created_at "
+            "FROM blocked_identifiers b LEFT JOIN operations o ON o.id = b.operation_id "
+            "ORDER BY b.created_at, b.type, b.value"
+        )
+    ]

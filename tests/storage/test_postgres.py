@@ -165,22 +165,23 @@ def test_ci_without_a_server_fails_and_elsewhere_skips(monkeypatch: pytest.Monke
 @pytest.mark.postgres
 def test_a_store_keyed_on_whole_values_is_migrated_to_digests(postgres_url: str) -> None:
     # A store from before 0003 kept (collection, type, value) as its primary key (and had
-    # none of the later migrations, 0005's index on the digest among them).
+    # none of the later migrations that use the digest: 0005's index, 0008's block list).
     engine = Engine(settings_from({"storage": {"url": postgres_url}}), tune_gc=False)
     first = engine.ingest(msg("identify", userId="u-old", anonymousId="a-old"))
     engine.close()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(
             "DROP INDEX violations_conflicts; DROP INDEX identifiers_key; "
+            "DROP TABLE blocked_identifiers; DROP TABLE operations; "
             "DROP FUNCTION identifier_digest(text); "
             "ALTER TABLE identifiers ADD PRIMARY KEY (collection, type, value); "
             "DELETE FROM schema_migrations WHERE name IN ('0003_identifier_digest', "
-            "'0005_conflicts')"
+            "'0005_conflicts', '0008_repairs')"
         )
     engine = Engine(settings_from({"storage": {"url": postgres_url}}), tune_gc=False)
     try:
         applied = engine.store.migrations_applied  # type: ignore[attr-defined]
-        assert applied == ["0003_identifier_digest", "0005_conflicts"]
+        assert applied == ["0003_identifier_digest", "0005_conflicts", "0008_repairs"]
         again = engine.ingest(msg("track", event="E", anonymousId="a-old"))
         assert (again.outcome, again.segment_id) == ("attached", first.segment_id)
         long = "\U0001f600" * 1000

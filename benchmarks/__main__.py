@@ -1,4 +1,5 @@
-"""`python -m benchmarks [engine|http|postgres|growth] [options]`: the engine benchmark by default.
+"""`python -m benchmarks [engine|http|postgres|growth|quality|repair] [options]`: the engine
+benchmark by default.
 
 `python -m benchmarks baseline REV NAME [options]` runs one of them beside release REV.
 
@@ -18,6 +19,7 @@ BENCHMARKS = {
     "growth": "benchmarks.growth",
     "baseline": "benchmarks.baseline",
     "quality": "benchmarks.quality",
+    "repair": "benchmarks.repair_bench",
 }
 
 

@@ -106,7 +106,7 @@ _IS_KEY = (
     "AND identifier_digest(value) = identifier_digest(substr(t.k, strpos(t.k, chr(31)) + 1)) "
     "AND value = substr(t.k, strpos(t.k, chr(31)) + 1)"
 )
-_OWNERS = (
+OWNERS = (
     f"SELECT t.n, i.profile_id, p.canonical_id FROM {_KEYS} WITH ORDINALITY AS t(k, n) "
     f"CROSS JOIN LATERAL (SELECT profile_id FROM identifiers WHERE {_IS_KEY} LIMIT 1) AS i "
     "JOIN profiles p ON p.id = i.profile_id"
@@ -189,7 +189,7 @@ class PostgresTransaction(Transaction):
                 conn.execute("SELECT pg_advisory_xact_lock_shared(%s::int, 0)", (self.locks.store,))
                 if keys:
                     conn.execute(_LOCK_KEYS, (self.locks.prefix, sent))
-            found = conn.execute(_OWNERS, (sent,)) if keys else None
+            found = conn.execute(OWNERS, (sent,)) if keys else None
             conflicts = conn.execute(_CONFLICTS, (sent,)) if keys else None
             blocked = conn.execute(_BLOCKED, (sent,)) if keys else None
         for n, detail in conflicts or ():

@@ -55,7 +55,7 @@ from idstitch.storage.base import (
     too_many_messages,
 )
 from idstitch.storage.migrations import POSTGRES as MIGRATIONS
-from idstitch.storage.pg_batch import _OWNERS, Conflict, LockIds, PostgresTransaction
+from idstitch.storage.pg_batch import OWNERS, Conflict, LockIds, PostgresTransaction
 from idstitch.storage.rewrite import (
     MAX_SPLIT_MESSAGES,
     Member,
@@ -459,7 +459,7 @@ class PostgresStore(Store):
 
             def foreign(carried: list[Identifier]) -> set[int]:
                 keys = [i.key for i in carried]
-                owned = conn.execute(_OWNERS, (msgspec.json.encode(keys).decode(),)).fetchall()
+                owned = conn.execute(OWNERS, (msgspec.json.encode(keys).decode(),)).fetchall()
                 return {slot_of(keys[n - 1]) for n, _, canonical in owned if canonical != top.pid}
 
             blocked_slots = {
@@ -638,15 +638,20 @@ class PostgresStore(Store):
             args["after_ts"], args["after_seq"] = after
         order = "DESC" if sort == "desc" else "ASC"
         # One index range per member profile, each cut at `limit`, then merged: a single
-        # `IN (members)` query would sort every event of a merged profile for each page.
+        # `IN (members)` query would sort every event of a merged profile for each page. The
+        # page's rows are then read one by one by `seq` (`OFFSET 0` keeps that a lookup per
+        # row): joined plainly, a young table without statistics was read whole, by a hash
+        # join, for a page of 1,000 (580 ms on 200,000 events, against 3 ms).
         sql = (
-            f"SELECT {EVENT_COLUMNS} FROM profiles m "
-            "CROSS JOIN LATERAL (SELECT seq, timestamp FROM events "
+            f"SELECT {EVENT_COLUMNS} FROM (SELECT k.seq, k.timestamp, m.canonical_id "
+            "FROM profiles m CROSS JOIN LATERAL (SELECT seq, timestamp FROM events "
             f"WHERE {' AND '.join(where)} ORDER BY timestamp {order}, seq {order} "
             "LIMIT %(limit)s) k "
-            "JOIN events e ON e.seq = k.seq JOIN profiles p ON p.id = m.canonical_id "
             f"WHERE m.canonical_id = {_CANONICAL} ORDER BY k.timestamp {order}, k.seq {order} "
-            "LIMIT %(limit)s"
+            "LIMIT %(limit)s) top "
+            "CROSS JOIN LATERAL (SELECT * FROM events WHERE seq = top.seq OFFSET 0) e "
+            "JOIN profiles p ON p.id = top.canonical_id "
+            f"ORDER BY top.timestamp {order}, top.seq {order}"
         )
         return [event_row(r) for r in self._all(sql, args)]
 

@@ -18,6 +18,7 @@ import msgspec
 
 from idstitch.core.graph import Graph, ProfileState
 from idstitch.core.identifiers import USERS, key_of, slot_of
+from idstitch.core.ksuid import segment_id_for
 from idstitch.core.plan import SidePlan
 from idstitch.core.split import Split
 from idstitch.storage.rows import identifier_hash
@@ -75,6 +76,7 @@ def rewrite(
     sides = [_side(p.users if collection == USERS else p.accounts) for p in done.plans]
     # Scratch profile id -> real id, and each scratch profile's first message.
     real: dict[int, int] = {}
+    named: dict[int, str] = {}  # scratch pid -> its segment_id, where not the one it made
     created: dict[int, int] = {}  # scratch pid -> message position that created it
     for n, side in enumerate(sides):
         if side is not None and side.created:
@@ -93,10 +95,17 @@ def rewrite(
             real[scratch] = member.pid
             continue
         pid = real[scratch] = new_pid()
+        if member is not None:
+            # The profile's own segment_id, made again by a message that is not the first to
+            # resolve now (messages imported with their own, out-of-order receive times): the
+            # first part keeps it, so this one is named afresh.
+            named[scratch] = segment_id_for(
+                collection, plan.source_id, plan.message_id + "\x1fsplit", plan.received_at
+            )
         # Its canonical id is set with the others' below, once every part has its id.
         out.profiles.append(
-            (pid, side.segment_id, collection, pid, plan.received_at, plan.message_id,
-             plan.source_id)
+            (pid, named.get(scratch, side.segment_id), collection, pid, plan.received_at,
+             plan.message_id, plan.source_id)
         )  # fmt: skip
     # Part canonical ids, and where every old profile goes now.
     where: dict[str, int] = {}  # message id (by source) -> real part id
@@ -129,7 +138,11 @@ def rewrite(
         for state_pid in done.parts:
             state = graph.profiles[state_pid]
             pid = real[state_pid]
-            segment_id = canonical.segment_id if state_pid == first_part else state.segment_id
+            segment_id = (
+                canonical.segment_id
+                if state_pid == first_part
+                else named.get(state_pid, state.segment_id)
+            )
             out.states.append(ProfileState(pid, segment_id, state.packed, state.merges))
     # Merges, identifiers, events, traits and links, in message order.
     latest: dict[tuple[int, str], tuple[Any, ...]] = {}

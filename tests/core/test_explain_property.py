@@ -23,7 +23,7 @@ from tests.core import reference_model as rm
 from tests.core.test_properties import LIMITS_ON_CREATE, Scenario, forget, render, scenarios, search
 
 _examples = itertools.count(20_000)
-EXAMPLES = 25
+EXAMPLES = 15
 
 Ident = tuple[str, str, str]
 

@@ -546,10 +546,10 @@ def search(examples: int) -> settings:
     )
 
 
-# Examples: the core alone runs many (about 20 s on an idle machine); each store runs fewer,
-# end to end (events, reopening, replay, the stores' rows). For a longer search, set e.g.
+# Examples: the core alone runs many (20 to 50 s, as busy as the machine is); each store runs
+# fewer, end to end (events, reopening, replay, the stores' rows). For a longer search, set e.g.
 # IDSTITCH_EXAMPLES=3000 (3000 SQLite examples passed when the store runs were the only ones).
-CORE_EXAMPLES = 600
+CORE_EXAMPLES = 400
 EXAMPLES = {"sqlite": 60, "postgres": 30}
 
 

@@ -37,8 +37,8 @@ from tests.core.test_properties import Scenario, forget, render, scenarios, sear
 
 _examples = itertools.count(10_000)
 # Examples per search (each opens a store); IDSTITCH_EXAMPLES sets both for a longer search.
-SCENARIO_EXAMPLES = 12
-JUNK_EXAMPLES = 20
+SCENARIO_EXAMPLES = 6
+JUNK_EXAMPLES = 12
 
 Sent = list[tuple[dict[str, Any], str]]  # (message, source)
 

@@ -246,7 +246,8 @@ def test_reads_and_batches_use_indexes_on_tables_without_statistics(
         ):
             conn.execute(sql)  # type: ignore[arg-type]
         assert conn.execute(
-            "SELECT count(*) FROM pg_stats WHERE tablename = 'identifiers'"
+            "SELECT count(*) FROM pg_stats WHERE tablename = 'identifiers' "
+            "AND schemaname = current_schema()"
         ).fetchone() == (0,)
     seen: list[tuple[str, Any]] = []
     real = store._all

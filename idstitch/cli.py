@@ -476,6 +476,73 @@ def unmerge(config_path: str | None, identifier: str, as_json: bool, ref: str) -
 
 @main.command()
 @config_option
+@click.option(
+    "--dry-run",
+    "dry_run",
+    is_flag=True,
+    help="Change nothing: report what resolving the history again under the config would do.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def rebuild(config_path: str | None, dry_run: bool, as_json: bool) -> None:
+    """Resolve the stored message history again, in its original order, under the rules of
+    --config (a changed copy of the store's config), and report what changes: profiles before
+    and after, how many stay the same, split or merge, and the 20 largest changes.
+
+    Only --dry-run is in this version: it reads the store (safe beside a running service)
+    and changes nothing.
+    """
+    from idstitch import rebuild as rebuilding
+    from idstitch.storage import open_store
+
+    if not dry_run:
+        _fail(
+            IdstitchError(
+                "idstitch rebuild changes nothing in this version: add --dry-run to see what "
+                "the config's rules would change in the stored history."
+            )
+        )
+    settings = _settings(config_path)
+    try:
+        store = open_store(settings.storage_url, read_only=True)
+    except StoreNotFound as err:
+        _fail(err, 1)
+    except IdstitchError as err:
+        _fail(err)
+    try:
+        answer = rebuilding.report(store, settings.rules)
+    except IdstitchError as err:
+        _fail(err)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(msgspec.json.encode(answer))
+        return
+    out = Console()
+    out.print(
+        f"resolved {answer['messages']:,} messages again in {answer['seconds']:.1f} s "
+        f"(dry run: nothing changed)",
+        highlight=False,
+    )
+    out.print(
+        f"profiles {answer['profiles_before']:,} -> {answer['profiles_after']:,}: "
+        f"{answer['unchanged']:,} unchanged, {answer['split']:,} split, "
+        f"{answer['merged']:,} merged, {answer['changed']:,} gained or lost identifiers",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for change in answer["largest"]:
+        before, after = ", ".join(change["before"]), ", ".join(change["after"]) or "-"
+        moved = ", ".join(change["moved"])
+        out.print(
+            f"  {change['kind']}: {before} -> {after}  "
+            f"{change['identifiers_moved']} identifier(s) moved: {escape(moved)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@main.command()
+@config_option
 def migrate(config_path: str | None) -> None:
     """Apply the store's schema migrations (also done automatically on start)."""
     from idstitch.storage import open_store

@@ -120,8 +120,13 @@ def unmerge(
             "unmerge names one of its own identifiers (GET .../external_ids lists them)."
         )
 
-    def split_with(messages: list[StoredMessage], foreign: Any, blocked: set[int]) -> Split:
-        done = split(messages, collection, rules, junk, foreign, blocked)
+    def split_with(
+        messages: list[StoredMessage],
+        foreign: Any,
+        blocked: set[int],
+        deleted: list[tuple[int, str, str, str]],
+    ) -> Split:
+        done = split(messages, collection, rules, junk, foreign, blocked, deleted)
         if not done.parts:
             raise RepairRefused(
                 f"without {junk.type}:{junk.value[:200]} none of the profile's messages resolves "

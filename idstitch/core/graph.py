@@ -178,6 +178,14 @@ class Graph:
             self.parent[other.pid] = into.pid
             del self.profiles[other.pid]
 
+    def detach(self, slot: int, type_: str, stamp: float = float("nan")) -> None:
+        """Forget who holds an identifier (deleted from its profile); its profile forgets
+        one value of its type (the one attached at `stamp`, when given)."""
+        state = self.owner(slot)
+        if state is not None:
+            del self.owners[slot]
+            state.remove(type_, stamp)
+
     def add_conflict(self, slot: int, other: str) -> None:
         self.conflicts.setdefault(slot, set()).add(other)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from idstitch.core.graph import Graph
-from idstitch.core.identifiers import USERS, Extractor, Identifier
+from idstitch.core.identifiers import USERS, Extractor, Identifier, key_of, slot_of
 from idstitch.core.ksuid import segment_id_for
 from idstitch.core.messages import Prepared, decode_message
 from idstitch.core.plan import Plan
@@ -56,11 +56,13 @@ def split(
     blocked: Identifier,
     foreign: Callable[[list[Identifier]], set[int]],
     also_blocked: set[int] | None = None,
+    deleted: Sequence[tuple[int, str, str, str]] = (),
 ) -> Split:
     """Resolve `messages` again (sorted by `seq`) with `blocked` on the block list, beside
     the slots already there (`also_blocked`). `foreign` is asked once, with every identifier
     the messages carry, which of them (as slots) another profile holds: those are left
-    out."""
+    out. Identifiers deleted from profiles (`deleted`: the last seq stored then, collection,
+    type, value) are deleted again at that point, so an unmerge does not bring them back."""
     ordered = sorted(messages, key=lambda m: m.seq)
     extractor = Extractor(rules)
     items = []
@@ -83,7 +85,11 @@ def split(
     graph.blocked.update(also_blocked or ())
     plans: list[Plan] = []
     first_seen: dict[int, int] = {}  # profile id -> position of its first message
+    pending = sorted(deleted)
     for n, (m, prepared, extracted) in enumerate(items):
+        while pending and pending[0][0] < m.seq:
+            _, collection_, type_, value = pending.pop(0)
+            graph.detach(slot_of(key_of(collection_, type_, value)), type_)
         if elsewhere:
             extracted = extracted._replace(
                 users=[i for i in extracted.users if i.slot not in elsewhere],
@@ -96,6 +102,8 @@ def split(
         side = plan.users if collection == USERS else plan.accounts
         if side is not None and side.pid is not None and side.outcome != "unresolved":
             first_seen.setdefault(side.pid, n)
+    for _, collection_, type_, value in pending:  # deleted after the last message
+        graph.detach(slot_of(key_of(collection_, type_, value)), type_)
     start: dict[int, int] = {}  # canonical profile id -> position of its first message
     for pid, n in first_seen.items():
         top = graph.find(pid)

@@ -9,7 +9,7 @@ everything back. Reads take a profile's canonical id as `find` returned it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from typing import Any, Literal
@@ -208,9 +208,17 @@ class BlockedRow(msgspec.Struct, frozen=True):
 
 
 # `Store.split_profile`'s callback: the profile's messages, a function that says which
-# identifiers (slots) other profiles hold, and the slots on the stored block list -> the
-# split (`core.split.split`, rules bound).
-SplitWith = Callable[[list[StoredMessage], Callable[[list[Identifier]], set[int]], set[int]], Split]
+# identifiers (slots) other profiles hold, the slots on the stored block list and the
+# deletions (`Store.deletions`) -> the split (`core.split.split`, rules bound).
+SplitWith = Callable[
+    [
+        list[StoredMessage],
+        Callable[[list[Identifier]], set[int]],
+        set[int],
+        list[tuple[int, str, str, str]],
+    ],
+    Split,
+]
 
 
 def too_many_messages(segment_id: str) -> str:
@@ -381,6 +389,21 @@ class Store(ABC):
     @abstractmethod
     def blocked_identifiers(self) -> list[BlockedRow]:
         """The stored block list, oldest first."""
+
+    # The whole history, for a replay under other rules (`idstitch rebuild`).
+    @abstractmethod
+    def history(self, after: int, limit: int) -> list[StoredMessage]:
+        """The stored messages past `after` (a `seq`), in arrival order, at most `limit`."""
+
+    @abstractmethod
+    def deletions(self) -> list[tuple[int, str, str, str]]:
+        """The identifiers deleted from profiles, in order: (the last `seq` stored when it
+        was deleted, collection, type, value)."""
+
+    @abstractmethod
+    def partition(self) -> Iterator[tuple[str, str, str, str]]:
+        """Every attached identifier (collection, type, value) with the segment_id of the
+        canonical profile that holds it."""
 
     @abstractmethod
     def stats(self) -> Stats: ...

@@ -422,7 +422,10 @@ class PostgresStore(Store):
                 (collection, type_, value, value, pid),
             ).fetchall()
             if gone:
-                self._run(conn, operation_rows(operation))
+                # Where in the history it happened, so that a replay deletes it there again.
+                row = conn.execute("SELECT COALESCE(max(seq), 0) FROM events").fetchone()
+                at = msgspec.json.encode({"seq": row[0] if row else 0}).decode()
+                self._run(conn, operation_rows(msgspec.structs.replace(operation, detail=at)))
         return bool(gone)
 
     def split_profile(
@@ -466,7 +469,15 @@ class PostgresStore(Store):
                 slot_of(key_of(*r))
                 for r in conn.execute("SELECT collection, type, value FROM blocked_identifiers")
             }
-            done = split_with(messages, foreign, blocked_slots)
+            deleted = [
+                (int(r[0]), r[1], r[2], r[3])
+                for r in conn.execute(
+                    "SELECT COALESCE((detail::json->>'seq')::bigint, 9223372036854775807), "
+                    "collection, type, value FROM operations "
+                    "WHERE kind = 'delete_identifier' ORDER BY id"
+                )
+            ]
+            done = split_with(messages, foreign, blocked_slots, deleted)
 
             def new_pid() -> int:
                 row = conn.execute("SELECT nextval('profile_id_seq')").fetchone()
@@ -493,6 +504,46 @@ class PostgresStore(Store):
             ]
             self._run(conn, [(sql, rows) for sql, rows in steps if rows])
         return rw
+
+    def deletions(self) -> list[tuple[int, str, str, str]]:
+        return [
+            (int(r[0]), r[1], r[2], r[3])
+            for r in self._all(
+                "SELECT COALESCE((detail::json->>'seq')::bigint, 9223372036854775807), "
+                "collection, type, value FROM operations WHERE kind = 'delete_identifier' "
+                "ORDER BY id"
+            )
+        ]
+
+    def history(self, after: int, limit: int) -> list[StoredMessage]:
+        return [
+            StoredMessage(seq, source, mid, kind, ts, received, bytes(body), _ids.decode(found))
+            for seq, source, mid, kind, ts, received, body, found in self._all(
+                "SELECT seq, source_id, message_id, type, timestamp, received_at, body, "
+                "external_ids FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
+                (after, limit),
+            )
+        ]
+
+    def partition(self) -> Iterator[tuple[str, str, str, str]]:
+        try:
+            # A server-side cursor (in a transaction of its own): the rows stream, however
+            # many identifiers the store holds.
+            with (
+                self._pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor(name="idstitch_partition") as cur,
+            ):
+                cur.execute(
+                    "SELECT i.collection, i.type, i.value, c.segment_id FROM identifiers i "
+                    "JOIN profiles p ON p.id = i.profile_id "
+                    "JOIN profiles c ON c.id = p.canonical_id"
+                )
+                yield from cur
+        except psycopg.Error as err:
+            raise StorageError(
+                f"the PostgreSQL read at {self.url} failed: {_first_line(err)}"
+            ) from err
 
     def blocked_identifiers(self) -> list[BlockedRow]:
         return [

@@ -166,6 +166,9 @@ def rewrite(
                 (real[other], pid, m.message_id, m.source_id, m.timestamp, side.merge_rule)
             )
         for type_, value in side.added:
+            slot = slot_of(key_of(collection, type_, value))
+            if slot not in graph.owners:
+                continue  # deleted from its profile since (`Store.deletions`)
             out.identifiers.append(
                 (
                     identifier_hash(collection, type_, value),
@@ -178,7 +181,7 @@ def rewrite(
                     m.timestamp,
                 )
             )
-            out.owners[slot_of(key_of(collection, type_, value))] = pid
+            out.owners[slot] = pid
             held.setdefault(real[graph.find(side.pid)], []).append((type_, value))
         used = [(collection, t, v) for t, v in side.identifiers]
         ordered = used + kept if collection == USERS else kept + used

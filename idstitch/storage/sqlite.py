@@ -34,6 +34,7 @@ from idstitch.core.graph import Graph
 from idstitch.core.identifiers import Identifier, key_of, slot_of
 from idstitch.core.plan import Plan
 from idstitch.core.rules import CONFLICT
+from idstitch.core.split import StoredMessage
 from idstitch.errors import InvalidArgument, StorageError, StoreNotFound
 from idstitch.storage import sqlite_committer, sqlite_index
 from idstitch.storage import sqlite_reads as reads
@@ -698,6 +699,9 @@ class SQLiteStore(Store):
             if row is None:  # pragma: no cover - the graph holds it, so the log does
                 return False
             row_id, created_at = row
+            # Where in the history it happened, so that a replay deletes it there again.
+            at = msgspec.json.encode({"seq": self.next_seq - 1}).decode()
+            operation = msgspec.structs.replace(operation, detail=at)
             self._execute([(DETACH, [(row_id,)]), *operation_rows(operation)])
             del graph.owners[slot]
             owner.remove(type_, created_at)
@@ -725,7 +729,7 @@ class SQLiteStore(Store):
                         out.add(ident.slot)
                 return out
 
-            done = split_with(messages, foreign, set(graph.blocked))
+            done = split_with(messages, foreign, set(graph.blocked), reads.deletions(conn))
             first_new = graph.next_pid
             counter = itertools.count(first_new)
             rw = rewrite(done, collection, top, members, lambda: next(counter))
@@ -993,6 +997,22 @@ class SQLiteStore(Store):
     @_reads
     def shared_values(self, min_profiles: int = 3, limit: int = 100) -> list[SharedValueRow]:
         return reads.shared_values(self._read(), min_profiles, limit)
+
+    @_reads
+    def deletions(self) -> list[tuple[int, str, str, str]]:
+        return reads.deletions(self._read())
+
+    @_reads
+    def history(self, after: int, limit: int) -> list[StoredMessage]:
+        return reads.history(self._read(), after, limit)
+
+    def partition(self) -> Iterator[tuple[str, str, str, str]]:
+        # A connection of its own: the caller may read other things while it iterates.
+        conn = _connect(self.path, readonly=True)
+        try:
+            yield from conn.execute(reads.PARTITION)
+        finally:
+            conn.close()
 
     @_reads
     def stats(self) -> Stats:

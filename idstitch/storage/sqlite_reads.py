@@ -503,3 +503,33 @@ def blocked_identifiers(conn: sqlite3.Connection) -> list[BlockedRow]:
             "ORDER BY b.created_at, b.type, b.value"
         )
     ]
+
+
+def history(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredMessage]:
+    rows = conn.execute(
+        "SELECT seq, source_id, message_id, type, timestamp, received_at, body, external_ids "
+        "FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [
+        StoredMessage(seq, source, mid, kind, ts, received, bytes(body), _ids.decode(ids))
+        for seq, source, mid, kind, ts, received, body, ids in rows
+    ]
+
+
+PARTITION = (
+    "SELECT i.collection, i.type, i.value, c.segment_id FROM identifiers i "
+    "JOIN profiles p ON p.id = i.profile_id JOIN profiles c ON c.id = p.canonical_id"
+)
+
+
+# The identifiers deleted from profiles, where in the history (`operations.detail`'s seq;
+# a record without one counts as after everything).
+DELETIONS = (
+    "SELECT COALESCE(CAST(json_extract(detail, '$.seq') AS INTEGER), 9223372036854775807), "
+    "collection, type, value FROM operations WHERE kind = 'delete_identifier' ORDER BY id"
+)
+
+
+def deletions(conn: sqlite3.Connection) -> list[tuple[int, str, str, str]]:
+    return [(int(s), c, t, v) for s, c, t, v in conn.execute(DELETIONS)]

@@ -488,39 +488,37 @@ def rebuild(config_path: str | None, dry_run: bool, as_json: bool) -> None:
     --config (a changed copy of the store's config), and report what changes: profiles before
     and after, how many stay the same, split or merge, and the 20 largest changes.
 
-    Only --dry-run is in this version: it reads the store (safe beside a running service)
-    and changes nothing.
+    --dry-run reads the store (safe beside a running service) and changes nothing. Without
+    it, the new graph is built beside the old one and swapped in at the end (a crash before
+    leaves the old one), segment_ids keep resolving, and the config's rules become the
+    store's. With SQLite, stop `idstitch serve` first; PostgreSQL workers may go on.
     """
+    import getpass
+
     from idstitch import rebuild as rebuilding
     from idstitch.storage import open_store
 
-    if not dry_run:
-        _fail(
-            IdstitchError(
-                "idstitch rebuild changes nothing in this version: add --dry-run to see what "
-                "the config's rules would change in the stored history."
-            )
-        )
     settings = _settings(config_path)
     try:
-        store = open_store(settings.storage_url, read_only=True)
+        if dry_run:
+            store = open_store(settings.storage_url, read_only=True)
+            try:
+                answer = rebuilding.report(store, settings.rules)
+            finally:
+                store.close()
+        else:
+            answer = rebuilding.run(settings, actor=f"cli:{getpass.getuser()}")
     except StoreNotFound as err:
         _fail(err, 1)
     except IdstitchError as err:
         _fail(err)
-    try:
-        answer = rebuilding.report(store, settings.rules)
-    except IdstitchError as err:
-        _fail(err)
-    finally:
-        store.close()
     if as_json:
         click.echo(msgspec.json.encode(answer))
         return
     out = Console()
+    done = "dry run: nothing changed" if dry_run else "the new graph is in place"
     out.print(
-        f"resolved {answer['messages']:,} messages again in {answer['seconds']:.1f} s "
-        f"(dry run: nothing changed)",
+        f"resolved {answer['messages']:,} messages again in {answer['seconds']:.1f} s ({done})",
         highlight=False,
     )
     out.print(
@@ -530,6 +528,13 @@ def rebuild(config_path: str | None, dry_run: bool, as_json: bool) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if not dry_run:
+        out.print(
+            f"{answer['kept_segment_ids']:,} old segment_id(s) now resolve to the profile "
+            f"holding the message that made them; {answer['deletions_applied']:,} deletion(s) "
+            "applied again",
+            highlight=False,
+        )
     for change in answer["largest"]:
         before, after = ", ".join(change["before"]), ", ".join(change["after"]) or "-"
         moved = ", ".join(change["moved"])

@@ -196,6 +196,17 @@ def shared_values_query(mark: str) -> str:
     )
 
 
+class Origin(msgspec.Struct, frozen=True):
+    """A profile as it was made, canonical or merged away: a rebuild keeps its segment_id
+    resolving by it."""
+
+    segment_id: str
+    collection: str
+    created_at: float
+    first_message_id: str | None
+    first_source_id: str | None
+
+
 class BlockedRow(msgspec.Struct, frozen=True):
     """An identifier on the stored block list: which unmerge put it there, who, when."""
 
@@ -399,6 +410,31 @@ class Store(ABC):
     def deletions(self) -> list[tuple[int, str, str, str]]:
         """The identifiers deleted from profiles, in order: (the last `seq` stored when it
         was deleted, collection, type, value)."""
+
+    @abstractmethod
+    def operations(self) -> list[Operation]:
+        """The audit records of the changes no message made, oldest first."""
+
+    @abstractmethod
+    def record_operation(
+        self, operation: Operation, block: tuple[str, str, str] | None = None
+    ) -> None:
+        """Record `operation` as it is; with `block` (collection, type, value), put that
+        identifier on the stored block list in its name (a rebuild carries both over)."""
+
+    @abstractmethod
+    def import_offsets(self) -> dict[str, int]:
+        """Every import's recorded position: file -> byte offset."""
+
+    @abstractmethod
+    def origins(self) -> Iterator[Origin]:
+        """Every profile's segment_id and the message that made it, merged-away ones too."""
+
+    @abstractmethod
+    def keep_segment_ids(self, kept: list[tuple[Origin, str]]) -> int:
+        """For each (origin, into): unless a profile has origin's segment_id, add it as a
+        profile merged into the profile `into` (a segment_id) now resolves to, so that it
+        keeps resolving. The number added."""
 
     @abstractmethod
     def partition(self) -> Iterator[tuple[str, str, str, str]]:

@@ -37,6 +37,7 @@ from idstitch.storage.base import (
     ExternalIdRow,
     LinkRow,
     MergeRow,
+    Origin,
     ProfileRow,
     ProfileViolationRow,
     SharedValueRow,
@@ -57,10 +58,12 @@ from idstitch.storage.base import (
 from idstitch.storage.migrations import POSTGRES as MIGRATIONS
 from idstitch.storage.pg_batch import OWNERS, Conflict, LockIds, PostgresTransaction
 from idstitch.storage.rewrite import (
+    KEPT_BY_REBUILD,
     MAX_SPLIT_MESSAGES,
     Member,
     Operation,
     Rewrite,
+    block_rows,
     marked,
     operation_rows,
     rewrite,
@@ -515,6 +518,30 @@ class PostgresStore(Store):
             )
         ]
 
+    def operations(self) -> list[Operation]:
+        return [
+            Operation(*r)
+            for r in self._all(
+                "SELECT kind, segment_id, collection, type, value, actor, created_at, detail "
+                "FROM operations ORDER BY id"
+            )
+        ]
+
+    def record_operation(
+        self, operation: Operation, block: tuple[str, str, str] | None = None
+    ) -> None:
+        steps = operation_rows(operation)
+        if block is not None:
+            steps += block_rows(block, operation.created_at)
+        with self._alone() as conn:
+            self._run(conn, steps)
+
+    def import_offsets(self) -> dict[str, int]:
+        return {
+            str(name): int(offset)
+            for name, offset in self._all("SELECT name, byte_offset FROM import_progress")
+        }
+
     def history(self, after: int, limit: int) -> list[StoredMessage]:
         return [
             StoredMessage(seq, source, mid, kind, ts, received, bytes(body), _ids.decode(found))
@@ -524,6 +551,54 @@ class PostgresStore(Store):
                 (after, limit),
             )
         ]
+
+    def origins(self) -> Iterator[Origin]:
+        try:
+            with (
+                self._pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor(name="idstitch_origins") as cur,
+            ):
+                cur.execute(
+                    "SELECT segment_id, collection, created_at, first_message_id, "
+                    "first_source_id FROM profiles ORDER BY id"
+                )
+                for row in cur:
+                    yield Origin(*row)
+        except psycopg.Error as err:
+            raise StorageError(
+                f"the PostgreSQL read at {self.url} failed: {_first_line(err)}"
+            ) from err
+
+    def keep_segment_ids(self, kept: list[tuple[Origin, str]]) -> int:
+        added = 0
+        with self._alone() as conn:
+            for o, into in kept:
+                row = conn.execute(
+                    "INSERT INTO profiles (segment_id, collection, canonical_id, created_at, "
+                    "first_message_id, first_source_id) SELECT %s, %s, p.canonical_id, %s, %s, "
+                    "%s FROM profiles p WHERE p.segment_id = %s AND NOT EXISTS "
+                    "(SELECT 1 FROM profiles WHERE segment_id = %s) RETURNING id, canonical_id",
+                    (
+                        o.segment_id,
+                        o.collection,
+                        o.created_at,
+                        o.first_message_id,
+                        o.first_source_id,
+                        into,
+                        o.segment_id,
+                    ),
+                ).fetchone()
+                if row is None:
+                    continue
+                added += 1
+                merge = (o.first_message_id or "", o.first_source_id or "", o.created_at)
+                conn.execute(
+                    "INSERT INTO merges (from_id, into_id, message_id, source_id, timestamp, "
+                    "rule) VALUES (%s, %s, %s, %s, %s, %s)",
+                    (row[0], row[1], *merge, KEPT_BY_REBUILD),
+                )
+        return added
 
     def partition(self) -> Iterator[tuple[str, str, str, str]]:
         try:

@@ -299,15 +299,46 @@ def split_statements(
             rw.links,
         ),
         *operation_rows(op),
+        *block_rows(blocked, op.created_at),
+    ]
+    return [(sql, rows) for sql, rows in steps if rows]
+
+
+def block_rows(blocked: tuple[str, str, str], created_at: float) -> list[Step]:
+    """The statement that puts `blocked` (collection, type, value) on the stored block list,
+    in the name of the operation recorded just before it."""
+    return [
         (
             "INSERT INTO blocked_identifiers (collection, type, value, operation_id, created_at) "
             "VALUES (?, ?, ?, (SELECT max(id) FROM operations), ?) ON CONFLICT DO NOTHING",
-            [(*blocked, op.created_at)],
-        ),
+            [(*blocked, created_at)],
+        )
     ]
-    return [(sql, rows) for sql, rows in steps if rows]
 
 
 def marked(steps: list[Step], mark: str) -> list[Step]:
     """`steps` with their `?` marks as `mark` (PostgreSQL's `%s`)."""
     return [(sql.replace("?", mark), rows) for sql, rows in steps]
+
+
+# The rule a rebuild's kept segment_ids are recorded under in `merges`.
+KEPT_BY_REBUILD = "rebuild"
+
+
+def keep_statements(profiles: list[tuple[Any, ...]], merges: list[tuple[Any, ...]]) -> list[Step]:
+    """The rows of segment_ids a rebuild keeps resolving: (id, segment_id, collection,
+    canonical_id, created_at, first_message_id, first_source_id) profiles, and the merges
+    (from_id, into_id, message_id, source_id, timestamp, rule) that point them on."""
+    steps: list[Step] = [
+        (
+            "INSERT INTO profiles (id, segment_id, collection, canonical_id, created_at, "
+            "first_message_id, first_source_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            profiles,
+        ),
+        (
+            "INSERT INTO merges (from_id, into_id, message_id, source_id, timestamp, rule) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            merges,
+        ),
+    ]
+    return [(sql, rows) for sql, rows in steps if rows]

@@ -45,6 +45,7 @@ from idstitch.storage.base import (
     IndexLag,
     LinkRow,
     MergeRow,
+    Origin,
     ProfileRow,
     ProfileViolationRow,
     SharedValueRow,
@@ -60,9 +61,12 @@ from idstitch.storage.base import (
 )
 from idstitch.storage.migrations import SQLITE as MIGRATIONS
 from idstitch.storage.rewrite import (
+    KEPT_BY_REBUILD,
     MAX_SPLIT_MESSAGES,
     Operation,
     Rewrite,
+    block_rows,
+    keep_statements,
     operation_rows,
     rewrite,
     split_detail,
@@ -782,6 +786,21 @@ class SQLiteStore(Store):
     def blocked_identifiers(self) -> list[BlockedRow]:
         return reads.blocked_identifiers(self._read())
 
+    @_reads
+    def operations(self) -> list[Operation]:
+        return reads.operations(self._read())
+
+    def record_operation(
+        self, operation: Operation, block: tuple[str, str, str] | None = None
+    ) -> None:
+        with self._repairing():
+            steps = operation_rows(operation)
+            if block is not None:
+                steps += block_rows(block, operation.created_at)
+            self._execute(steps)
+            if block is not None:
+                self.graph.blocked.add(slot_of(key_of(*block)))
+
     def set_import_offset(self, name: str, offset: int) -> None:
         self._refuse_writes()
         self._send(lambda job: Offset(job, name, offset, time.time())).result()
@@ -1006,6 +1025,37 @@ class SQLiteStore(Store):
     def history(self, after: int, limit: int) -> list[StoredMessage]:
         return reads.history(self._read(), after, limit)
 
+    def origins(self) -> Iterator[Origin]:
+        conn = _connect(self.path, readonly=True)
+        try:
+            for row in conn.execute(reads.ORIGINS):
+                yield Origin(*row)
+        finally:
+            conn.close()
+
+    def keep_segment_ids(self, kept: list[tuple[Origin, str]]) -> int:
+        with self._repairing() as conn:
+            graph = self.graph
+            profiles, merges, parents = [], [], {}
+            for origin, into in kept:
+                if reads.profile_ids(conn, origin.segment_id) is not None:
+                    continue
+                found = reads.profile_ids(conn, into)
+                if found is None:
+                    continue
+                canonical = graph.find(found[0])
+                pid = graph.next_pid
+                graph.next_pid += 1
+                parents[pid] = canonical
+                o = origin
+                made = (o.first_message_id, o.first_source_id)
+                profiles.append((pid, o.segment_id, o.collection, canonical, o.created_at, *made))
+                by = (o.first_message_id or "", o.first_source_id or "", o.created_at)
+                merges.append((pid, canonical, *by, KEPT_BY_REBUILD))
+            self._execute(keep_statements(profiles, merges))
+            graph.parent.update(parents)
+        return len(profiles)
+
     def partition(self) -> Iterator[tuple[str, str, str, str]]:
         # A connection of its own: the caller may read other things while it iterates.
         conn = _connect(self.path, readonly=True)
@@ -1017,6 +1067,11 @@ class SQLiteStore(Store):
     @_reads
     def stats(self) -> Stats:
         return reads.stats(self._read())
+
+    @_reads
+    def import_offsets(self) -> dict[str, int]:
+        found = self._read().execute("SELECT name, byte_offset FROM import_progress")
+        return {str(name): int(offset) for name, offset in found}
 
     @_reads
     def import_offset(self, name: str) -> int:

@@ -41,7 +41,7 @@ from idstitch.storage.base import (
     profile_violation_row,
     shared_values_query,
 )
-from idstitch.storage.rewrite import Member
+from idstitch.storage.rewrite import Member, Operation
 from idstitch.storage.rows import identifier_hash, stored_names
 from idstitch.storage.sqlite_index import Watermarks, trait_rows, watermarks
 
@@ -503,6 +503,30 @@ def blocked_identifiers(conn: sqlite3.Connection) -> list[BlockedRow]:
             "ORDER BY b.created_at, b.type, b.value"
         )
     ]
+
+
+ORIGINS = (
+    "SELECT segment_id, collection, created_at, first_message_id, first_source_id "
+    "FROM profiles ORDER BY id"
+)
+
+
+def profile_ids(conn: sqlite3.Connection, segment_id: str) -> tuple[int, int] | None:
+    """The profile named `segment_id`: (id, canonical id)."""
+    row = conn.execute(
+        "SELECT id, canonical_id FROM profiles WHERE segment_id = ?", (segment_id,)
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else None
+
+
+OPERATIONS = (
+    "SELECT kind, segment_id, collection, type, value, actor, created_at, detail "
+    "FROM operations ORDER BY id"
+)
+
+
+def operations(conn: sqlite3.Connection) -> list[Operation]:
+    return [Operation(*r) for r in conn.execute(OPERATIONS)]
 
 
 def history(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredMessage]:

@@ -1,5 +1,5 @@
-"""`python -m benchmarks [engine|http|postgres|growth|quality|repair] [options]`: the engine
-benchmark by default.
+"""`python -m benchmarks [engine|http|postgres|growth|quality|repair|rebuild] [options]`: the
+engine benchmark by default.
 
 `python -m benchmarks baseline REV NAME [options]` runs one of them beside release REV.
 
@@ -20,6 +20,7 @@ BENCHMARKS = {
     "baseline": "benchmarks.baseline",
     "quality": "benchmarks.quality",
     "repair": "benchmarks.repair_bench",
+    "rebuild": "benchmarks.rebuild_bench",
 }
 
 

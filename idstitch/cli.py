@@ -5,6 +5,7 @@ idstitch import   backfill Segment messages from JSON-lines files
 idstitch profile  print profiles by any identifier or segment_id
 idstitch migrate  apply the store's schema migrations
 idstitch doctor   what the store holds, and the values that stopped linking profiles
+idstitch export   the graph as Segment's Profiles Sync tables, for a warehouse
 """
 
 from __future__ import annotations
@@ -507,7 +508,7 @@ def rebuild(config_path: str | None, dry_run: bool, as_json: bool) -> None:
             finally:
                 store.close()
         else:
-            answer = rebuilding.run(settings, actor=f"cli:{getpass.getuser()}")
+            answer = rebuilding.run(settings, actor=f"cli:{getpass.getuser()}", tune_gc=True)
     except StoreNotFound as err:
         _fail(err, 1)
     except IdstitchError as err:
@@ -534,6 +535,7 @@ def rebuild(config_path: str | None, dry_run: bool, as_json: bool) -> None:
             f"holding the message that made them; {answer['deletions_applied']:,} deletion(s) "
             "applied again",
             highlight=False,
+            soft_wrap=True,
         )
     for change in answer["largest"]:
         before, after = ", ".join(change["before"]), ", ".join(change["after"]) or "-"
@@ -594,6 +596,7 @@ def doctor(config_path: str | None, as_json: bool, min_profiles: int, limit: int
     them; and what the store holds and the rules in force. Reads only: safe beside a
     running service."""
     from idstitch.storage import open_store
+    from idstitch.store_rules import rules_drift
 
     settings = _settings(config_path)
     rules = settings.rules
@@ -618,6 +621,9 @@ def doctor(config_path: str | None, as_json: bool, min_profiles: int, limit: int
     else:
         try:
             report["stats"] = msgspec.structs.asdict(store.stats())
+            drift = rules_drift(store, rules)
+            if drift is not None:
+                report["warnings"].append(drift)
             report["blocked"] = [msgspec.structs.asdict(b) for b in store.blocked_identifiers()]
             report["junk"] = [
                 {
@@ -698,3 +704,92 @@ def _print_doctor(out: Console, report: dict[str, Any], min_profiles: int) -> No
             )
     for warning in report["warnings"]:
         err_console.print(f"warning: {escape(warning)}", highlight=False, soft_wrap=True)
+
+
+@main.command("export")
+@config_option
+@click.option(
+    "--format",
+    "fmt",
+    default="parquet",
+    show_default=True,
+    metavar="parquet|csv|jsonl",
+    help="File format. Parquet needs the export extra: pip install 'idstitch[export]'.",
+)
+@click.option(
+    "--since",
+    default="0",
+    metavar="SEQ",
+    help="Write only the changes of messages past SEQ to the append-only tables: the "
+    "last_seq of an earlier export's manifest. The materialized tables are always whole.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as one JSON object.")
+@click.argument("directory", metavar="DIR")
+def export_(config_path: str | None, fmt: str, since: str, as_json: bool, directory: str) -> None:
+    """Write the identity graph to DIR as Segment's Profiles Sync tables, for a warehouse:
+    id_graph_updates, external_id_mapping_updates and profile_traits_updates (append-only:
+    a row per change, at the seq of the message that made it) and profile_merges,
+    user_identifiers and user_traits (the state now). DIR is created when missing; files
+    of an earlier run there are replaced.
+
+    DIR/_idstitch_export.json, the manifest, records the last seq the run covered: pass it
+    as --since to the next run. Reads only: safe beside a running service.
+
+    Exit status 0 when written, 1 when there is no store yet, 2 on bad input.
+    """
+    from idstitch import export as exporting
+    from idstitch.storage import open_store
+
+    try:
+        after = exporting.parse_since(since)
+        chosen = exporting.check_format(fmt)
+        exporting.check_writer(chosen)
+    except IdstitchError as err:
+        _fail(err)
+    settings = _settings(config_path)
+    try:
+        store = open_store(settings.storage_url, read_only=True)
+    except StoreNotFound as err:
+        _fail(err, 1)
+    except IdstitchError as err:
+        _fail(err)
+    try:
+        manifest = exporting.export(store, directory, chosen, after)
+    except IdstitchError as err:
+        _fail(err)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(msgspec.json.encode(manifest))
+        return
+    _print_export(Console(), directory, manifest)
+
+
+def _print_export(out: Console, directory: str, manifest: dict[str, Any]) -> None:
+    from pathlib import Path
+
+    from idstitch.export import MANIFEST
+
+    last, since = manifest["last_seq"], manifest["since"]
+    which = f"the changes past seq {since:,}" if since else "every change"
+    out.print(
+        f"exported {which} up to seq {last:,} and the state now, as {manifest['format']}, "
+        f"in {manifest['seconds']:.1f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
+    # Plain lines, not a table: a pipe is 80 columns wide.
+    for t in manifest["tables"].values():
+        out.print(f"  {t['file']:<36} {t['kind']:<12} {t['rows']:>12,} rows", highlight=False)
+    if manifest["repairs_waiting"]:
+        out.print(
+            f"{manifest['repairs_waiting']} repair(s) made after the last message stored: "
+            "their REMOVED rows go out with the first run after a later message",
+            highlight=False,
+            soft_wrap=True,
+        )
+    out.print(
+        f"manifest {escape(str(Path(directory) / MANIFEST))}; next time: --since {last}",
+        highlight=False,
+        soft_wrap=True,
+    )

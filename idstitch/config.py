@@ -7,6 +7,9 @@ sentence names the key, the value and the fix.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import os
 import re
 import secrets
@@ -49,6 +52,24 @@ class Source:
     write_key: str
 
 
+WEBHOOK_EVENTS = ("merge", "identifier", "traits")
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """A receiver of the change feed (`[[webhooks]]`): `events` it wants, signed with
+    `secret` (Standard Webhooks)."""
+
+    url: str
+    secret: str = field(repr=False)
+    events: tuple[str, ...] = WEBHOOK_EVENTS
+
+    @property
+    def name(self) -> str:
+        """What its delivery position is stored under: changing the URL starts another."""
+        return "webhook-" + hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Settings:
     space_id: str = "default"
@@ -60,6 +81,7 @@ class Settings:
     # PostgreSQL: how long a write waits on another worker's transaction before that worker
     # is taken as stalled and its transaction ended (`[storage] stall_seconds`).
     stall_seconds: float = STALL_SECONDS
+    webhooks: tuple[Webhook, ...] = ()
 
     def source_for_key(self, write_key: str) -> Source | None:
         for source in self.sources:
@@ -137,6 +159,14 @@ def as_table(settings: Settings) -> dict[str, Any]:
             lambda s: {"id": s.id, "write_key": s.write_key} if isinstance(s, Source) else s,
         ),
         "access_tokens": _each(settings.access_tokens, lambda token: {"token": token}),
+        "webhooks": _each(
+            settings.webhooks,
+            lambda w: (
+                {"url": w.url, "secret": w.secret, "events": list(w.events)}
+                if isinstance(w, Webhook)
+                else w
+            ),
+        ),
         "identity": {
             "priority": _each(rules.priority, lambda t: t),
             "limits": _entries(
@@ -333,7 +363,24 @@ def _settings(
         rules,
         path,
         table.storage.stall_seconds,
+        tuple(_webhook(i, w) for i, w in enumerate(table.webhooks)),
     )
+
+
+def _webhook(i: int, entry: config_schema.WebhookEntry) -> Webhook:
+    key = f"webhooks[{i}]"
+    parts = urlsplit(entry.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise fail(f"{key}.url", "is not an http:// or https:// URL", "write the receiver's URL")
+    secret = entry.secret
+    try:
+        raw = base64.b64decode(secret.removeprefix("whsec_") + "==", validate=False)
+    except (ValueError, binascii.Error):
+        raw = b""
+    if not secret.startswith("whsec_") or not 24 <= len(raw) <= 64:
+        raise fail(f"{key}.secret", "is not a Standard Webhooks secret", config_schema.SECRET_FIX)
+    events = tuple(dict.fromkeys(entry.events))
+    return Webhook(entry.url, secret, events)
 
 
 def load(path: str | Path) -> Settings:

@@ -117,6 +117,41 @@ class IdentityTable(_Table):
     generic_after: PositiveInt = 2  # the idstitch preset: known users a value may be seen with
 
 
+WebhookEvent = Literal["merge", "identifier", "traits"]
+SECRET_FIX = (
+    "set a Standard Webhooks secret, whsec_ and 24 to 64 random bytes in base64; make one with: "
+    "python3 -c 'import base64, os; print(\"whsec_\" + base64.b64encode(os.urandom(32)).decode())'"
+)
+
+
+class WebhookEntry(_Table):
+    fix: ClassVar[str] = (
+        'write url = "https://...", secret = "whsec_...", events = ["merge", "identifier", '
+        '"traits"] (in Python: Webhook(url, secret))'
+    )
+    url: Annotated[
+        str,
+        Meta(max_length=2000, extra={"fix": "write an http:// or https:// URL"}),
+    ]
+    secret: Annotated[
+        str,
+        Meta(
+            min_length=8,
+            extra={
+                "secret": True,
+                "fix": SECRET_FIX,
+            },
+        ),
+    ]
+    events: Annotated[
+        list[WebhookEvent],
+        Meta(
+            min_length=1,
+            extra={"fix": 'list some of "merge", "identifier", "traits"'},
+        ),
+    ] = field(default_factory=lambda: ["merge", "identifier", "traits"])
+
+
 class ConfigFile(_Table):
     space_id: Annotated[
         str,
@@ -137,6 +172,16 @@ class ConfigFile(_Table):
         Meta(extra={"fix": "write [[access_tokens]] (in Python: a tuple of str)", "secret": True}),
     ] = field(default_factory=list)
     identity: IdentityTable = field(default_factory=IdentityTable)
+    webhooks: Annotated[
+        list[WebhookEntry],
+        Meta(
+            max_length=20,
+            extra={
+                "fix": 'write [[webhooks]] url = "https://..." (in Python: a tuple of Webhook)',
+                "secret": True,
+            },
+        ),
+    ] = field(default_factory=list)
 
 
 def fail(key: str, problem: str, fix: str) -> ConfigError:

@@ -15,7 +15,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -46,6 +47,10 @@ from idstitch.metrics import Metrics
 from idstitch.reads import ProfileReads
 from idstitch.storage import Store, open_store
 from idstitch.storage.base import IndexLag, SortOrder, Transaction
+from idstitch.store_rules import rules_drift
+
+if TYPE_CHECKING:
+    from idstitch.webhooks import Dispatcher
 
 Item = tuple[Prepared, Extracted]
 
@@ -149,6 +154,7 @@ class Engine:
         max_batch: int = 1000,
         max_pending: int = 200_000,
         tune_gc: bool = False,
+        webhooks: bool = True,
     ):
         settings = config_module.check(settings)  # raises ConfigError, before the store opens
         self.settings = settings
@@ -183,6 +189,16 @@ class Engine:
             sys.setswitchinterval(0.0005)
         self._writer = threading.Thread(target=self._run, name="idstitch-writer", daemon=True)
         self._writer.start()
+        # The change feed: written with every batch while webhooks are configured; sent from
+        # here unless `webhooks=False` (a short command leaves that to the service).
+        self.dispatcher: Dispatcher | None = None
+        if settings.webhooks:
+            self.store.feed_changes = True
+            if webhooks:
+                from idstitch.webhooks import Dispatcher  # httpx, only when needed
+
+                self.dispatcher = Dispatcher(self.store, settings.webhooks)
+                self.dispatcher.start()
 
     # ---- preparing and submitting ----------------------------------------------------------
     def prepare(
@@ -526,6 +542,36 @@ class Engine:
         """How far the store's derived state trails the acknowledged messages."""
         return self.store.index_lag()
 
+    def rules_drift(self) -> str | None:
+        """A sentence when the config's identity rules are not the ones the store was last
+        rebuilt under (`idstitch rebuild`), or None."""
+        return rules_drift(self._reading(), self.rules)
+
+    def webhook_feeds(self) -> list[dict[str, Any]]:
+        """Each configured receiver: its name, host, how many feed rows wait for it, and
+        (delivered, failed, last_success) as this process counted its deliveries."""
+        store = self._reading()
+        out = []
+        for hook in self.settings.webhooks:
+            position = store.feed_position(hook.name) or (0, 0)
+            feed = (
+                next((f for f in self.dispatcher.feeds if f.name == hook.name), None)
+                if self.dispatcher is not None
+                else None
+            )
+            parts = urlsplit(hook.url)
+            out.append(
+                {
+                    "name": hook.name,
+                    "host": f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}",
+                    "backlog": store.changes_left(position),
+                    "delivered": feed.stats.delivered if feed else 0,
+                    "failed": feed.stats.failed if feed else 0,
+                    "last_success": feed.stats.last_success if feed else 0.0,
+                }
+            )
+        return out
+
     @property
     def storage_url(self) -> str:
         return self.store.url
@@ -544,6 +590,8 @@ class Engine:
             self._closing = True
             self._cond.notify_all()
         self._writer.join()
+        if self.dispatcher is not None:
+            self.dispatcher.close()
         self.store.close()
         self._closed = True
 

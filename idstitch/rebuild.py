@@ -15,7 +15,6 @@ then swaps it in: a crash before the swap leaves the old graph serving.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -31,11 +30,12 @@ from idstitch.core.ksuid import segment_id_for
 from idstitch.core.messages import Prepared, decode_message
 from idstitch.core.plan import Plan
 from idstitch.core.planner import apply_plan, plan_message
-from idstitch.core.rules import BlockList, IdentityRules
+from idstitch.core.rules import IdentityRules
 from idstitch.core.split import StoredMessage
 from idstitch.errors import StorageError
 from idstitch.storage.base import Origin, Store
 from idstitch.storage.rewrite import Operation
+from idstitch.store_rules import fingerprint, rules_record
 
 Ident = tuple[str, str, str]  # (collection, type, value)
 # Messages read from the store at a time, and the changes a report lists.
@@ -174,6 +174,7 @@ def compare(before: dict[Ident, str], after: dict[Ident, str]) -> dict[str, Any]
 BATCH = 5_000
 WINDOW = 4
 CATCH_UP = 2_000
+MAX_PASSES = 10  # copying passes before the last, however fast writers write
 
 Key = tuple[str, str, str]  # (collection, source_id, message_id)
 
@@ -196,6 +197,7 @@ class _Copier:
         self._inflight: deque[tuple[str, list[str], Future[list[Plan]]]] = deque()
         self._items: list[tuple[Prepared, Any]] = []
         self._source_id = ""
+        self._sent = 0  # messages submitted and not settled
 
     def copy(self, deletions: list[tuple[int, Operation]]) -> int:
         """Copy what is stored past `after`; apply `deletions` (seq, operation) due before
@@ -229,12 +231,16 @@ class _Copier:
         ids = [p.message_id for p, _ in self._items]
         ticket = self.engine.submit(self._items, self._source_id)
         self._inflight.append((self._source_id, ids, ticket.future))
+        self._sent += len(ids)
         self._items = []
-        while len(self._inflight) > WINDOW:
+        # Bounded by messages, not tickets: interleaved sources make many small tickets,
+        # and the writer commits what is queued together.
+        while self._sent > WINDOW * BATCH:
             self._settle()
 
     def _settle(self) -> None:
         source_id, ids, future = self._inflight.popleft()
+        self._sent -= len(ids)
         plans = future.result()  # raises what the write raised
         self.copied += len(plans)
         wanted = self.wanted
@@ -281,13 +287,16 @@ def run(
     *,
     actor: str,
     progress: Callable[[int], None] | None = None,
+    tune_gc: bool = False,
 ) -> dict[str, Any]:
     """Resolve the stored history again under `settings.rules` and put the new graph in
     place of the old one; the report (see `compare`) of what changed. The store is the one
-    `settings` names. `progress(messages copied)` is called between passes."""
+    `settings` names. `progress(messages copied)` is called between passes; `tune_gc`
+    (for a process of idstitch's own, as `Engine`'s) keeps the garbage collector off the
+    copied graph."""
     from idstitch.engine import Engine
     from idstitch.importer import wait_for_index
-    from idstitch.storage.swap import open_rebuilding
+    from idstitch.storage import open_rebuilding
 
     started = time.perf_counter()
     with open_rebuilding(settings.storage_url) as rebuilding:
@@ -301,7 +310,11 @@ def run(
             if o.first_message_id and o.first_source_id
         }
         target = rebuilding.open_target()
-        engine = Engine(settings, store=target)
+        # The history's changes were sent when they happened: the copy sends none.
+        engine = Engine(
+            settings, store=target, webhooks=False, tune_gc=tune_gc, max_batch=WINDOW * BATCH
+        )
+        target.feed_changes = False
         try:
             # The block list applies from the start; deletions where they happened.
             for op in ops:
@@ -311,9 +324,20 @@ def run(
             known = len(deletions)
             copier = _Copier(source, engine, wanted)
             # Copy while writers go on (PostgreSQL), until what is left is small.
-            while copier.copy(deletions) > CATCH_UP:
+            for _ in range(MAX_PASSES):
+                if copier.copy(deletions) <= CATCH_UP:
+                    break
                 if progress is not None:
                     progress(copier.copied)
+            while deletions and deletions[0][0] <= copier.after:  # due before what follows
+                copier._delete(deletions.pop(0)[1])
+            # What the last pass adds comes from messages stored since, which make profiles
+            # of their own: the report and the old segment_ids are settled before it, so
+            # that the writers wait for the last pass only.
+            after: dict[Ident, str] = {(c, t, v): sid for c, t, v, sid in target.partition()}
+            kept = target.keep_segment_ids(_kept(origins, copier.resolved, before, after))
+            answer = compare(before, after)
+            wait_for_index(target)
             with rebuilding.alone():
                 copier.copy(deletions)
                 now = source.operations()
@@ -328,9 +352,7 @@ def run(
                     copier._delete(op)
                 for name, offset in source.import_offsets().items():
                     target.set_import_offset(name, offset)
-                after: dict[Ident, str] = {(c, t, v): sid for c, t, v, sid in target.partition()}
-                kept = target.keep_segment_ids(_kept(origins, copier.resolved, before, after))
-                answer = compare(before, after)
+                _carry_feed(source, target, settings)
                 answer.update(
                     messages=copier.copied,
                     kept_segment_ids=kept,
@@ -338,13 +360,24 @@ def run(
                     deletions_unheld=copier.deletions_missed,
                 )
                 target.record_operation(_rebuild_record(settings.rules, actor, answer))
-                wait_for_index(target)
                 engine.close()
                 rebuilding.swap()
         finally:
             engine.close()
     answer["seconds"] = round(time.perf_counter() - started, 3)
     return answer
+
+
+def _carry_feed(source: Store, target: Store, settings: Settings) -> None:
+    """The changes not yet delivered to the configured webhooks, and how far each got."""
+    positions = {hook.name: source.feed_position(hook.name) or (0, 0) for hook in settings.webhooks}
+    if not positions:
+        return
+    position, rows = min(positions.values()), []
+    while page := source.changes_after(position, PAGE):
+        rows.extend(page)
+        position = page[-1].position
+    target.keep_changes(rows, positions)
 
 
 def _kept(
@@ -358,7 +391,10 @@ def _kept(
     of the identifiers its profile held."""
     old = _groups(before)
     out: list[tuple[Origin, str]] = []
+    canonical = set(after.values())
     for o in origins:
+        if o.segment_id in canonical:
+            continue  # made by the same message again
         into = resolved.get((o.collection, o.first_source_id or "", o.first_message_id or ""))
         if into is None:
             held = Counter(after[i] for i in old.get(o.segment_id, ()) if i in after)
@@ -382,58 +418,4 @@ def _rebuild_record(rules: IdentityRules, actor: str, answer: dict[str, Any]) ->
         actor=actor,
         created_at=time.time(),
         detail=msgspec.json.encode(detail).decode(),
-    )
-
-
-def _listed(blocklist: BlockList) -> list[str]:
-    return sorted(blocklist.exact) + [f"/{p.pattern}/" for p in blocklist.patterns]
-
-
-def rules_record(rules: IdentityRules) -> dict[str, Any]:
-    """The identity rules as plain data: what a rebuild records as the store's rules."""
-    return {
-        "preset": rules.preset,
-        "priority": list(rules.priority),
-        "limits": {t: {"max": lim.max, "window": lim.window} for t, lim in rules.limits.items()},
-        "blocked_values": _listed(rules.blocked),
-        "blocked_values_by_type": {t: _listed(b) for t, b in rules.blocked_by_type.items()},
-        "sources": {sid: vars(flags) for sid, flags in rules.sources.items()},
-        "custom_types": list(rules.custom_types),
-        "max_merges": rules.max_merges,
-        "max_identifiers": rules.max_identifiers,
-        "generic_after": rules.generic_after,
-    }
-
-
-def fingerprint(recorded: dict[str, Any]) -> str:
-    return hashlib.sha256(msgspec.json.encode(recorded, order="sorted")).hexdigest()[:16]
-
-
-def store_rules(store: Store) -> dict[str, Any] | None:
-    """The rules of the store's last rebuild (its `rules` and `fingerprint`, when, by whom),
-    or None if it was never rebuilt."""
-    for op in reversed(store.operations()):
-        if op.kind == "rebuild":
-            detail = msgspec.json.decode(op.detail)
-            return {
-                "rules": detail.get("rules"),
-                "fingerprint": detail.get("fingerprint"),
-                "rebuilt_at": op.created_at,
-                "actor": op.actor,
-            }
-    return None
-
-
-def rules_drift(store: Store, rules: IdentityRules) -> str | None:
-    """A sentence when `rules` are not the rules the store's history was last rebuilt
-    under, or None."""
-    recorded = store_rules(store)
-    if recorded is None or recorded["fingerprint"] == fingerprint(rules_record(rules)):
-        return None
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(recorded["rebuilt_at"]))
-    return (
-        f"the config's identity rules differ from the ones the store was rebuilt under on "
-        f"{when} (rules {recorded['fingerprint']}); they apply to new messages only. "
-        "`idstitch rebuild --dry-run` shows what they would change in the history, "
-        "`idstitch rebuild` applies them to it."
     )

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from benchmarks.messy import generate
-from idstitch import rebuild
+from idstitch import rebuild, store_rules
 from idstitch.cli import main as cli
 from idstitch.config import settings_from
 from idstitch.engine import Engine
@@ -36,10 +36,16 @@ def _messy() -> Sent:
 
 
 def _send(engine: Engine, sent: Sent) -> None:
+    """As `ingest` one by one, each received a second after the one before (as the pure
+    core of tests/core/pure.py numbers them), written a run of one source at a time."""
     received = 1_800_000_000.0
-    for source, message in sent:
+    run: list[Any] = []
+    for n, (source, message) in enumerate(sent):
         received += 1
-        engine.ingest(message, source=source, received_at=received)
+        run.append(engine.prepare(message, received_at=received))
+        if n + 1 == len(sent) or sent[n + 1][0] != source:
+            engine.submit(run, source).future.result()
+            run = []
 
 
 def _groups(partition: dict[tuple[str, str, str], str]) -> set[frozenset[tuple[str, str, str]]]:
@@ -132,6 +138,10 @@ def test_the_cli_reports_a_dry_run(tmp_path: Path) -> None:
         runner.invoke(cli, ["rebuild", "--config", str(new), "--dry-run", "--json"]).stdout
     )
     assert after["unchanged"] == after["profiles_before"] == answer["profiles_after"]
+    # The old config's rules are not the store's any more: doctor says so.
+    doctor = runner.invoke(cli, ["doctor", "--config", str(old)])
+    assert "differ from the ones the store was rebuilt under" in doctor.output
+    assert "rebuilt under" not in runner.invoke(cli, ["doctor", "--config", str(new)]).output
 
 
 def _partition(store: Store) -> dict[tuple[str, str, str], str]:
@@ -176,8 +186,8 @@ def test_a_rebuild_equals_a_fresh_import_under_the_new_rules(
             moved += found.segment_id != origin.segment_id
         assert moved >= answer["kept_segment_ids"] > 0
         # The new rules are the store's now.
-        assert rebuild.rules_drift(engine.store, new.rules) is None
-        drift = rebuild.rules_drift(engine.store, old.rules)
+        assert engine.rules_drift() is None
+        drift = store_rules.rules_drift(engine.store, old.rules)
         assert drift is not None and "idstitch rebuild" in drift
         # The store takes new messages as before.
         engine.ingest({"type": "identify", "userId": "after-rebuild", "messageId": "new-1"})
@@ -220,7 +230,7 @@ def test_a_rebuild_applies_deletions_and_unmerges_again(make_engine: MakeEngine)
 # between renaming the index and the store; PostgreSQL: before the renames commit).
 CRASH = """
 import os, signal, sys
-from idstitch import rebuild
+from idstitch import rebuild, store_rules
 from idstitch.config import settings_from
 
 def die(*_args, **_kwargs):
@@ -259,24 +269,26 @@ def test_a_crash_leaves_the_old_graph_serving(store_url: str, where: str) -> Non
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()
     with Engine(old) as engine:
         assert _partition(engine.store) == before
-        assert rebuild.store_rules(engine.store) is None  # never rebuilt
+        assert store_rules.store_rules(engine.store) is None  # never rebuilt
     # The next rebuild clears what the crashed one left and completes.
     answer = rebuild.run(new, actor="test")
     assert answer["profiles_after"] == expected["profiles_after"]
     with Engine(new) as engine:
         assert len(_groups(_partition(engine.store))) == expected["profiles_after"]
     if store_url.startswith("postgresql"):
-        assert _schemas_like(store_url, "%_rebuild") == [] == _schemas_like(store_url, "%_replaced")
+        assert _schemas_beside(store_url) == []
 
 
-def _schemas_like(url: str, pattern: str) -> list[str]:
+def _schemas_beside(url: str) -> list[str]:
+    """The schemas a rebuild of the store at `url` makes beside its own."""
     import psycopg
 
     with psycopg.connect(url) as conn:
         return [
             r[0]
             for r in conn.execute(
-                "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (pattern,)
+                "SELECT nspname FROM pg_namespace WHERE nspname IN "
+                "(current_schema() || '_rebuild', current_schema() || '_replaced')"
             )
         ]
 

@@ -314,8 +314,8 @@ class App:
         return found.name, status
 
     async def _metrics(self, found: Route, scope: Scope, receive: Receive, send: Send) -> Served:
-        lag, blocked = await asyncio.to_thread(self._store_gauges)
-        text = render(self.engine.metrics, self.http, lag, blocked)
+        lag, blocked, feeds = await asyncio.to_thread(self._store_gauges)
+        text = render(self.engine.metrics, self.http, lag, blocked, feeds)
         await send_bytes(send, 200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
         return found.name, 200
 
@@ -333,14 +333,18 @@ class App:
         await send_bytes(send, 307, b"", b"text/plain", [(b"location", b"/docs")])
         return found.name, 307
 
-    def _store_gauges(self) -> tuple[IndexLag | None, int | None]:
-        """The index lag and the length of the stored block list (None: the store could not
-        say)."""
+    def _store_gauges(self) -> tuple[IndexLag | None, int | None, list[dict[str, Any]]]:
+        """The index lag, the length of the stored block list (None: the store could not
+        say) and the webhooks' backlogs."""
         try:
             blocked: int | None = len(self.engine.blocked_identifiers())
         except IdstitchError:
             blocked = None
-        return self._index_lag(), blocked
+        try:
+            feeds = self.engine.webhook_feeds()
+        except IdstitchError:
+            feeds = []
+        return self._index_lag(), blocked, feeds
 
     def _health(self) -> tuple[bool, IndexLag | None]:
         return self.engine.healthy(), self._index_lag()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from typing import Any
 
 from idstitch.metrics import Histogram, Metrics
 from idstitch.storage.base import IndexLag
@@ -55,7 +56,11 @@ def _metric(out: list[str], name: str, kind: str, help_: str) -> None:
 
 
 def render(
-    engine: Metrics, http: HttpMetrics, lag: IndexLag | None = None, blocked: int | None = None
+    engine: Metrics,
+    http: HttpMetrics,
+    lag: IndexLag | None = None,
+    blocked: int | None = None,
+    feeds: list[dict[str, Any]] | None = None,
 ) -> str:
     out: list[str] = []
     with engine.lock:
@@ -121,6 +126,8 @@ def render(
             "Identifiers on the stored block list (named junk by an unmerge): they link nothing.",
         )
         out.append(f"idstitch_blocked_identifiers {blocked}")
+    if feeds:
+        _webhook_lines(out, feeds)
     _metric(out, "idstitch_violations_total", "counter", "Identifiers or merges refused, by rule.")
     out.extend(f'idstitch_violations_total{{rule="{rule}"}} {n}' for rule, n in violations)
     _metric(
@@ -148,3 +155,25 @@ def render(
             http.latency[route].lines("idstitch_http_request_duration_seconds", f'route="{route}"')
         )
     return "\n".join(out) + "\n"
+
+
+def _webhook_lines(out: list[str], feeds: list[dict[str, Any]]) -> None:
+    series = [
+        ("idstitch_webhook_backlog", "gauge", "backlog",
+         "Messages' changes stored and not yet delivered to the webhook."),
+        ("idstitch_webhook_deliveries_total", "counter", "delivered",
+         "Changes this process delivered to the webhook."),
+        ("idstitch_webhook_failures_total", "counter", "failed",
+         "Deliveries to the webhook that failed (each is retried)."),
+        ("idstitch_webhook_last_success_timestamp_seconds", "gauge", "last_success",
+         "When this process last delivered to the webhook (Unix time; 0: not yet)."),
+    ]  # fmt: skip
+    for name, kind, key, help_ in series:
+        _metric(out, name, kind, help_)
+        for feed in feeds:
+            labels = f'webhook="{feed["name"]}",host="{_label(feed["host"])}"'
+            out.append(f"{name}{{{labels}}} {feed[key]}")
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

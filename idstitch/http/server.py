@@ -137,6 +137,9 @@ def serve(config_path: str | None, host: str = DEFAULT_HOST, port: int = DEFAULT
             fix=f"[identity.sources.{sid}] applies only to a [[sources]] entry with id "
             f"{sid!r} (or to `idstitch import --source {sid}`); correct the id if it is a typo",
         )
+    drift = engine.rules_drift()
+    if drift is not None:
+        logs.event("identity rules changed since the last rebuild", logging.WARNING, fix=drift)
     server = server_for(app, host, port)
     try:
         server.run(sockets=[sock])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from idstitch.checks import sqlite_path, sqlite_url_problem
 from idstitch.errors import ConfigError
 from idstitch.storage.base import STALL_SECONDS, Store
+from idstitch.storage.swap import Rebuilding
 
 
 def open_store(url: str, *, read_only: bool = False, stall_seconds: float = STALL_SECONDS) -> Store:
@@ -30,4 +31,20 @@ def open_store(url: str, *, read_only: bool = False, stall_seconds: float = STAL
     )
 
 
-__all__ = ["Store", "open_store", "sqlite_path", "sqlite_url_problem"]
+def open_rebuilding(url: str) -> Rebuilding:
+    """Where the store at `url` is rebuilt (`storage.swap`)."""
+    if url.startswith("sqlite:"):
+        from idstitch.storage.sqlite_swap import SQLiteRebuilding
+
+        return SQLiteRebuilding(sqlite_path(url))
+    if url.startswith(("postgresql://", "postgres://")):
+        from idstitch.storage.pg_swap import PostgresRebuilding
+
+        return PostgresRebuilding(url)
+    raise ConfigError(
+        f"storage url {url!r} names no known store; use sqlite:///path/to/file.db "
+        "or postgresql://user@host/dbname."
+    )
+
+
+__all__ = ["Store", "open_rebuilding", "open_store", "sqlite_path", "sqlite_url_problem"]

@@ -20,6 +20,7 @@ from idstitch.core.graph import Graph
 from idstitch.core.identifiers import Identifier
 from idstitch.core.plan import Plan
 from idstitch.core.split import Split, StoredMessage
+from idstitch.storage.export_reads import GraphUpdate, HeldIdentifier, TraitUpdate, TraitValue
 from idstitch.storage.rewrite import MAX_SPLIT_MESSAGES, Operation, Rewrite
 
 SortOrder = Literal["asc", "desc"]
@@ -207,6 +208,15 @@ class Origin(msgspec.Struct, frozen=True):
     first_source_id: str | None
 
 
+class ChangeRow(msgspec.Struct, frozen=True):
+    """One message's changes in the change feed (`core.changes`), at `position`."""
+
+    position: tuple[int, int]  # (transaction, id): the feed's order
+    segment_id: str
+    changes: bytes  # a JSON list
+    created_at: float
+
+
 class BlockedRow(msgspec.Struct, frozen=True):
     """An identifier on the stored block list: which unmerge put it there, who, when."""
 
@@ -259,6 +269,7 @@ class Transaction(ABC):
     """One micro-batch: a graph snapshot plus the means to persist plans against it."""
 
     graph: Graph
+    changes = False  # write the change feed's rows too (the store's `feed_changes`)
 
     @abstractmethod
     def seen(self, source_id: str, message_ids: list[str]) -> set[str]:
@@ -282,6 +293,8 @@ class Store(ABC):
     # Whether a bounded read (one profile's traits, say) is a local call of well under a
     # millisecond, fit to run on the event loop; a networked store's reads go to threads.
     local_reads: bool = False
+    # Whether batches write the change feed's rows (`outbox`): while webhooks are configured.
+    feed_changes: bool = False
 
     @abstractmethod
     def batch(self, keys: Iterable[str]) -> AbstractContextManager[Transaction]:
@@ -436,6 +449,35 @@ class Store(ABC):
         profile merged into the profile `into` (a segment_id) now resolves to, so that it
         keeps resolving. The number added."""
 
+    # The change feed (`[[webhooks]]`): rows written with the batches while `feed_changes`.
+    @abstractmethod
+    def changes_after(self, position: tuple[int, int], limit: int) -> list[ChangeRow]:
+        """The feed's rows past `position`, in order, of finished transactions only."""
+
+    @abstractmethod
+    def changes_left(self, position: tuple[int, int]) -> int:
+        """How many of the feed's rows lie past `position`."""
+
+    @abstractmethod
+    def feed_position(self, name: str) -> tuple[int, int] | None:
+        """How far the receiver `name` got, or None before its first delivery."""
+
+    @abstractmethod
+    def set_feed_position(self, name: str, position: tuple[int, int]) -> None: ...
+
+    @abstractmethod
+    def forget_changes(self, position: tuple[int, int]) -> None:
+        """Delete the feed's rows up to `position` (every receiver has them)."""
+
+    @abstractmethod
+    def keep_changes(self, rows: list[ChangeRow], positions: dict[str, tuple[int, int]]) -> None:
+        """Store feed rows and receivers' positions as they were in another store (a
+        rebuild carries what was not delivered yet)."""
+
+    @abstractmethod
+    def feeding(self, name: str) -> AbstractContextManager[bool]:
+        """True inside when this process is the one to deliver to `name` (one at a time)."""
+
     @abstractmethod
     def partition(self) -> Iterator[tuple[str, str, str, str]]:
         """Every attached identifier (collection, type, value) with the segment_id of the
@@ -453,3 +495,41 @@ class Store(ABC):
 
     @abstractmethod
     def set_import_offset(self, name: str, offset: int) -> None: ...
+
+    # The export's reads (`idstitch export`): user profiles' changes at the seq of the
+    # message that made each (`export_reads`), and their state now. Each streams on a
+    # connection of its own, in bounded memory, and works on a store opened read-only.
+    @abstractmethod
+    def last_seq(self) -> int:
+        """The highest seq such that every message up to it is stored and readable, and every
+        message stored from now on gets a higher one: a cursor for the changes below."""
+
+    @abstractmethod
+    def graph_updates(self, after: int, upto: int) -> Iterator[GraphUpdate]:
+        """User profiles made, and moved by merges (the merged profile and every profile
+        merged into it before), by messages with a seq in (after, upto]; by seq, the
+        profiles made by a message before those it moved."""
+
+    @abstractmethod
+    def identifier_updates(self, after: int, upto: int) -> Iterator[HeldIdentifier]:
+        """The identifiers user profiles hold that messages with a seq in (after, upto]
+        attached, with the profile holding each, by seq."""
+
+    @abstractmethod
+    def trait_updates(self, after: int, upto: int) -> Iterator[TraitUpdate]:
+        """The identify messages with a seq in (after, upto] that set traits on a user
+        profile, by seq."""
+
+    @abstractmethod
+    def profile_members(self) -> Iterator[GraphUpdate]:
+        """Every user profile now, with its canonical profile and the message that put it
+        there (None where no message explains it), by canonical profile."""
+
+    @abstractmethod
+    def held_identifiers(self) -> Iterator[HeldIdentifier]:
+        """Every identifier user profiles hold now, with its canonical profile, by it."""
+
+    @abstractmethod
+    def current_traits(self) -> Iterator[TraitValue]:
+        """Every canonical user profile's traits now (the newest value of each key across
+        its profiles, removed ones left out), by profile and key."""

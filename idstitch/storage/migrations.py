@@ -199,6 +199,26 @@ SQLITE: list[tuple[str, str]] = [
         INSERT INTO store_meta (name, value) VALUES ('generation', '0');
         """,
     ),
+    # The change feed: what each message changed (`core.changes`), written in the
+    # transaction that stores it, while webhooks are configured; and how far each webhook got.
+    # AUTOINCREMENT: ids never go back, even once every delivered row is deleted.
+    (
+        "0009_outbox",
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            segment_id TEXT NOT NULL,
+            changes BLOB NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE webhook_progress (
+            name TEXT PRIMARY KEY,
+            xid INTEGER NOT NULL,
+            id INTEGER NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        """,
+    ),
 ]
 
 # PostgreSQL keeps text keys under a unique index: the database itself then guarantees that no
@@ -365,6 +385,29 @@ POSTGRES: list[tuple[str, str]] = [
         );
         CREATE UNIQUE INDEX blocked_identifiers_key
             ON blocked_identifiers (collection, type, identifier_digest(value));
+        """,
+    ),
+    # Workers commit in another order than they take ids: each row keeps the id of its
+    # transaction, and a webhook reads rows of finished transactions only, in (xid, id) order
+    # (a transaction that waited for a profile's lock takes its xid after the one it waited
+    # for: each profile's changes keep their order).
+    (
+        "0009_outbox",
+        """
+        CREATE TABLE outbox (
+            id BIGSERIAL PRIMARY KEY,
+            xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+            segment_id TEXT NOT NULL,
+            changes TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX outbox_order ON outbox (xid, id);
+        CREATE TABLE webhook_progress (
+            name TEXT PRIMARY KEY,
+            xid BIGINT NOT NULL,
+            id BIGINT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        );
         """,
     ),
 ]

@@ -266,7 +266,7 @@ class PostgresTransaction(Transaction):
         return result
 
     def apply(self, plans: list[Plan]) -> None:
-        self._writes.extend(write_plans(self.conn, plans, self.graph, self.seqs))
+        self._writes.extend(write_plans(self.conn, plans, self.graph, self.seqs, self.changes))
         self.seqs = []
 
     def record_progress(self, name: str, offset: int) -> None:

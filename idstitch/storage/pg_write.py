@@ -67,6 +67,10 @@ _LINKS = (
     f"SELECT (r->>0)::bigint, (r->>1)::bigint, r->>2, (r->>3)::float8 {_ROWS} "
     "ON CONFLICT DO NOTHING"
 )
+_OUTBOX = (
+    "INSERT INTO outbox (segment_id, changes, created_at) "
+    f"SELECT r->>0, r->>1, (r->>2)::float8 {_ROWS}"
+)
 _SEQS = "SELECT nextval('event_seq') FROM generate_series(1, %s)"
 
 
@@ -94,11 +98,16 @@ def _latest_traits(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 
 def write_plans(
-    conn: psycopg.Connection[Any], plans: list[Plan], graph: Graph, seqs: list[int]
+    conn: psycopg.Connection[Any],
+    plans: list[Plan],
+    graph: Graph,
+    seqs: list[int],
+    changes: bool = False,
 ) -> list[Statement]:
     """COPY the batch's events now; return the other statements, to be sent with the COMMIT.
-    `seqs` are event numbers reserved in this transaction, ascending."""
-    rows, count = rows_from_plans(plans, graph, 0)
+    `seqs` are event numbers reserved in this transaction, ascending; `changes`: write the
+    change feed's rows too."""
+    rows, count = rows_from_plans(plans, graph, 0, changes=changes)
     if count > len(seqs):
         more = conn.execute(_SEQS, (count - len(seqs),)).fetchall()
         seqs = sorted([*seqs, *(r[0] for r in more)])
@@ -124,4 +133,5 @@ def write_plans(
     add(_TRAITS, _latest_traits([(*t[:4], seqs[t[4]], t[5]) for t in rows.traits]))
     add(_LINKS, rows.links)
     add(_VIOLATIONS, rows.violations)
+    add(_OUTBOX, [(sid, changes.decode(), at) for sid, changes, at in rows.outbox])
     return out

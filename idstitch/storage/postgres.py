@@ -23,6 +23,7 @@ from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from idstitch.checks import redact_url
+from idstitch.core.changes import removal
 from idstitch.core.identifiers import Identifier, key_of, slot_of
 from idstitch.core.split import StoredMessage
 from idstitch.errors import InvalidArgument, StorageError
@@ -33,6 +34,7 @@ from idstitch.storage.base import (
     PROFILE_VIOLATION_JOINS,
     STALL_SECONDS,
     BlockedRow,
+    ChangeRow,
     EventRow,
     ExternalIdRow,
     LinkRow,
@@ -55,8 +57,23 @@ from idstitch.storage.base import (
     shared_values_query,
     too_many_messages,
 )
+from idstitch.storage.export_reads import (
+    GraphUpdate,
+    HeldIdentifier,
+    TraitUpdate,
+    TraitValue,
+    current_traits_sql,
+    graph_update,
+    graph_updates_sql,
+    held_identifier,
+    identifiers_sql,
+    members_sql,
+    newest_traits,
+    trait_messages_sql,
+    trait_updates,
+)
 from idstitch.storage.migrations import POSTGRES as MIGRATIONS
-from idstitch.storage.pg_batch import OWNERS, Conflict, LockIds, PostgresTransaction
+from idstitch.storage.pg_batch import OWNERS, Conflict, LockIds, PostgresTransaction, int32
 from idstitch.storage.rewrite import (
     KEPT_BY_REBUILD,
     MAX_SPLIT_MESSAGES,
@@ -70,7 +87,7 @@ from idstitch.storage.rewrite import (
     split_detail,
     split_statements,
 )
-from idstitch.storage.rows import stored_names
+from idstitch.storage.rows import stable_hash, stored_names
 
 log = logging.getLogger("idstitch.storage")
 
@@ -164,6 +181,25 @@ def _first_line(err: BaseException) -> str:
 
 _ids = msgspec.json.Decoder(list[tuple[str, str, str]])
 
+# A rebuild's kept segment_ids, in one statement: each (segment_id, collection, created_at,
+# first message, first source, into) not yet a profile becomes one merged into the profile
+# `into` resolves to, with the merge that points it there.
+_KEEP_SEGMENT_IDS = (
+    "WITH wanted AS (SELECT r->>0 AS segment_id, r->>1 AS collection, "
+    "(r->>2)::float8 AS created_at, r->>3 AS message_id, r->>4 AS source_id, r->>5 AS into "
+    "FROM json_array_elements(%s::json) AS r), "
+    "added AS (INSERT INTO profiles (segment_id, collection, canonical_id, created_at, "
+    "first_message_id, first_source_id) SELECT DISTINCT ON (w.segment_id) w.segment_id, "
+    "w.collection, p.canonical_id, w.created_at, w.message_id, w.source_id FROM wanted w "
+    "JOIN profiles p ON p.segment_id = w.into WHERE NOT EXISTS "
+    "(SELECT 1 FROM profiles q WHERE q.segment_id = w.segment_id) "
+    "RETURNING id, canonical_id, created_at, first_message_id, first_source_id), "
+    "merged AS (INSERT INTO merges (from_id, into_id, message_id, source_id, timestamp, rule) "
+    "SELECT id, canonical_id, COALESCE(first_message_id, ''), COALESCE(first_source_id, ''), "
+    f"created_at, '{KEPT_BY_REBUILD}' FROM added RETURNING 1) "
+    "SELECT count(*) FROM merged"
+)
+
 
 def _canonical_of(conn: psycopg.Connection[Any], pid: int) -> int:
     row = conn.execute("SELECT canonical_id FROM profiles WHERE id = %s", (pid,)).fetchone()
@@ -221,6 +257,7 @@ class PostgresStore(Store):
         stall_seconds: float = STALL_SECONDS,
     ):
         self.url = redact_url(url)
+        self._url = url
         self.max_attempts = max_attempts
         self.stall_seconds = stall_seconds
         self.fenced = 0  # stalled writers' sessions this store ended
@@ -318,6 +355,7 @@ class PostgresStore(Store):
             try:
                 with self._writer.connection() as conn:
                     tx = PostgresTransaction(conn, self._locks, distinct, exclusive)
+                    tx.changes = self.feed_changes
                     try:
                         tx.open()
                         work(tx)
@@ -371,6 +409,7 @@ class PostgresStore(Store):
         try:
             with self._writer.connection() as conn:
                 tx = PostgresTransaction(conn, self._locks, list(dict.fromkeys(keys)), False)
+                tx.changes = self.feed_changes
                 try:
                     tx.open()
                     yield tx
@@ -429,6 +468,18 @@ class PostgresStore(Store):
                 row = conn.execute("SELECT COALESCE(max(seq), 0) FROM events").fetchone()
                 at = msgspec.json.encode({"seq": row[0] if row else 0}).decode()
                 self._run(conn, operation_rows(msgspec.structs.replace(operation, detail=at)))
+                if self.feed_changes:
+                    now = operation.created_at
+                    row = conn.execute(
+                        "SELECT c.segment_id FROM profiles p JOIN profiles c "
+                        "ON c.id = p.canonical_id WHERE p.id = %s",
+                        (pid,),
+                    ).fetchone()
+                    sid = str(row[0]) if row else ""
+                    conn.execute(
+                        "INSERT INTO outbox (segment_id, changes, created_at) VALUES (%s, %s, %s)",
+                        (sid, removal(collection, sid, type_, value, now).decode(), now),
+                    )
         return bool(gone)
 
     def split_profile(
@@ -488,7 +539,8 @@ class PostgresStore(Store):
                 return int(row[0])
 
             rw = rewrite(done, collection, top, members, new_pid)
-            op = msgspec.structs.replace(operation, detail=split_detail(rw))
+            last = conn.execute("SELECT COALESCE(max(seq), 0) FROM events").fetchone()
+            op = msgspec.structs.replace(operation, detail=split_detail(rw, last[0] if last else 0))
             steps = split_statements(
                 rw,
                 (blocked.collection, blocked.type, blocked.value),
@@ -571,34 +623,92 @@ class PostgresStore(Store):
             ) from err
 
     def keep_segment_ids(self, kept: list[tuple[Origin, str]]) -> int:
-        added = 0
+        rows = [
+            (o.segment_id, o.collection, o.created_at, o.first_message_id, o.first_source_id, into)
+            for o, into in kept
+        ]
         with self._alone() as conn:
-            for o, into in kept:
-                row = conn.execute(
-                    "INSERT INTO profiles (segment_id, collection, canonical_id, created_at, "
-                    "first_message_id, first_source_id) SELECT %s, %s, p.canonical_id, %s, %s, "
-                    "%s FROM profiles p WHERE p.segment_id = %s AND NOT EXISTS "
-                    "(SELECT 1 FROM profiles WHERE segment_id = %s) RETURNING id, canonical_id",
+            encoded = msgspec.json.encode(rows).decode()
+            found = conn.execute(_KEEP_SEGMENT_IDS, (encoded,)).fetchone()
+        return int(found[0]) if found else 0
+
+    # ---- the change feed -----------------------------------------------------------------
+    def changes_after(self, position: tuple[int, int], limit: int) -> list[ChangeRow]:
+        return [
+            ChangeRow((int(xid), int(i)), sid, changes.encode(), at)
+            for xid, i, sid, changes, at in self._all(
+                "SELECT xid::text::bigint, id, segment_id, changes, created_at FROM outbox "
+                "WHERE (xid, id) > (%s::text::xid8, %s) "
+                "AND xid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY xid, id LIMIT %s",
+                (str(position[0]), position[1], limit),
+            )
+        ]
+
+    def changes_left(self, position: tuple[int, int]) -> int:
+        rows = self._all(
+            "SELECT count(*) FROM outbox WHERE (xid, id) > (%s::text::xid8, %s)",
+            (str(position[0]), position[1]),
+        )
+        return int(rows[0][0])
+
+    def feed_position(self, name: str) -> tuple[int, int] | None:
+        rows = self._all("SELECT xid, id FROM webhook_progress WHERE name = %s", (name,))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
+
+    def set_feed_position(self, name: str, position: tuple[int, int]) -> None:
+        self._all(
+            "INSERT INTO webhook_progress (name, xid, id, updated_at) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET xid = excluded.xid, id = excluded.id, "
+            "updated_at = excluded.updated_at RETURNING name",
+            (name, *position, time.time()),
+        )
+
+    def forget_changes(self, position: tuple[int, int]) -> None:
+        self._all(
+            "DELETE FROM outbox WHERE (xid, id) <= (%s::text::xid8, %s) RETURNING 1",
+            (str(position[0]), position[1]),
+        )
+
+    def keep_changes(self, rows: list[ChangeRow], positions: dict[str, tuple[int, int]]) -> None:
+        with self._alone() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO outbox (id, xid, segment_id, changes, created_at) "
+                "VALUES (%s, %s::text::xid8, %s, %s, %s)",
+                [
                     (
-                        o.segment_id,
-                        o.collection,
-                        o.created_at,
-                        o.first_message_id,
-                        o.first_source_id,
-                        into,
-                        o.segment_id,
-                    ),
-                ).fetchone()
-                if row is None:
-                    continue
-                added += 1
-                merge = (o.first_message_id or "", o.first_source_id or "", o.created_at)
-                conn.execute(
-                    "INSERT INTO merges (from_id, into_id, message_id, source_id, timestamp, "
-                    "rule) VALUES (%s, %s, %s, %s, %s, %s)",
-                    (row[0], row[1], *merge, KEPT_BY_REBUILD),
-                )
-        return added
+                        r.position[1],
+                        str(r.position[0]),
+                        r.segment_id,
+                        r.changes.decode(),
+                        r.created_at,
+                    )
+                    for r in rows
+                ],
+            )
+            cur.execute(
+                "SELECT setval(pg_get_serial_sequence('outbox', 'id'), "
+                "GREATEST((SELECT max(id) FROM outbox), 1))"
+            )
+            cur.executemany(
+                "INSERT INTO webhook_progress (name, xid, id, updated_at) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET xid = excluded.xid, "
+                "id = excluded.id, updated_at = excluded.updated_at",
+                [(n, *p, time.time()) for n, p in positions.items()],
+            )
+
+    @contextlib.contextmanager
+    def feeding(self, name: str) -> Iterator[bool]:
+        # A session lock on a connection of its own, held while this process delivers: the
+        # other workers' feeds for `name` wait their turn (the two-int form, apart from keys).
+        lock = (int32(stable_hash(self.schema + "\x1fwebhooks")), int32(stable_hash(name)))
+        try:
+            conn = psycopg.connect(self._url, autocommit=True)
+        except psycopg.Error:
+            yield False
+            return
+        with conn:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", lock).fetchone()
+            yield bool(row and row[0])
 
     def partition(self) -> Iterator[tuple[str, str, str, str]]:
         try:
@@ -916,3 +1026,71 @@ class PostgresStore(Store):
             "updated_at = excluded.updated_at RETURNING name",
             (name, offset, time.time()),
         )
+
+    # ---- the export's reads (`idstitch export`) --------------------------------------------
+    def last_seq(self) -> int:
+        # Every batch numbers its messages and stores them under the store's lock, shared:
+        # once this transaction holds it alone, each seq handed out so far is committed or
+        # gone, and every later one is higher. It is held for one query.
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute("SET LOCAL lock_timeout = '30s'")
+                conn.execute("SELECT pg_advisory_xact_lock(%s::int, 0)", (self._locks.store,))
+                row = conn.execute("SELECT COALESCE(max(seq), 0) FROM events").fetchone()
+        except psycopg.Error as err:
+            raise StorageError(
+                f"the PostgreSQL read at {self.url} failed: {_first_line(err)}; if a write "
+                "holds the store that long, look for a stalled worker."
+            ) from err
+        return int(row[0]) if row else 0
+
+    def graph_updates(self, after: int, upto: int) -> Iterator[GraphUpdate]:
+        sql = graph_updates_sql(_export_join, "%s")
+        for r in self._stream(sql, (after, upto, after, upto)):
+            yield graph_update(r[1:])
+
+    def identifier_updates(self, after: int, upto: int) -> Iterator[HeldIdentifier]:
+        for r in self._stream(identifiers_sql(_export_join, "%s", now=False), (after, upto)):
+            yield held_identifier(r)
+
+    def trait_updates(self, after: int, upto: int) -> Iterator[TraitUpdate]:
+        return trait_updates(self._stream(trait_messages_sql("%s"), (after, upto)))
+
+    def profile_members(self) -> Iterator[GraphUpdate]:
+        for r in self._stream(members_sql(_export_join)):
+            yield graph_update(r)
+
+    def held_identifiers(self) -> Iterator[HeldIdentifier]:
+        for r in self._stream(identifiers_sql(_export_join, "%s", now=True)):
+            yield held_identifier(r)
+
+    def current_traits(self) -> Iterator[TraitValue]:
+        return newest_traits(self._stream(current_traits_sql("traits")))
+
+    def _stream(self, sql: str, args: Any = None) -> Iterator[tuple[Any, ...]]:
+        """The rows of `sql` through a server-side cursor, in a transaction of its own: they
+        stream, however many there are."""
+        try:
+            with (
+                self._pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor(name="idstitch_export") as cur,
+            ):
+                # Every row is read: plan for all of them, not for the first tenth (a
+                # cursor's default), which picked plans a hundred times slower.
+                conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
+                cur.execute(sql, args)
+                yield from cur
+        except psycopg.Error as err:
+            raise StorageError(
+                f"the PostgreSQL read at {self.url} failed: {_first_line(err)}"
+            ) from err
+
+
+def _export_join(source: str, message: str, left: bool) -> str:
+    """The stored message `source`/`message` name, as `e`, through the unique index on the
+    message key (its columns sort as "C")."""
+    return (
+        f'{"LEFT " if left else ""}JOIN events e ON e.source_id = ({source}) COLLATE "C" '
+        f'AND e.message_id = ({message}) COLLATE "C"'
+    )

@@ -242,11 +242,11 @@ def operation_rows(op: Operation) -> list[tuple[str, list[tuple[Any, ...]]]]:
     ]
 
 
-def split_detail(rw: Rewrite) -> str:
-    """An unmerge's audit detail: the parts it made."""
-    return _json.encode(
-        {"parts": [{"segment_id": sid, "identifiers": len(ids)} for _, sid, ids in rw.parts]}
-    ).decode()
+def split_detail(rw: Rewrite, seq: int) -> str:
+    """An unmerge's audit detail: the parts it made, and where in the history it happened
+    (the last seq stored)."""
+    parts = [{"segment_id": sid, "identifiers": len(ids)} for _, sid, ids in rw.parts]
+    return _json.encode({"parts": parts, "seq": seq}).decode()
 
 
 Step = tuple[str, list[tuple[Any, ...]]]

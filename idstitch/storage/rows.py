@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from idstitch.core.changes import changes_of
 from idstitch.core.graph import Graph
 from idstitch.core.plan import Plan
 
@@ -47,6 +48,7 @@ class BatchRows:
     links: list[tuple[Any, ...]] = field(default_factory=list)
     violations: list[tuple[Any, ...]] = field(default_factory=list)
     message_keys: list[tuple[str, str]] = field(default_factory=list)  # (source, message id)
+    outbox: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def rows_from_plans(
@@ -56,10 +58,12 @@ def rows_from_plans(
     hashes: Mapping[tuple[str, str], int] | None = None,
     *,
     traits: bool = True,
+    changes: bool = False,
 ) -> tuple[BatchRows, int]:
     """Rows for `plans`, numbering events from `seq`; returns the rows and the next seq.
     `hashes` holds message hashes the store already computed, by (source, message id);
-    `traits=False` leaves out the trait rows (a store that derives them from the log).
+    `traits=False` leaves out the trait rows (a store that derives them from the log);
+    `changes=True` adds the change feed's rows (`outbox`, for webhooks).
 
     Column orders:
       events      (seq, msg_hash, source_id, message_id, type, event, timestamp, received_at,
@@ -73,6 +77,7 @@ def rows_from_plans(
       links       (user_id, account_id, source_id, created_at)
       violations  (source_id, message_id, collection, type, value, rule, detail, timestamp,
                    profile_id, other_profile_id)
+      outbox      (segment_id, changes JSON, created_at)
     """
     rows = BatchRows()
     targets: set[int] = set()
@@ -149,6 +154,10 @@ def rows_from_plans(
             )
             for v in plan.all_violations()
         )
+        if changes:
+            made = changes_of(plan)
+            if made:
+                rows.outbox.append((made[0]["segment_id"], _json.encode(made), plan.received_at))
         seq += 1
     for pid in targets:
         state = graph.profiles.get(pid)

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 import msgspec
 
+from idstitch.core.changes import removal
 from idstitch.core.graph import Graph
 from idstitch.core.identifiers import Identifier, key_of, slot_of
 from idstitch.core.plan import Plan
@@ -40,6 +41,7 @@ from idstitch.storage import sqlite_committer, sqlite_index
 from idstitch.storage import sqlite_reads as reads
 from idstitch.storage.base import (
     BlockedRow,
+    ChangeRow,
     EventRow,
     ExternalIdRow,
     IndexLag,
@@ -59,6 +61,7 @@ from idstitch.storage.base import (
     maybe_stored,
     too_many_messages,
 )
+from idstitch.storage.export_reads import GraphUpdate, HeldIdentifier, TraitUpdate, TraitValue
 from idstitch.storage.migrations import SQLITE as MIGRATIONS
 from idstitch.storage.rewrite import (
     KEPT_BY_REBUILD,
@@ -240,7 +243,12 @@ class SQLiteTransaction(Transaction):
 
     def apply(self, plans: list[Plan]) -> None:
         self.rows, self.store.next_seq = rows_from_plans(
-            plans, self.graph, self.store.next_seq, self.hashes, traits=False
+            plans,
+            self.graph,
+            self.store.next_seq,
+            self.hashes,
+            traits=False,
+            changes=self.store.feed_changes,
         )
 
     def record_progress(self, name: str, offset: int) -> None:
@@ -251,6 +259,12 @@ class SQLiteTransaction(Transaction):
 # last row's id to the next row, which the indexer, past that id already, would never index.
 # Profile id 0 names no profile: every read joins or checks the row's profile.
 DETACH = "UPDATE identifiers SET profile_id = 0 WHERE id = ?"
+OUTBOX = "INSERT INTO outbox (segment_id, changes, created_at) VALUES (?, ?, ?)"
+FEED_POSITION = (
+    "INSERT INTO webhook_progress (name, xid, id, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET xid = excluded.xid, id = excluded.id, "
+    "updated_at = excluded.updated_at"
+)
 
 
 class SQLiteStore(Store):
@@ -660,6 +674,7 @@ class SQLiteStore(Store):
                     rows.links,
                     rows.violations,
                     tx.progress,
+                    rows.outbox,
                 )
 
             tx.done = self._send(
@@ -706,7 +721,12 @@ class SQLiteStore(Store):
             # Where in the history it happened, so that a replay deletes it there again.
             at = msgspec.json.encode({"seq": self.next_seq - 1}).decode()
             operation = msgspec.structs.replace(operation, detail=at)
-            self._execute([(DETACH, [(row_id,)]), *operation_rows(operation)])
+            steps = [(DETACH, [(row_id,)]), *operation_rows(operation)]
+            if self.feed_changes:
+                now = operation.created_at
+                change = removal(collection, owner.segment_id, type_, value, now)
+                steps.append((OUTBOX, [(owner.segment_id, change, now)]))
+            self._execute(steps)
             del graph.owners[slot]
             owner.remove(type_, created_at)
         return True
@@ -738,7 +758,7 @@ class SQLiteStore(Store):
             counter = itertools.count(first_new)
             rw = rewrite(done, collection, top, members, lambda: next(counter))
             held = reads.identifier_rows(conn, ids)
-            op = msgspec.structs.replace(operation, detail=split_detail(rw))
+            op = msgspec.structs.replace(operation, detail=split_detail(rw, self.next_seq - 1))
             steps = split_statements(
                 rw,
                 (blocked.collection, blocked.type, blocked.value),
@@ -1056,6 +1076,53 @@ class SQLiteStore(Store):
             graph.parent.update(parents)
         return len(profiles)
 
+    # ---- the change feed -----------------------------------------------------------------
+    @_reads
+    def changes_after(self, position: tuple[int, int], limit: int) -> list[ChangeRow]:
+        found = self._read().execute(
+            "SELECT id, segment_id, changes, created_at FROM outbox WHERE id > ? ORDER BY id "
+            "LIMIT ?",
+            (position[1], limit),
+        )
+        return [ChangeRow((0, i), sid, bytes(c), at) for i, sid, c, at in found]
+
+    @_reads
+    def changes_left(self, position: tuple[int, int]) -> int:
+        found = self._read().execute("SELECT count(*) FROM outbox WHERE id > ?", (position[1],))
+        return int(found.fetchone()[0])
+
+    @_reads
+    def feed_position(self, name: str) -> tuple[int, int] | None:
+        row = (
+            self._read()
+            .execute("SELECT xid, id FROM webhook_progress WHERE name = ?", (name,))
+            .fetchone()
+        )
+        return (int(row[0]), int(row[1])) if row else None
+
+    def set_feed_position(self, name: str, position: tuple[int, int]) -> None:
+        self._refuse_writes()
+        self._execute([(FEED_POSITION, [(name, *position, time.time())])])
+
+    def forget_changes(self, position: tuple[int, int]) -> None:
+        self._refuse_writes()
+        self._execute([("DELETE FROM outbox WHERE id <= ?", [(position[1],)])])
+
+    def keep_changes(self, rows: list[ChangeRow], positions: dict[str, tuple[int, int]]) -> None:
+        with self._repairing():
+            steps: list[tuple[str, list[tuple[Any, ...]]]] = [
+                (
+                    "INSERT INTO outbox (id, segment_id, changes, created_at) VALUES (?, ?, ?, ?)",
+                    [(r.position[1], r.segment_id, r.changes, r.created_at) for r in rows],
+                ),
+                (FEED_POSITION, [(n, *p, time.time()) for n, p in positions.items()]),
+            ]
+            self._execute([(sql, args) for sql, args in steps if args])
+
+    @contextlib.contextmanager
+    def feeding(self, name: str) -> Iterator[bool]:
+        yield not self.read_only  # one process writes a SQLite store: its own feed
+
     def partition(self) -> Iterator[tuple[str, str, str, str]]:
         # A connection of its own: the caller may read other things while it iterates.
         conn = _connect(self.path, readonly=True)
@@ -1104,3 +1171,38 @@ class SQLiteStore(Store):
         except sqlite3.Error:
             return False
         return True
+
+    # ---- the export's reads (`idstitch export`) --------------------------------------------
+    @_reads
+    def last_seq(self) -> int:
+        return reads.last_seq(self._read())
+
+    def graph_updates(self, after: int, upto: int) -> Iterator[GraphUpdate]:
+        return self._whole(reads.graph_updates, after, upto)
+
+    def identifier_updates(self, after: int, upto: int) -> Iterator[HeldIdentifier]:
+        return self._whole(reads.identifier_updates, after, upto)
+
+    def trait_updates(self, after: int, upto: int) -> Iterator[TraitUpdate]:
+        return self._whole(reads.trait_changes, after, upto)
+
+    def profile_members(self) -> Iterator[GraphUpdate]:
+        return self._whole(reads.profile_members)
+
+    def held_identifiers(self) -> Iterator[HeldIdentifier]:
+        return self._whole(reads.held_identifiers)
+
+    def current_traits(self) -> Iterator[TraitValue]:
+        return self._whole(reads.current_traits)
+
+    def _whole(self, read: Callable[..., Iterator[Any]], *args: Any) -> Iterator[Any]:
+        """`read` streamed on a connection of its own (the caller may read other things while
+        it iterates), its failures as StorageError."""
+        conn = _connect(self.path)
+        try:
+            reads.attach_index(conn, self.index)
+            yield from read(conn, *args)
+        except sqlite3.Error as err:
+            raise StorageError(f"reading the SQLite store at {self.path} failed: {err}") from None
+        finally:
+            conn.close()

@@ -117,6 +117,10 @@ def write_rows(c: sqlite3.Connection, job: Write) -> None:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             job.violations,
         )
+    if job.outbox:
+        c.executemany(
+            "INSERT INTO outbox (segment_id, changes, created_at) VALUES (?, ?, ?)", job.outbox
+        )
     for name, offset, at in job.progress:
         write_offset(c, name, offset, at)
 

@@ -33,6 +33,8 @@ class Write(NamedTuple):
     violations: list[tuple[Any, ...]]
     # Imports' positions in their files, recorded in the same transaction: (name, offset, at).
     progress: list[tuple[str, int, float]] = []
+    # The change feed's rows (`rows.BatchRows.outbox`), when webhooks are configured.
+    outbox: list[tuple[Any, ...]] = []
 
 
 class Offset(NamedTuple):

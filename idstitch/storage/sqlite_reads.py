@@ -12,9 +12,11 @@ soon as its commit is acknowledged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -41,8 +43,26 @@ from idstitch.storage.base import (
     profile_violation_row,
     shared_values_query,
 )
+from idstitch.storage.export_reads import (
+    GraphUpdate,
+    HeldIdentifier,
+    Join,
+    TraitUpdate,
+    TraitValue,
+    current_traits_sql,
+    graph_update,
+    graph_updates_sql,
+    held_identifier,
+    identifiers_sql,
+    members_sql,
+    newest_traits,
+    sqlite_message_hash,
+    trait_messages_sql,
+    trait_updates,
+)
 from idstitch.storage.rewrite import Member, Operation
 from idstitch.storage.rows import identifier_hash, stored_names
+from idstitch.storage.sqlite_index import SCHEMA as INDEX_SCHEMA
 from idstitch.storage.sqlite_index import Watermarks, trait_rows, watermarks
 
 PROFILE_COLUMNS = (
@@ -557,3 +577,119 @@ DELETIONS = (
 
 def deletions(conn: sqlite3.Connection) -> list[tuple[int, str, str, str]]:
     return [(int(s), c, t, v) for s, c, t, v in conn.execute(DELETIONS)]
+
+
+# ---- the export's reads (`idstitch export`): the whole graph, streamed ----------------------
+# Each runs on a connection of its own (`SQLiteStore._whole`), in one read transaction that
+# lasts while its rows stream; what it sets up lives in that connection's temp database.
+
+# Rows of the log's tail turned into trait rows at a time.
+TAIL_CHUNK = 1_000
+
+
+def attach_index(conn: sqlite3.Connection, index: Path) -> None:
+    """Attach the index database as `ix`, as `SQLiteStore._read` does: an empty one in
+    memory when there is none yet (everything is then read from the log)."""
+    if index.exists():
+        conn.execute("ATTACH DATABASE ? AS ix", (str(index),))
+    else:
+        conn.execute("ATTACH DATABASE ':memory:' AS ix")
+        conn.executescript(INDEX_SCHEMA.replace("IF NOT EXISTS ", "IF NOT EXISTS ix."))
+
+
+def last_seq(conn: sqlite3.Connection) -> int:
+    # One committer appends the log in seq order: what a read sees is a prefix of it.
+    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+
+class Whole(NamedTuple):
+    marks: Watermarks
+    join: Join  # to the message a graph row names
+
+
+@contextlib.contextmanager
+def _whole(conn: sqlite3.Connection, *, traits: bool = False) -> Iterator[Whole]:
+    """A read of the whole graph: `message_hash()` as a SQL function, and in the temp
+    database the (hash, seq) of the messages past the index's watermark (`export_tail`,
+    beside `ix.message_index`, which holds those before it) and, with `traits`, the trait
+    rows of the identify and group messages there (`export_traits`). Reads only after."""
+    with reading(conn) as marks:
+        conn.create_function("message_hash", 2, sqlite_message_hash, deterministic=True)
+        conn.execute(
+            "CREATE TEMP TABLE export_tail AS SELECT msg_hash, seq FROM events WHERE seq > ?",
+            (marks.events,),
+        )
+        conn.execute("CREATE INDEX temp.export_tail_hash ON export_tail (msg_hash)")
+        tail = conn.execute("SELECT EXISTS (SELECT 1 FROM export_tail)").fetchone()[0]
+        if traits:
+            conn.execute(
+                "CREATE TEMP TABLE export_traits (profile_id INTEGER, key TEXT, value TEXT, "
+                "timestamp REAL, seq INTEGER, source_id TEXT)"
+            )
+            found = conn.execute(
+                "SELECT seq, type, profile_id, account_id, timestamp, source_id, body "
+                "FROM events WHERE seq > ? AND type IN ('identify', 'group')",
+                (marks.events,),
+            )
+            while chunk := found.fetchmany(TAIL_CHUNK):
+                conn.executemany(
+                    "INSERT INTO export_traits VALUES (?, ?, ?, ?, ?, ?)", trait_rows(chunk)
+                )
+        conn.execute("PRAGMA query_only=1")
+        yield Whole(marks, functools.partial(_join, tail=bool(tail)))
+
+
+def _join(source: str, message: str, left: bool, *, tail: bool) -> str:
+    """The stored message `source`/`message` name, as `e`: its seq through the message
+    hash (the index's dedupe table, and the tail's when it holds any), each hit checked on
+    the full key. The check's `+` keeps SQLite from indexing the whole log on the key."""
+    h = f"message_hash({source}, {message})"
+    past = f" UNION ALL SELECT seq FROM temp.export_tail WHERE msg_hash = {h}" if tail else ""
+    return (
+        f"{'LEFT ' if left else ''}JOIN events e ON e.seq IN ("
+        f"SELECT seq FROM ix.message_index WHERE msg_hash = {h}{past}) "
+        f"AND +e.source_id = {source} AND +e.message_id = {message}"
+    )
+
+
+def graph_updates(conn: sqlite3.Connection, after: int, upto: int) -> Iterator[GraphUpdate]:
+    with _whole(conn) as whole:
+        for r in conn.execute(graph_updates_sql(whole.join, "?"), (after, upto, after, upto)):
+            yield graph_update(r[1:])
+
+
+def identifier_updates(conn: sqlite3.Connection, after: int, upto: int) -> Iterator[HeldIdentifier]:
+    with _whole(conn) as whole:
+        for r in conn.execute(identifiers_sql(whole.join, "?", now=False), (after, upto)):
+            yield held_identifier(r)
+
+
+def trait_changes(conn: sqlite3.Connection, after: int, upto: int) -> Iterator[TraitUpdate]:
+    with reading(conn):
+        yield from trait_updates(conn.execute(trait_messages_sql("?"), (after, upto)))
+
+
+def profile_members(conn: sqlite3.Connection) -> Iterator[GraphUpdate]:
+    with _whole(conn) as whole:
+        for r in conn.execute(members_sql(whole.join)):
+            yield graph_update(r)
+
+
+def held_identifiers(conn: sqlite3.Connection) -> Iterator[HeldIdentifier]:
+    with _whole(conn) as whole:
+        for r in conn.execute(identifiers_sql(whole.join, "?", now=True)):
+            yield held_identifier(r)
+
+
+def current_traits(conn: sqlite3.Connection) -> Iterator[TraitValue]:
+    # The index's traits up to its watermark (none while it rebuilds after a rewrite), the
+    # tail's past it.
+    with _whole(conn, traits=True) as whole:
+        rows = conn.execute(
+            current_traits_sql(
+                "(SELECT profile_id, key, value, timestamp, seq FROM ix.traits WHERE seq <= ? "
+                "UNION ALL SELECT profile_id, key, value, timestamp, seq FROM export_traits)"
+            ),
+            (whole.marks.events,),
+        )
+        yield from newest_traits(rows)

@@ -15,7 +15,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from idstitch.errors import StorageError
+from idstitch.errors import StorageError, StoreNotFound
 from idstitch.storage.sqlite import SQLiteStore, _writer_lock
 from idstitch.storage.sqlite_index import index_path
 from idstitch.storage.swap import Rebuilding, nothing
@@ -62,7 +62,7 @@ class SQLiteRebuilding(Rebuilding):
     def __init__(self, path: Path, *, lock_timeout: float = 2.0) -> None:
         self.path = path
         if not path.exists():
-            raise StorageError(f"there is no SQLite store at {path}; check storage.url.")
+            raise StoreNotFound(f"there is no SQLite store at {path}; check storage.url.")
         self._lock_fd: int | None = _writer_lock(path, lock_timeout)
         self.target = path.with_name(path.name + ".rebuild")
         self.discard()  # what a crashed rebuild left
@@ -84,6 +84,16 @@ class SQLiteRebuilding(Rebuilding):
                 os.remove(file)
 
     def swap(self) -> None:
+        try:
+            self._swap()
+        except (OSError, sqlite3.Error) as err:
+            raise StorageError(
+                f"the rebuilt store could not replace {self.path}: {err}; the old store is "
+                "unchanged. Close other programs reading it (idstitch profile, sqlite3) and "
+                "run the rebuild again."
+            ) from None
+
+    def _swap(self) -> None:
         self.source.close()
         new_index, old_index = index_path(self.target), index_path(self.path)
         for db in (self.target, new_index, self.path, old_index):

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any
 
-from idstitch.errors import ConfigError
 from idstitch.storage.base import Store
 
 
@@ -55,23 +53,6 @@ class Rebuilding(ABC):
                 self.discard()
         finally:
             self.release()
-
-
-def open_rebuilding(url: str, **options: Any) -> Rebuilding:
-    """Where the store at `url` is rebuilt."""
-    if url.startswith("sqlite:"):
-        from idstitch.checks import sqlite_path
-        from idstitch.storage.sqlite_swap import SQLiteRebuilding
-
-        return SQLiteRebuilding(sqlite_path(url), **options)
-    if url.startswith(("postgresql://", "postgres://")):
-        from idstitch.storage.pg_swap import PostgresRebuilding
-
-        return PostgresRebuilding(url, **options)
-    raise ConfigError(
-        f"storage url {url!r} names no known store; use sqlite:///path/to/file.db "
-        "or postgresql://user@host/dbname."
-    )
 
 
 @contextlib.contextmanager

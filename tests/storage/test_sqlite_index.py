@@ -188,7 +188,7 @@ def test_dropping_the_derived_state_gives_the_same_answer_on_every_profile_api_r
                     for e in store.external_ids(s)
                     if e.collection == "users"
                 }
-            )[:150]
+            )[:60]
             with TestClient(App(engine)) as client:
                 return _every_route(client, refs)
         finally:

@@ -263,3 +263,21 @@ def test_a_deletion_is_sent_and_a_rebuild_keeps_what_was_not_delivered(
         ("identifiers.added", "m6"),
     ]
     assert receiver.received[5]["data"]["identifiers"] == [{"type": "anonymous_id", "id": "a1"}]
+
+
+def test_an_unmerge_sends_the_parts(receiver: Receiver, store_url: str) -> None:
+    with Engine(settings_from(_config(receiver.url, store_url, ["merge"]))) as engine:
+        engine.ingest({"type": "identify", "anonymousId": "kiosk", "userId": "ann",
+                       "messageId": "k1"})  # fmt: skip
+        engine.ingest({"type": "track", "event": "E", "anonymousId": "kiosk", "messageId": "k2",
+                       "context": {"traits": {"email": "bob@example.com"}}})  # fmt: skip
+        before = engine.profile("user_id:ann")["segment_id"]
+        answer = engine.unmerge("user_id:ann", "anonymous_id:kiosk")
+        receiver.wait_for(lambda: len(receiver.received) == 1)
+    change = receiver.received[0]
+    assert change["type"] == "profile.unmerged"
+    assert change["data"]["segment_id"] == before
+    assert change["data"]["blocked"] == {"type": "anonymous_id", "id": "kiosk"}
+    parts = {p["segment_id"]: p["identifiers"] for p in change["data"]["parts"]}
+    assert parts == {p["segment_id"]: p["external_ids"] for p in answer["parts"]}
+    assert len(parts) == 2

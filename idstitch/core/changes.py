@@ -1,7 +1,8 @@
 """What one message changed in the graph, as the change feed tells it (`[[webhooks]]`).
 
 Three kinds, named by the `events` a webhook subscribes to:
-- merge: `profile.merged`, profiles merged into the one the message resolved to;
+- merge: `profile.merged`, profiles merged into the one the message resolved to (an
+  unmerge sends `profile.unmerged`, with the parts it made);
 - identifier: `identifiers.added`, identifiers the message attached (a deletion by the
   Profile API sends `identifiers.removed`);
 - traits: `traits.updated`, the traits an identify (user) or group (account) call set.
@@ -17,6 +18,7 @@ from idstitch.core.plan import Plan
 
 KIND_OF = {
     "profile.merged": "merge",
+    "profile.unmerged": "merge",
     "identifiers.added": "identifier",
     "identifiers.removed": "identifier",
     "traits.updated": "traits",
@@ -56,6 +58,29 @@ def removal(collection: str, segment_id: str, type_: str, value: str, at: float)
         "collection": collection,
         "segment_id": segment_id,
         "identifiers": [{"type": type_, "id": value}],
+        "timestamp": at,
+    }
+    return msgspec.json.encode([change])
+
+
+def unmerged(
+    collection: str,
+    segment_id: str,
+    parts: list[tuple[int, str, list[tuple[str, str]]]],
+    blocked: tuple[str, str],
+    at: float,
+) -> bytes:
+    """The change feed's row for an unmerge: the profile `segment_id` is now `parts`, each
+    with its identifiers, and `blocked` links nothing any more."""
+    change = {
+        "type": "profile.unmerged",
+        "collection": collection,
+        "segment_id": segment_id,
+        "parts": [
+            {"segment_id": sid, "identifiers": [{"type": t, "id": v} for t, v in ids]}
+            for _, sid, ids in parts
+        ],
+        "blocked": {"type": blocked[0], "id": blocked[1]},
         "timestamp": at,
     }
     return msgspec.json.encode([change])

@@ -23,7 +23,7 @@ from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from idstitch.checks import redact_url
-from idstitch.core.changes import removal
+from idstitch.core.changes import removal, unmerged
 from idstitch.core.identifiers import Identifier, key_of, slot_of
 from idstitch.core.split import StoredMessage
 from idstitch.errors import InvalidArgument, StorageError
@@ -548,6 +548,16 @@ class PostgresStore(Store):
                 ("DELETE FROM identifiers WHERE profile_id = ?", [(m,) for m in ids]),
                 key_hashes=False,
             )
+            if self.feed_changes:
+                at = operation.created_at
+                pair = (blocked.type, blocked.value)
+                change = unmerged(collection, top.segment_id, rw.parts, pair, at)
+                steps.append(
+                    (
+                        "INSERT INTO outbox (segment_id, changes, created_at) VALUES (?, ?, ?)",
+                        [(top.segment_id, change.decode(), at)],
+                    )
+                )
             owners = ids + [r[0] for r in rw.profiles]
             steps += [
                 ("DELETE FROM traits WHERE profile_id = ?", [(m,) for m in owners]),

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 import msgspec
 
-from idstitch.core.changes import removal
+from idstitch.core.changes import removal, unmerged
 from idstitch.core.graph import Graph
 from idstitch.core.identifiers import Identifier, key_of, slot_of
 from idstitch.core.plan import Plan
@@ -771,6 +771,11 @@ class SQLiteStore(Store):
             # before the rewrite and after it), then the log is rewritten with the generation
             # the emptied index names; the indexer then builds it again from the start. A
             # crash in between leaves generations that differ: the indexer starts again too.
+            if self.feed_changes:
+                at = operation.created_at
+                pair = (blocked.type, blocked.value)
+                change = unmerged(collection, top.segment_id, rw.parts, pair, at)
+                steps.append((OUTBOX, [(top.segment_id, change, at)]))
             generation = int(sqlite_index.generation(conn, "main")) + 1
             steps.append(
                 (

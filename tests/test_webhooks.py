@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -281,3 +283,38 @@ def test_an_unmerge_sends_the_parts(receiver: Receiver, store_url: str) -> None:
     parts = {p["segment_id"]: p["identifiers"] for p in change["data"]["parts"]}
     assert parts == {p["segment_id"]: p["external_ids"] for p in answer["parts"]}
     assert len(parts) == 2
+
+
+# Acknowledges messages whose changes cannot be delivered yet, says so, and waits to be killed.
+KILLED = """
+import sys, time
+from idstitch.config import settings_from
+from idstitch.engine import Engine
+config = {"storage": {"url": sys.argv[1]}, "identity": {"preset": "segment"},
+          "webhooks": [{"url": sys.argv[2], "secret": sys.argv[3]}]}
+engine = Engine(settings_from(config))
+for n in range(20):
+    engine.ingest({"type": "identify", "userId": f"k{n}", "messageId": f"k{n}"})
+print("acknowledged", flush=True)
+time.sleep(600)
+"""
+
+
+def test_changes_of_acknowledged_messages_survive_kill_9(
+    receiver: Receiver, store_url: str
+) -> None:
+    receiver.failing = True
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLED, store_url, receiver.url, SECRET],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "acknowledged"
+        finally:
+            child.kill()  # SIGKILL
+            child.wait(timeout=30)
+    receiver.failing = False
+    with Engine(settings_from(_config(receiver.url, store_url))):
+        receiver.wait_for(lambda: len({r["data"]["message_id"] for r in receiver.received}) == 20)
+    assert {r["data"]["message_id"] for r in receiver.received} == {f"k{n}" for n in range(20)}

@@ -26,7 +26,7 @@ test: lint typecheck
 
 # make bench: the engine's speed, then the quality of its resolution (precision and recall
 # of the Segment preset, the default and a naive union-find, side by side).
-# make bench BENCH=engine|quality|http|postgres|growth|repair [ARGS="--events 100000"]: one
+# make bench BENCH=engine|quality|http|postgres|growth|repair|rebuild [ARGS="--events 100000"]: one
 # of them.
 # make bench BASELINE=REV [ROUNDS=3] ...: the same benchmark beside an earlier release, one
 # round of it at a time, alternating (the driver takes the medians).

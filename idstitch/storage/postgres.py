@@ -615,22 +615,11 @@ class PostgresStore(Store):
         ]
 
     def origins(self) -> Iterator[Origin]:
-        try:
-            with (
-                self._pool.connection() as conn,
-                conn.transaction(),
-                conn.cursor(name="idstitch_origins") as cur,
-            ):
-                cur.execute(
-                    "SELECT segment_id, collection, created_at, first_message_id, "
-                    "first_source_id FROM profiles ORDER BY id"
-                )
-                for row in cur:
-                    yield Origin(*row)
-        except psycopg.Error as err:
-            raise StorageError(
-                f"the PostgreSQL read at {self.url} failed: {_first_line(err)}"
-            ) from err
+        for row in self._stream(
+            "SELECT segment_id, collection, created_at, first_message_id, first_source_id "
+            "FROM profiles ORDER BY id"
+        ):
+            yield Origin(*row)
 
     def keep_segment_ids(self, kept: list[tuple[Origin, str]]) -> int:
         rows = [
@@ -721,24 +710,10 @@ class PostgresStore(Store):
             yield bool(row and row[0])
 
     def partition(self) -> Iterator[tuple[str, str, str, str]]:
-        try:
-            # A server-side cursor (in a transaction of its own): the rows stream, however
-            # many identifiers the store holds.
-            with (
-                self._pool.connection() as conn,
-                conn.transaction(),
-                conn.cursor(name="idstitch_partition") as cur,
-            ):
-                cur.execute(
-                    "SELECT i.collection, i.type, i.value, c.segment_id FROM identifiers i "
-                    "JOIN profiles p ON p.id = i.profile_id "
-                    "JOIN profiles c ON c.id = p.canonical_id"
-                )
-                yield from cur
-        except psycopg.Error as err:
-            raise StorageError(
-                f"the PostgreSQL read at {self.url} failed: {_first_line(err)}"
-            ) from err
+        yield from self._stream(
+            "SELECT i.collection, i.type, i.value, c.segment_id FROM identifiers i "
+            "JOIN profiles p ON p.id = i.profile_id JOIN profiles c ON c.id = p.canonical_id"
+        )
 
     def blocked_identifiers(self) -> list[BlockedRow]:
         return [
@@ -1084,7 +1059,7 @@ class PostgresStore(Store):
             with (
                 self._pool.connection() as conn,
                 conn.transaction(),
-                conn.cursor(name="idstitch_export") as cur,
+                conn.cursor(name="idstitch_rows") as cur,
             ):
                 # Every row is read: plan for all of them, not for the first tenth (a
                 # cursor's default), which picked plans a hundred times slower.

@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeRemainingColumn,
@@ -507,8 +508,31 @@ def rebuild(config_path: str | None, dry_run: bool, as_json: bool) -> None:
                 answer = rebuilding.report(store, settings.rules)
             finally:
                 store.close()
-        else:
+        elif as_json or not sys.stderr.isatty():
             answer = rebuilding.run(settings, actor=f"cli:{getpass.getuser()}", tune_gc=True)
+        else:
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
+            )
+            peek = open_store(settings.storage_url, read_only=True)
+            try:
+                stored = peek.stats().events
+            finally:
+                peek.close()
+            with bar:
+                task = bar.add_task("resolving the history again", total=stored)
+
+                def copied(count: int) -> None:
+                    bar.update(task, completed=count)
+
+                answer = rebuilding.run(
+                    settings, actor=f"cli:{getpass.getuser()}", tune_gc=True, progress=copied
+                )
     except StoreNotFound as err:
         _fail(err, 1)
     except IdstitchError as err:

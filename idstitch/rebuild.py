@@ -184,8 +184,15 @@ class _Copier:
     identifiers again where they were deleted; notes which profile each profile-creating
     message of the old graph now resolves to."""
 
-    def __init__(self, source: Store, engine: Any, wanted: set[Key]) -> None:
+    def __init__(
+        self,
+        source: Store,
+        engine: Any,
+        wanted: set[Key],
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.source = source
+        self.progress = progress
         self.engine = engine
         self.extractor = Extractor(engine.rules)
         self.wanted = wanted
@@ -243,6 +250,8 @@ class _Copier:
         self._sent -= len(ids)
         plans = future.result()  # raises what the write raised
         self.copied += len(plans)
+        if self.progress is not None:
+            self.progress(self.copied)
         wanted = self.wanted
         for message_id, plan in zip(ids, plans, strict=True):
             for side, collection in ((plan.users, USERS), (plan.accounts, ACCOUNTS)):
@@ -291,7 +300,7 @@ def run(
 ) -> dict[str, Any]:
     """Resolve the stored history again under `settings.rules` and put the new graph in
     place of the old one; the report (see `compare`) of what changed. The store is the one
-    `settings` names. `progress(messages copied)` is called between passes; `tune_gc`
+    `settings` names. `progress(messages copied)` is called as they are; `tune_gc`
     (for a process of idstitch's own, as `Engine`'s) keeps the garbage collector off the
     copied graph."""
     from idstitch.engine import Engine
@@ -322,13 +331,11 @@ def run(
                     target.record_operation(op, _block_of(op))
             deletions = _deletions(source, ops)
             known = len(deletions)
-            copier = _Copier(source, engine, wanted)
+            copier = _Copier(source, engine, wanted, progress)
             # Copy while writers go on (PostgreSQL), until what is left is small.
             for _ in range(MAX_PASSES):
                 if copier.copy(deletions) <= CATCH_UP:
                     break
-                if progress is not None:
-                    progress(copier.copied)
             while deletions and deletions[0][0] <= copier.after:  # due before what follows
                 copier._delete(deletions.pop(0)[1])
             # What the last pass adds comes from messages stored since, which make profiles

@@ -3,11 +3,13 @@ receiver that asked for its kind, signed in the Standard Webhooks format.
 
 The changes are rows the write path stored in the same transaction as the messages that
 made them (`outbox`), so a change is never sent for a write that did not happen and never
-lost once it did. One thread per receiver delivers them in the feed's order, one at a time
-(so each profile's changes arrive in order), retries a failed delivery with backoff until it
-succeeds, and records how far it got now and then: after a crash the receiver may get the
-last few changes again (at least once: `webhook-id` stays the same, for receivers to drop
-repeats). With PostgreSQL, one worker at a time delivers to each receiver.
+lost once it did. Each receiver gets them from a thread of its own, up to LANES at a time:
+a change goes out once every earlier change naming one of its profiles has been delivered,
+so each profile's changes arrive in order. A failed delivery is retried with backoff until
+it succeeds (later changes of its profiles wait for it), and how far the feed got without a
+gap is recorded now and then: after a crash the receiver may get the last few changes again
+(at least once: `webhook-id` stays the same, for receivers to drop repeats). With
+PostgreSQL, one worker at a time delivers to each receiver.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import logging
 import random
 import threading
 import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,11 +29,13 @@ from standardwebhooks import Webhook as Signer
 
 from idstitch.config import Webhook
 from idstitch.core.changes import KIND_OF
-from idstitch.storage.base import Store
+from idstitch.storage.base import ChangeRow, Store
 
 log = logging.getLogger("idstitch.webhooks")
 
 PAGE = 200  # feed rows read at a time
+LANES = 8  # deliveries in flight per receiver (a profile's one at a time)
+WINDOW = 2_000  # feed rows read ahead of the oldest one not yet delivered
 SAVE_EVERY = 1.0  # seconds between records of how far a receiver got
 POLL = 0.1  # seconds between looks for new changes
 FIRST_RETRY, LAST_RETRY = 0.5, 60.0  # backoff after a failed delivery, doubling
@@ -45,6 +51,7 @@ class FeedStats:
     """What /metrics shows of one receiver."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()  # the lanes count together
         self.delivered = 0
         self.failed = 0
         self.backlog = 0
@@ -100,41 +107,84 @@ class Feed:
             self.client.close()
 
     def _deliver_all(self) -> None:
+        """Deliver rows in the feed's order per profile, up to LANES at a time: a row goes
+        out once no earlier row still to deliver names one of its profiles. The stored
+        position is the end of the rows delivered without a gap."""
         store = self.store
         position = store.feed_position(self.name) or (0, 0)
-        self.position = saved = position
+        self.position = saved = read = position
         saved_at = counted_at = 0.0
-        while not self.closing.is_set():
-            now = time.monotonic()
-            try:
-                rows = store.changes_after(position, PAGE)
-                if now - counted_at >= SAVE_EVERY:  # a count, not on every look
-                    self.stats.backlog, counted_at = store.changes_left(position), now
-            except Exception as err:
-                log.warning("reading the change feed failed (%s); trying again", err)
-                self.closing.wait(FIRST_RETRY)
-                continue
-            for row in rows:
-                if not self._deliver(row.position, row.changes, row.created_at):
-                    break  # closing: this row goes again next time
-                position = self.position = row.position
-                self.stats.backlog = max(0, self.stats.backlog - 1)
-            if position != saved and (len(rows) < PAGE or now - saved_at >= SAVE_EVERY):
-                self._save(position)
-                saved, saved_at = position, now
-            if len(rows) < PAGE:
-                self.closing.wait(POLL)
+        window: deque[_Pending] = deque()
+        inflight: dict[Future[bool], _Pending] = {}
+        with ThreadPoolExecutor(LANES, thread_name_prefix=f"idstitch-{self.name}") as lanes:
+            while not self.closing.is_set():
+                now = time.monotonic()
+                rows: list[ChangeRow] = []
+                if len(window) < WINDOW:
+                    try:
+                        rows = store.changes_after(read, PAGE)
+                        if now - counted_at >= SAVE_EVERY:  # a count, not on every look
+                            self.stats.backlog, counted_at = store.changes_left(position), now
+                    except Exception as err:
+                        log.warning("reading the change feed failed (%s); trying again", err)
+                        self.closing.wait(FIRST_RETRY)
+                        continue
+                    for row in rows:
+                        window.append(self._pending(row))
+                    if rows:
+                        read = rows[-1].position
+                self._schedule(window, inflight, lanes)
+                if inflight:
+                    done, _ = wait(inflight, timeout=POLL, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        inflight.pop(future).done = future.result()
+                elif not rows:
+                    self.closing.wait(POLL)
+                while window and window[0].done:
+                    position = self.position = window.popleft().position
+                    self.stats.backlog = max(0, self.stats.backlog - 1)
+                if position != saved and (not inflight or now - saved_at >= SAVE_EVERY):
+                    self._save(position)
+                    saved, saved_at = position, now
+            for future in inflight:  # closing: they give up at their next try
+                future.result()
+            while window and window[0].done:
+                position = self.position = window.popleft().position
         if position != saved:
             self._save(position)
 
-    def _deliver(self, position: tuple[int, int], changes: bytes, created_at: float) -> bool:
-        """Send one row's changes of the kinds wanted; False if closing came first."""
-        for n, change in enumerate(_decode(changes)):
+    def _pending(self, row: ChangeRow) -> _Pending:
+        sends: list[tuple[str, bytes]] = []
+        keys: set[str] = set()
+        for n, change in enumerate(_decode(row.changes)):
+            keys.update(_profiles_of(change))
             if KIND_OF.get(change.get("type", "")) in self.wanted:
-                msg_id = f"msg_{position[0]}_{position[1]}_{n}"
-                if not self._send(msg_id, payload(change, created_at)):
-                    return False
-        return True
+                msg_id = f"msg_{row.position[0]}_{row.position[1]}_{n}"
+                sends.append((msg_id, payload(change, row.created_at)))
+        return _Pending(row.position, sends, frozenset(keys), done=not sends)
+
+    def _schedule(
+        self,
+        window: deque[_Pending],
+        inflight: dict[Future[bool], _Pending],
+        lanes: ThreadPoolExecutor,
+    ) -> None:
+        """Start the rows that wait for no earlier row, oldest first, while lanes are free."""
+        busy: set[str] = set()
+        running = {id(p) for p in inflight.values()}
+        for pending in window:
+            if len(inflight) >= LANES:
+                return
+            if pending.done:
+                continue
+            if id(pending) not in running and busy.isdisjoint(pending.keys):
+                inflight[lanes.submit(self._deliver, pending.sends)] = pending
+                running.add(id(pending))
+            busy |= pending.keys
+
+    def _deliver(self, sends: list[tuple[str, bytes]]) -> bool:
+        """Send one row's changes in order; False if closing came first."""
+        return all(self._send(msg_id, body) for msg_id, body in sends)
 
     def _save(self, position: tuple[int, int]) -> None:
         try:
@@ -155,13 +205,15 @@ class Feed:
             try:
                 answer = self.client.post(self.webhook.url, content=body, headers=headers)
                 if 200 <= answer.status_code < 300:
-                    self.stats.delivered += 1
-                    self.stats.last_success = time.time()
+                    with self.stats.lock:
+                        self.stats.delivered += 1
+                        self.stats.last_success = time.time()
                     return True
                 problem = f"it answered {answer.status_code}"
             except httpx.HTTPError as err:
                 problem = f"{type(err).__name__}: {err}"
-            self.stats.failed += 1
+            with self.stats.lock:
+                self.stats.failed += 1
             log.warning(
                 "webhook %s: delivery of %s failed (%s); retrying in %.1f s",
                 _where(self.webhook.url),
@@ -172,6 +224,32 @@ class Feed:
             self.closing.wait(delay * random.uniform(0.8, 1.2))
             delay = min(LAST_RETRY, delay * 2)
         return False
+
+
+class _Pending:
+    """A feed row on its way: what to send, and the profiles it names."""
+
+    __slots__ = ("done", "keys", "position", "sends")
+
+    def __init__(
+        self,
+        position: tuple[int, int],
+        sends: list[tuple[str, bytes]],
+        keys: frozenset[str],
+        done: bool,
+    ) -> None:
+        self.position = position
+        self.sends = sends
+        self.keys = keys
+        self.done = done
+
+
+def _profiles_of(change: dict[str, Any]) -> list[str]:
+    """The segment_ids a change names: its own, those merged into it, an unmerge's parts."""
+    named = [change.get("segment_id", "")]
+    named += change.get("merged_segment_ids", [])
+    named += [p.get("segment_id", "") for p in change.get("parts", [])]
+    return [n for n in named if isinstance(n, str) and n]
 
 
 def _where(url: str) -> str:

@@ -14,16 +14,19 @@ PostgreSQL, one worker at a time delivers to each receiver.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import logging
 import random
+import ssl
 import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-import httpx
 import msgspec
 from standardwebhooks import Webhook as Signer
 
@@ -35,7 +38,7 @@ log = logging.getLogger("idstitch.webhooks")
 
 PAGE = 200  # feed rows read at a time
 LANES = 8  # deliveries in flight per receiver (a profile's one at a time)
-WINDOW = 2_000  # feed rows read ahead of the oldest one not yet delivered
+WINDOW = 256  # feed rows read ahead of the oldest one not yet delivered
 SAVE_EVERY = 1.0  # seconds between records of how far a receiver got
 POLL = 0.1  # seconds between looks for new changes
 FIRST_RETRY, LAST_RETRY = 0.5, 60.0  # backoff after a failed delivery, doubling
@@ -73,7 +76,6 @@ class Feed:
         store: Store,
         webhook: Webhook,
         closing: threading.Event,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.store = store
         self.webhook = webhook
@@ -82,11 +84,7 @@ class Feed:
         self.stats = FeedStats()
         self.signer = Signer(webhook.secret)
         self.wanted = set(webhook.events)
-        self.client = httpx.Client(
-            timeout=TIMEOUT,
-            transport=transport,
-            headers={"content-type": "application/json", "user-agent": "idstitch-webhooks"},
-        )
+        self.receiver = _Receiver(webhook.url)
         self.position: tuple[int, int] | None = None
         self.thread = threading.Thread(target=self._run, name=f"idstitch-{self.name}", daemon=True)
 
@@ -104,7 +102,7 @@ class Feed:
         except Exception:  # a store gone for good: say so, do not take the process down
             log.exception("webhook deliveries to %s stopped", _where(self.webhook.url))
         finally:
-            self.client.close()
+            self.receiver.close()
 
     def _deliver_all(self) -> None:
         """Deliver rows in the feed's order per profile, up to LANES at a time: a row goes
@@ -203,14 +201,14 @@ class Feed:
                 "webhook-signature": self.signer.sign(msg_id, now, body),
             }
             try:
-                answer = self.client.post(self.webhook.url, content=body, headers=headers)
-                if 200 <= answer.status_code < 300:
+                status = self.receiver.post(body, headers)
+                if 200 <= status < 300:
                     with self.stats.lock:
                         self.stats.delivered += 1
                         self.stats.last_success = time.time()
                     return True
-                problem = f"it answered {answer.status_code}"
-            except httpx.HTTPError as err:
+                problem = f"it answered {status}"
+            except (OSError, http.client.HTTPException) as err:
                 problem = f"{type(err).__name__}: {err}"
             with self.stats.lock:
                 self.stats.failed += 1
@@ -224,6 +222,67 @@ class Feed:
             self.closing.wait(delay * random.uniform(0.8, 1.2))
             delay = min(LAST_RETRY, delay * 2)
         return False
+
+
+class _Receiver:
+    """POSTs to one URL over a kept-alive connection per lane (the standard library's
+    client: a delivery costs a quarter of what a general-purpose client spends)."""
+
+    HEADERS = {"content-type": "application/json", "user-agent": "idstitch-webhooks"}
+    MAX_ANSWER = 65_536  # bytes of an answer read; a longer one closes the connection
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.auth = ""
+        if parts.username is not None:  # userinfo in the URL: Basic auth, as clients do
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            self.auth = "Basic " + base64.b64encode(pair).decode()
+        self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.https:
+                context = ssl.create_default_context()
+                conn = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=TIMEOUT, context=context
+                )
+            else:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def post(self, body: bytes, headers: dict[str, str]) -> int:
+        """The status of the answer; raises OSError or HTTPException (the connection is then
+        dropped, and the next try opens another)."""
+        conn = self._connection()
+        sent = {**self.HEADERS, **headers}
+        if self.auth:
+            sent["authorization"] = self.auth
+        try:
+            conn.request("POST", self.target, body=body, headers=sent)
+            answer = conn.getresponse()
+            answer.read(self.MAX_ANSWER)
+            if not answer.isclosed():
+                conn.close()  # an answer longer than we read: start afresh
+            return answer.status
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
 
 
 class _Pending:
@@ -264,11 +323,10 @@ class Dispatcher:
         self,
         store: Store,
         webhooks: tuple[Webhook, ...],
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.store = store
         self.closing = threading.Event()
-        self.feeds = [Feed(store, w, self.closing, transport) for w in webhooks]
+        self.feeds = [Feed(store, w, self.closing) for w in webhooks]
         self._pruner = threading.Thread(target=self._prune, name="idstitch-feed-prune", daemon=True)
 
     def start(self) -> None:

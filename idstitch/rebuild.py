@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -207,20 +207,26 @@ class _Copier:
         self._sent = 0  # messages submitted and not settled
 
     def copy(self, deletions: list[tuple[int, Operation]]) -> int:
-        """Copy what is stored past `after`; apply `deletions` (seq, operation) due before
-        each message, and the ones at the end once `final`. The number of messages copied."""
+        """Copy what is stored past `after`, applying the `deletions` (seq, operation) due
+        before each message. The number of messages copied."""
         copied = 0
-        while True:
-            page = self.source.history(self.after, PAGE)
-            for m in page:
-                while deletions and deletions[0][0] < m.seq:
-                    self._delete(deletions.pop(0)[1])
-                self._add(m)
-            copied += len(page)
-            if page:
-                self.after = page[-1].seq
-            if len(page) < PAGE:
-                break
+        # The next page is read while this one is resolved (the store's client waits on
+        # its server without the GIL).
+        with ThreadPoolExecutor(1, thread_name_prefix="idstitch-history") as reader:
+            ahead = reader.submit(self.source.history, self.after, PAGE)
+            while True:
+                page = ahead.result()
+                if len(page) == PAGE:
+                    ahead = reader.submit(self.source.history, page[-1].seq, PAGE)
+                for m in page:
+                    while deletions and deletions[0][0] < m.seq:
+                        self._delete(deletions.pop(0)[1])
+                    self._add(m)
+                copied += len(page)
+                if page:
+                    self.after = page[-1].seq
+                if len(page) < PAGE:
+                    break
         self._drain()
         return copied
 

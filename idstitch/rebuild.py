@@ -210,14 +210,16 @@ class _Copier:
         """Copy what is stored past `after`, applying the `deletions` (seq, operation) due
         before each message. The number of messages copied."""
         copied = 0
-        # The next page is read while this one is resolved (the store's client waits on
-        # its server without the GIL).
-        with ThreadPoolExecutor(1, thread_name_prefix="idstitch-history") as reader:
-            ahead = reader.submit(self.source.history, self.after, PAGE)
+        # A networked store's next page is read while this one is resolved (its client
+        # waits on the server without the GIL); a local one's, when it is needed (a thread
+        # reading it would only take turns with the resolver).
+        threads = 0 if self.source.local_reads else 1
+        with ThreadPoolExecutor(max(threads, 1), thread_name_prefix="idstitch-history") as reader:
+            ahead = _page(reader if threads else None, self.source, self.after)
             while True:
                 page = ahead.result()
                 if len(page) == PAGE:
-                    ahead = reader.submit(self.source.history, page[-1].seq, PAGE)
+                    ahead = _page(reader if threads else None, self.source, page[-1].seq)
                 for m in page:
                     while deletions and deletions[0][0] < m.seq:
                         self._delete(deletions.pop(0)[1])
@@ -284,6 +286,17 @@ class _Copier:
         self.deletions_missed += 1
         at = msgspec.json.encode({"seq": self.copied}).decode()
         store.record_operation(msgspec.structs.replace(op, detail=at))
+
+
+def _page(
+    reader: ThreadPoolExecutor | None, source: Store, after: int
+) -> Future[list[StoredMessage]]:
+    """The history page past `after`: read by `reader`, or now."""
+    if reader is not None:
+        return reader.submit(source.history, after, PAGE)
+    done: Future[list[StoredMessage]] = Future()
+    done.set_result(source.history(after, PAGE))
+    return done
 
 
 def _block_of(op: Operation) -> tuple[str, str, str] | None:

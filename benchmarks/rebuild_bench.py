@@ -11,15 +11,13 @@ makes `<schema>_rebuild` beside it and renames it into place; every schema the b
 made is dropped at the end, also after an error). Each measure is taken once per round;
 the tables show the median of `--rounds` rounds and, in brackets, each round.
 
-1. rebuild against import, on SQLite and PostgreSQL: the file is imported into a fresh store
-   under Segment's rules (`idstitch.importer.import_paths`, as `idstitch import` calls it:
-   batches of 5,000, four in flight, until the read index has caught up); messages/s are
-   the lines imported over its wall time. Then, on that store, the dry run
-   (`idstitch.rebuild.report`, the store opened read-only) and the real run
-   (`idstitch.rebuild.run`, actor "bench") resolve the history again under the idstitch
-   preset; messages/s are the messages their answer says were resolved over the wall time
-   of the call (the real one includes the swap and its read index catching up). The ratio
-   is the real run's rate over the import's, round by round: the target is 1 or more.
+1. rebuild against import, on SQLite and PostgreSQL, as a user runs them: each command in a
+   process of its own, timed by its wall clock. `idstitch import` stores the file in a fresh
+   store under Segment's rules; then `idstitch rebuild --dry-run --json` and `idstitch
+   rebuild --json` resolve the history again under the idstitch preset. messages/s are the
+   messages stored (the rebuild's answer says how many) over each process's wall time (the
+   import's includes its read index catching up, the rebuild's the swap). The ratio is the
+   rebuild's rate over the import's, round by round: the target is 1 or more.
 2. the change feed's cost on the write path, on SQLite and PostgreSQL: the same import into
    a fresh store without webhooks, and into another with one `[[webhooks]]` receiver on an
    engine that does not deliver (`Engine(..., webhooks=False)`: the feed's rows are written
@@ -36,9 +34,8 @@ the tables show the median of `--rounds` rounds and, in brackets, each round.
    the last change received. The receiver shares this process (and its GIL) with the
    engine, so both rates are lower bounds of what a receiver elsewhere would see.
 
-The garbage collector keeps Python's defaults throughout: `idstitch import` and `idstitch
-rebuild` both tune it (`tune_gc=True`), but that setting is process-wide, so the benchmark
-leaves it alone for both.
+Measures 2 and 3 run in this process, with the garbage collector at Python's defaults (the
+commands of measure 1 tune it, each in its own process).
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import json
 import os
 import platform
 import secrets
@@ -68,11 +66,9 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.workload import Stats, generate, write_messages
-from idstitch import rebuild
 from idstitch.config import Settings, settings_from
 from idstitch.engine import Engine
 from idstitch.importer import ImportSummary, import_paths
-from idstitch.storage import open_store
 
 SOURCE: Final = "import"
 BATCH: Final = 5_000  # lines per ticket, as `idstitch import`
@@ -258,29 +254,47 @@ def import_into(
         return summary, engine.webhook_feeds()[0]["backlog"] if hook is not None else 0
 
 
-def rebuild_round(stores: Stores, stream: Path, run: StoreRun) -> None:
+def command(*args: str) -> tuple[float, str]:
+    """Run `idstitch ARGS` as a user does, in a process of its own: its wall time and its
+    standard output."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "idstitch", *args], capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"idstitch {args[0]} failed ({done.returncode}): {done.stderr[-500:]}")
+    return seconds, done.stdout
+
+
+def rebuild_round(stores: Stores, stream: Path, run: StoreRun, work: Path) -> None:
     with stores.fresh() as url:
-        summary, _ = import_into(url, stream)
-        new = settings(url, "idstitch")
-        started = time.perf_counter()
-        store = open_store(url, read_only=True)
-        try:
-            dry = rebuild.report(store, new.rules)
-        finally:
-            store.close()
-        dry_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        answer = rebuild.run(new, actor="bench")
-        seconds = time.perf_counter() - started
-    run.imported = summary.events
-    run.resolved, run.dry_resolved, run.answer = answer["messages"], dry["messages"], answer
-    run.import_rate.append(summary.events_per_second)
+        configs = {}
+        for preset in ("segment", "idstitch"):
+            configs[preset] = work / f"{preset}.toml"
+            configs[preset].write_text(
+                f'[storage]\nurl = "{url}"\n[identity]\npreset = "{preset}"\n'
+            )
+        import_seconds, _ = command(
+            "import", "--config", str(configs["segment"]), "--source", SOURCE,
+            "--no-progress", str(stream),
+        )  # fmt: skip
+        dry_seconds, out = command(
+            "rebuild", "--config", str(configs["idstitch"]), "--dry-run", "--json"
+        )
+        dry = json.loads(out)
+        seconds, out = command("rebuild", "--config", str(configs["idstitch"]), "--json")
+        answer = json.loads(out)
+    stored = answer["messages"]  # the import stored as many (retries once)
+    run.imported = stored
+    run.resolved, run.dry_resolved, run.answer = stored, dry["messages"], answer
+    run.import_rate.append(stored / import_seconds)
     run.dry_rate.append(dry["messages"] / dry_seconds)
-    run.rebuild_rate.append(answer["messages"] / seconds)
+    run.rebuild_rate.append(stored / seconds)
     run.ratio.append(run.rebuild_rate[-1] / run.import_rate[-1])
     say(
         f"{run.name}: import {run.import_rate[-1]:,.0f}/s, dry run {run.dry_rate[-1]:,.0f}/s, "
-        f"rebuild {run.rebuild_rate[-1]:,.0f}/s ({answer['messages']:,} messages)"
+        f"rebuild {run.rebuild_rate[-1]:,.0f}/s ({stored:,} messages)"
     )
 
 
@@ -575,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in range(args.rounds):
             say(f"round {n + 1} of {args.rounds}")
             for stores, run in zip(all_stores, runs, strict=True):
-                rebuild_round(stores, stream, run)
+                rebuild_round(stores, stream, run, workdir)
                 # Delivery on SQLite only: it measures the feed, not the store.
                 local = receiver if isinstance(stores, SQLiteStores) else None
                 feed_round(stores, stream, run, hook, n, local)
